@@ -1,0 +1,52 @@
+//! The optional config file (TOML). Precedence for every tunable: command-line flag, then
+//! `KVWATCH_…` environment variable (both handled by clap), then this file, then the default.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data directory.
+    pub data: Option<PathBuf>,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log: Option<String>,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub file_rows: Option<usize>,
+    pub buffer_mb: Option<usize>,
+    pub row_group_rows: Option<usize>,
+    pub zstd_level: Option<i32>,
+    pub compact_min_files: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub batch_rows: Option<usize>,
+    pub max_frame_mb: Option<usize>,
+    pub compact: Option<bool>,
+}
+
+/// Loads the config file named by `--config`/`KVWATCH_CONFIG`, else `./kvwatch.toml` if present.
+pub fn load(path: Option<&Path>) -> Result<Config> {
+    let (path, required) = match path {
+        Some(p) => (p.to_owned(), true),
+        None => (PathBuf::from("kvwatch.toml"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+        }
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(e).with_context(|| format!("config file {}", path.display())),
+    }
+}

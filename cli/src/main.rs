@@ -1,0 +1,314 @@
+//! The `kvwatch` binary: thin wiring of the libraries into subcommands.
+
+mod config;
+mod output;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use config::Config;
+use kvwatch_ingest::files::{IngestOptions, IngestReport, Progress, expand};
+use kvwatch_ingest::{StoreWriter, WriteOptions, query};
+use output::{Format, kv_table, thousands};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kvwatch",
+    version,
+    about = "Azure Key Vault audit logs in, detections out"
+)]
+struct Cli {
+    /// Config file (TOML); `./kvwatch.toml` is read when present.
+    #[arg(long, global = true, env = "KVWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory holding the event store [default: ./kvwatch-data].
+    #[arg(long, global = true, env = "KVWATCH_DATA")]
+    data: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `kvwatch_ingest=debug` [default: warn].
+    #[arg(long, global = true, env = "KVWATCH_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest audit logs from files, directories (recursively) or `-` for stdin.
+    Ingest(IngestArgs),
+    /// Run read-only SQL over `events`, `activity`, `quarantine` and `azure_diagnostics`.
+    Query(QueryArgs),
+    /// Merge small Parquet files of each partition.
+    Compact(CompactArgs),
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Rows per Parquet file.
+    #[arg(long, env = "KVWATCH_STORE_FILE_ROWS")]
+    file_rows: Option<usize>,
+    /// Arrow data buffered before the largest partition is flushed, in MiB.
+    #[arg(long, env = "KVWATCH_STORE_BUFFER_MB")]
+    buffer_mb: Option<usize>,
+    /// Rows per Parquet row group.
+    #[arg(long, env = "KVWATCH_STORE_ROW_GROUP_ROWS")]
+    row_group_rows: Option<usize>,
+    /// zstd compression level of Parquet files.
+    #[arg(long, env = "KVWATCH_STORE_ZSTD_LEVEL")]
+    zstd_level: Option<i32>,
+    /// Compact a partition once it holds this many small files.
+    #[arg(long, env = "KVWATCH_STORE_COMPACT_MIN_FILES")]
+    compact_min_files: Option<usize>,
+}
+
+impl StoreArgs {
+    fn options(&self, cfg: &Config) -> WriteOptions {
+        let d = WriteOptions::default();
+        let c = &cfg.store;
+        WriteOptions {
+            file_rows: self.file_rows.or(c.file_rows).unwrap_or(d.file_rows).max(1),
+            buffer_bytes: self
+                .buffer_mb
+                .or(c.buffer_mb)
+                .map(|m| m << 20)
+                .unwrap_or(d.buffer_bytes),
+            row_group_rows: self
+                .row_group_rows
+                .or(c.row_group_rows)
+                .unwrap_or(d.row_group_rows)
+                .max(1),
+            zstd_level: self.zstd_level.or(c.zstd_level).unwrap_or(d.zstd_level),
+            compact_min_files: self
+                .compact_min_files
+                .or(c.compact_min_files)
+                .unwrap_or(d.compact_min_files),
+        }
+    }
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Files, directories or `-` (stdin). Directories are walked for *.json, *.jsonl, *.ndjson, *.gz.
+    #[arg(required = true)]
+    paths: Vec<String>,
+    #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+    format: Format,
+    /// Rows per Arrow batch between the parser and the store.
+    #[arg(long, env = "KVWATCH_INGEST_BATCH_ROWS")]
+    batch_rows: Option<usize>,
+    /// Largest single JSON text accepted, in MiB; larger inputs are quarantined.
+    #[arg(long, env = "KVWATCH_INGEST_MAX_FRAME_MB")]
+    max_frame_mb: Option<usize>,
+    /// Skip compaction of small files after ingesting.
+    #[arg(long, env = "KVWATCH_INGEST_NO_COMPACT")]
+    no_compact: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The SQL query (SELECT only).
+    sql: String,
+    #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+    format: Format,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+    format: Format,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cfg = config::load(cli.config.as_deref())?;
+    init_logging(cli.log.as_deref().or(cfg.log.as_deref()).unwrap_or("warn"));
+    let data = cli
+        .data
+        .clone()
+        .or_else(|| cfg.data.clone())
+        .unwrap_or_else(|| PathBuf::from("kvwatch-data"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.cmd {
+        Cmd::Ingest(a) => rt.block_on(cmd_ingest(&data, &cfg, a)),
+        Cmd::Query(a) => rt.block_on(cmd_query(&data, a)),
+        Cmd::Compact(a) => rt.block_on(cmd_compact(&data, &cfg, a)),
+    }
+}
+
+async fn cmd_ingest(data: &std::path::Path, cfg: &Config, a: IngestArgs) -> Result<ExitCode> {
+    let (inputs, skipped) = expand(&a.paths)?;
+    let mut writer = StoreWriter::open(data, a.store.options(cfg))?;
+    let d = IngestOptions::default();
+    let opts = IngestOptions {
+        batch_rows: a
+            .batch_rows
+            .or(cfg.ingest.batch_rows)
+            .unwrap_or(d.batch_rows),
+        max_frame: a
+            .max_frame_mb
+            .or(cfg.ingest.max_frame_mb)
+            .map(|m| m << 20)
+            .unwrap_or(d.max_frame),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    let progress = |p: &Progress| {
+        let line = format!(
+            "ingest: {}/{} inputs, {} records, {:.0} MiB, {:.0} s",
+            p.files_done,
+            p.files_total,
+            thousands(p.records),
+            p.bytes as f64 / 1048576.0,
+            p.elapsed.as_secs_f64()
+        );
+        if tty {
+            eprint!("\r{line}   ");
+        } else if last_line.elapsed().as_secs() >= 10 {
+            last_line = std::time::Instant::now();
+            eprintln!("{line}");
+        }
+    };
+    let mut report = tokio::task::block_in_place(|| {
+        kvwatch_ingest::ingest(&mut writer, inputs, &opts, progress)
+    })?;
+    if tty {
+        eprintln!();
+    }
+    report.skipped_files = skipped.iter().map(|p| p.display().to_string()).collect();
+    let compact = !a.no_compact && cfg.ingest.compact.unwrap_or(true);
+    let compacted = if compact {
+        Some(writer.compact().await?)
+    } else {
+        None
+    };
+    print_ingest_report(&report, compacted, a.format)?;
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn print_ingest_report(
+    r: &IngestReport,
+    compacted: Option<(usize, usize)>,
+    format: Format,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        let mut v = serde_json::to_value(r)?;
+        if let Some((before, after)) = compacted {
+            v["compacted"] = serde_json::json!({"files_before": before, "files_after": after});
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let p = &r.parsed;
+    let s = &r.stored;
+    let mut rows = vec![
+        (
+            "inputs",
+            format!(
+                "{} ({} failed, {} skipped in directories)",
+                r.files,
+                r.failed.len(),
+                r.skipped_files.len()
+            ),
+        ),
+        ("records", thousands(p.records)),
+        ("events stored", thousands(s.events)),
+        ("activity stored", thousands(s.activity)),
+        ("duplicates skipped", thousands(s.duplicates)),
+        (
+            "quarantined",
+            format!(
+                "{} (stored {})",
+                thousands(p.quarantined),
+                thousands(s.quarantine)
+            ),
+        ),
+        ("other categories", thousands(p.other_category)),
+        (
+            "bytes read",
+            format!("{:.1} MiB", p.bytes as f64 / 1048576.0),
+        ),
+        ("elapsed", format!("{:.2} s", r.elapsed_secs)),
+        ("records/s", thousands(r.records_per_sec as u64)),
+        ("files written", thousands(s.files_written)),
+    ];
+    if let Some((b, a)) = compacted
+        && b > 0
+    {
+        rows.push(("compacted", format!("{b} files into {a}")));
+    }
+    writeln!(out, "kvwatch ingest")?;
+    kv_table(&mut out, &rows)?;
+    for f in &r.failed {
+        writeln!(out, "  FAILED  {}: {}", f.input, f.error)?;
+    }
+    if p.quarantined > 0 {
+        writeln!(
+            out,
+            "  see: kvwatch query \"SELECT source, reason FROM quarantine ORDER BY received_at DESC LIMIT 20\""
+        )?;
+    }
+    Ok(())
+}
+
+async fn cmd_query(data: &std::path::Path, a: QueryArgs) -> Result<ExitCode> {
+    if !data.join(kvwatch_ingest::store::MANIFEST).exists() && !data.exists() {
+        bail!(
+            "no event store at {} (run `kvwatch ingest` first, or pass --data)",
+            data.display()
+        );
+    }
+    let ctx = query::open_session(data).await?;
+    let df = query::read_only_sql(&ctx, &a.sql).await?;
+    let batches = df.collect().await?;
+    let mut out = std::io::stdout().lock();
+    output::write_batches(&mut out, &batches, a.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_compact(data: &std::path::Path, cfg: &Config, a: CompactArgs) -> Result<ExitCode> {
+    let mut writer = StoreWriter::open(data, a.store.options(cfg))?;
+    let (before, after) = writer.compact().await?;
+    let mut out = std::io::stdout().lock();
+    if a.format == Format::Json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"files_before": before, "files_after": after})
+        )?;
+    } else {
+        writeln!(out, "kvwatch compact: {before} files merged into {after}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

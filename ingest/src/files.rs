@@ -1,0 +1,353 @@
+//! File and stdin sources: path expansion, gzip sniffing, and the ingest pipeline that runs
+//! parsing on one thread and storage on another.
+
+use crate::batch::{
+    Columns, activity_columns, events_columns, push_activity, push_event, push_quarantine,
+    quarantine_columns,
+};
+use crate::framing::{DEFAULT_MAX_FRAME, Framer};
+use crate::parse::{ParseCounts, Parser, RowSink};
+use crate::schema::Table;
+use crate::store::{StoreError, StoreWriter, WriteStats, now_nanos};
+use crate::{activity::ActivityRow, audit::EventRow};
+use datafusion::arrow::array::RecordBatch;
+use flate2::read::MultiGzDecoder;
+use serde::Serialize;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// An input named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Input {
+    pub fn label(&self) -> String {
+        match self {
+            Input::Stdin => "stdin".to_owned(),
+            Input::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// File name endings walked in directories. Files named explicitly are read whatever their name.
+pub const EXTENSIONS: &[&str] = &["json", "jsonl", "ndjson", "gz"];
+
+/// Expands paths: `-` is stdin, directories are walked recursively in sorted order keeping the
+/// files with a known ending. Returns the inputs and the files skipped in directories.
+pub fn expand(paths: &[String]) -> io::Result<(Vec<Input>, Vec<PathBuf>)> {
+    let mut inputs = Vec::new();
+    let mut skipped = Vec::new();
+    for p in paths {
+        if p == "-" {
+            inputs.push(Input::Stdin);
+            continue;
+        }
+        let path = PathBuf::from(p);
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if meta.is_dir() {
+            for entry in walkdir::WalkDir::new(&path).sort_by_file_name() {
+                let entry = entry.map_err(|e| io::Error::other(e.to_string()))?;
+                if !entry.file_type().is_file() {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy();
+                let known = EXTENSIONS
+                    .iter()
+                    .any(|ext| name.to_ascii_lowercase().ends_with(&format!(".{ext}")));
+                if known && !name.starts_with('.') {
+                    inputs.push(Input::File(entry.into_path()));
+                } else {
+                    skipped.push(entry.into_path());
+                }
+            }
+        } else {
+            inputs.push(Input::File(path));
+        }
+    }
+    Ok((inputs, skipped))
+}
+
+/// Opens an input, transparently decompressing gzip (detected by its magic bytes, not its name).
+pub fn open(input: &Input) -> io::Result<Box<dyn BufRead + Send>> {
+    let raw: Box<dyn Read + Send> = match input {
+        Input::Stdin => Box::new(io::stdin()),
+        Input::File(p) => Box::new(
+            std::fs::File::open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
+        ),
+    };
+    let mut buf = BufReader::with_capacity(1 << 20, raw);
+    let head = buf.fill_buf()?;
+    if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            MultiGzDecoder::new(buf),
+        )))
+    } else {
+        Ok(Box::new(buf))
+    }
+}
+
+/// Tunables of an ingest run.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Rows per Arrow batch handed from the parser to the store.
+    pub batch_rows: usize,
+    pub max_frame: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            batch_rows: 32 * 1024,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// A file that could not be read at all.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputError {
+    pub input: String,
+    pub error: String,
+}
+
+/// What an ingest run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    pub files: u64,
+    pub skipped_files: Vec<String>,
+    pub failed: Vec<InputError>,
+    pub parsed: ParseCounts,
+    pub stored: WriteStats,
+    pub elapsed_secs: f64,
+    pub records_per_sec: f64,
+}
+
+/// Progress of a running ingest, for people watching a long run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+enum Msg {
+    Batch(Table, RecordBatch),
+    FileDone(ParseCounts),
+    Failed(InputError),
+}
+
+/// Parser-side sink: builds batches and ships them to the store thread.
+struct Shipper {
+    events: Columns,
+    activity: Columns,
+    quarantine: Columns,
+    batch_rows: usize,
+    now: i64,
+    tx: mpsc::SyncSender<Msg>,
+    closed: bool,
+}
+
+impl Shipper {
+    fn ship(&mut self, table: Table) {
+        let cols = match table {
+            Table::Events => &mut self.events,
+            Table::Activity => &mut self.activity,
+            Table::Quarantine => &mut self.quarantine,
+        };
+        if cols.is_empty() {
+            return;
+        }
+        match cols.finish() {
+            Ok(b) => {
+                if self.tx.send(Msg::Batch(table, b)).is_err() {
+                    self.closed = true;
+                }
+            }
+            Err(e) => {
+                // Builders follow the schema by construction; a failure is a bug, reported loudly.
+                let _ = self.tx.send(Msg::Failed(InputError {
+                    input: table.name().to_owned(),
+                    error: format!("internal error building batch: {e}"),
+                }));
+                self.closed = true;
+            }
+        }
+    }
+
+    fn ship_all(&mut self) {
+        for t in Table::ALL {
+            self.ship(t);
+        }
+    }
+}
+
+impl RowSink for Shipper {
+    fn event(&mut self, row: &EventRow<'_>, source: &str) {
+        push_event(&mut self.events, row, source, self.now);
+        if self.events.len() >= self.batch_rows {
+            self.ship(Table::Events);
+        }
+    }
+    fn activity(&mut self, row: &ActivityRow, source: &str) {
+        push_activity(&mut self.activity, row, source, self.now);
+        if self.activity.len() >= self.batch_rows {
+            self.ship(Table::Activity);
+        }
+    }
+    fn quarantine(&mut self, source: &str, reason: &str, raw: &str) {
+        tracing::debug!(source, reason, "quarantined");
+        push_quarantine(&mut self.quarantine, source, reason, raw, self.now);
+        if self.quarantine.len() >= self.batch_rows {
+            self.ship(Table::Quarantine);
+        }
+    }
+}
+
+/// Parses one readable stream into a sink. Used by the file pipeline and by other sources
+/// (Kafka messages) that hand over bytes.
+pub fn parse_stream<S: RowSink>(
+    reader: impl BufRead,
+    origin: &str,
+    sink: &mut S,
+    max_frame: usize,
+) -> io::Result<ParseCounts> {
+    let mut framer = Framer::with_max(reader, max_frame);
+    let mut parser = Parser::new(sink, origin);
+    while let Some(frame) = framer.next_frame()? {
+        parser.frame(&frame);
+    }
+    Ok(parser.counts)
+}
+
+/// Ingests inputs into the store and commits. Parsing runs on a helper thread while this
+/// thread de-duplicates and writes Parquet, so the two halves overlap on two cores.
+pub fn ingest(
+    writer: &mut StoreWriter,
+    inputs: Vec<Input>,
+    opts: &IngestOptions,
+    mut progress: impl FnMut(&Progress),
+) -> Result<IngestReport, StoreError> {
+    let start = Instant::now();
+    let before = writer.stats();
+    let total = inputs.len() as u64;
+    let (tx, rx) = mpsc::sync_channel::<Msg>(4);
+    let batch_rows = opts.batch_rows.max(1);
+    let max_frame = opts.max_frame;
+    let now = now_nanos();
+    let parser = std::thread::Builder::new()
+        .name("kvwatch-parse".into())
+        .spawn(move || {
+            let mut ship = Shipper {
+                events: events_columns(),
+                activity: activity_columns(),
+                quarantine: quarantine_columns(),
+                batch_rows,
+                now,
+                tx: tx.clone(),
+                closed: false,
+            };
+            for input in inputs {
+                if ship.closed {
+                    break;
+                }
+                let label = input.label();
+                let result =
+                    open(&input).and_then(|r| parse_stream(r, &label, &mut ship, max_frame));
+                // Rows of a file are shipped before its completion is reported.
+                ship.ship_all();
+                let msg = match result {
+                    Ok(c) => Msg::FileDone(c),
+                    Err(e) => Msg::Failed(InputError {
+                        input: label,
+                        error: e.to_string(),
+                    }),
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| StoreError::Io {
+            path: PathBuf::from("<parser thread>"),
+            source: e,
+        })?;
+
+    let mut report = IngestReport {
+        files: total,
+        ..Default::default()
+    };
+    let mut last_progress = Instant::now();
+    let mut files_done = 0u64;
+    let mut result = Ok(());
+    for msg in rx.iter() {
+        match msg {
+            Msg::Batch(t, b) => {
+                if let Err(e) = writer.append(t, &b) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            Msg::FileDone(c) => {
+                files_done += 1;
+                report.parsed.add(&c);
+            }
+            Msg::Failed(e) => {
+                files_done += 1;
+                tracing::error!(input = %e.input, error = %e.error, "input could not be read");
+                report.failed.push(e);
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let s = writer.stats();
+            progress(&Progress {
+                files_done,
+                files_total: total,
+                records: s.events + s.activity + s.quarantine + s.duplicates
+                    - before.events
+                    - before.activity
+                    - before.quarantine
+                    - before.duplicates,
+                bytes: report.parsed.bytes,
+                elapsed: start.elapsed(),
+            });
+        }
+    }
+    drop(rx);
+    let _ = parser.join();
+    result?;
+    writer.commit(None)?;
+    let after = writer.stats();
+    report.stored = WriteStats {
+        events: after.events - before.events,
+        activity: after.activity - before.activity,
+        quarantine: after.quarantine - before.quarantine,
+        duplicates: after.duplicates - before.duplicates,
+        files_written: after.files_written - before.files_written,
+    };
+    report.elapsed_secs = start.elapsed().as_secs_f64();
+    report.records_per_sec = report.parsed.records as f64 / report.elapsed_secs.max(1e-9);
+    Ok(report)
+}
+
+/// Convenience for tests and tools: ingest paths into a data directory with default options.
+pub fn ingest_paths(
+    root: &Path,
+    paths: &[String],
+) -> Result<IngestReport, Box<dyn std::error::Error>> {
+    let (inputs, skipped) = expand(paths)?;
+    let mut w = StoreWriter::open(root, Default::default())?;
+    let mut r = ingest(&mut w, inputs, &IngestOptions::default(), |_| {})?;
+    r.skipped_files = skipped.iter().map(|p| p.display().to_string()).collect();
+    Ok(r)
+}

@@ -1,0 +1,271 @@
+//! Splits a byte stream into top-level JSON texts ("frames") without trusting its file name.
+//!
+//! Azure writes four envelopes (`{"records":[…]}`, JSON Lines, a bare array, a single object),
+//! pretty or compact. The framer reads line by line: a line that holds complete JSON values is a
+//! frame of its own (JSON Lines, compact envelopes); a line that opens a structure it does not
+//! close starts a multi-line frame that runs until the structure closes (pretty-printed files).
+//! Once a file has shown a complete first line it is treated as line-oriented, so one truncated
+//! line can never swallow the good lines after it. Memory is bounded by the largest frame.
+
+use std::io::{self, BufRead};
+
+/// One top-level JSON text and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub bytes: Vec<u8>,
+    pub first_line: u64,
+    pub last_line: u64,
+    /// Spans several lines: on a syntax error the parser retries it line by line.
+    pub multiline: bool,
+    /// Set when the frame was cut at the size limit; `bytes` holds only its start.
+    pub oversized: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unknown,
+    Lines,
+    Multi,
+}
+
+/// Structural scan state carried across lines: bracket depth and string/escape state.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan {
+    depth: i64,
+    in_string: bool,
+    escape: bool,
+    started: bool,
+}
+
+impl Scan {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &c in bytes {
+            if self.in_string {
+                if self.escape {
+                    self.escape = false;
+                } else if c == b'\\' {
+                    self.escape = true;
+                } else if c == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    self.started = true;
+                }
+                b'}' | b']' => self.depth -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.started && (self.depth > 0 || self.in_string)
+    }
+}
+
+/// Default cap on one frame: larger inputs are quarantined as oversized, never buffered whole.
+pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
+
+pub struct Framer<R> {
+    r: R,
+    line: u64,
+    mode: Mode,
+    max: usize,
+}
+
+impl<R: BufRead> Framer<R> {
+    pub fn new(r: R) -> Self {
+        Self::with_max(r, DEFAULT_MAX_FRAME)
+    }
+
+    pub fn with_max(r: R, max: usize) -> Self {
+        Self {
+            r,
+            line: 0,
+            mode: Mode::Unknown,
+            max,
+        }
+    }
+
+    /// Forces line-oriented framing (JSON Lines files, Kafka messages split by line).
+    pub fn lines_only(mut self) -> Self {
+        self.mode = Mode::Lines;
+        self
+    }
+
+    /// Reads one line (without its terminator) into `buf`, keeping at most `max` bytes.
+    /// Returns `None` at end of input, else the line's full length.
+    fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<u64>> {
+        buf.clear();
+        let mut total: u64 = 0;
+        let mut any = false;
+        loop {
+            let avail = match self.r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if avail.is_empty() {
+                break;
+            }
+            any = true;
+            let (chunk, done) = match memchr(b'\n', avail) {
+                Some(i) => (&avail[..i], Some(i + 1)),
+                None => (avail, None),
+            };
+            let room = self.max.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            total += chunk.len() as u64;
+            let used = done.unwrap_or(avail.len());
+            self.r.consume(used);
+            if done.is_some() {
+                break;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        self.line += 1;
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+            total -= 1;
+        }
+        if self.line == 1 && buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            buf.drain(..3);
+        }
+        Ok(Some(total))
+    }
+
+    /// The next frame, or `None` at end of input.
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        let (mut buf, first) = loop {
+            let mut buf = Vec::new();
+            let Some(len) = self.read_line(&mut buf)? else {
+                return Ok(None);
+            };
+            if buf.iter().all(u8::is_ascii_whitespace) && len as usize <= self.max {
+                continue;
+            }
+            if len as usize > self.max {
+                return Ok(Some(Frame {
+                    bytes: buf,
+                    first_line: self.line,
+                    last_line: self.line,
+                    multiline: false,
+                    oversized: Some(len),
+                }));
+            }
+            break (buf, self.line);
+        };
+        let mut scan = Scan::default();
+        scan.feed(&buf);
+        if !scan.open() || self.mode == Mode::Lines {
+            if self.mode == Mode::Unknown {
+                self.mode = Mode::Lines;
+            }
+            return Ok(Some(Frame {
+                bytes: buf,
+                first_line: first,
+                last_line: first,
+                multiline: false,
+                oversized: None,
+            }));
+        }
+        self.mode = Mode::Multi;
+        let mut line = Vec::new();
+        let mut total = buf.len() as u64;
+        loop {
+            let Some(len) = self.read_line(&mut line)? else {
+                break;
+            };
+            total += len + 1;
+            if total as usize > self.max {
+                // Keep what we have for the quarantine sample and drop the rest of the frame.
+                return Ok(Some(Frame {
+                    bytes: buf,
+                    first_line: first,
+                    last_line: self.line,
+                    multiline: true,
+                    oversized: Some(total),
+                }));
+            }
+            buf.push(b'\n');
+            buf.extend_from_slice(&line);
+            scan.feed(&line);
+            if !scan.open() {
+                break;
+            }
+        }
+        Ok(Some(Frame {
+            bytes: buf,
+            first_line: first,
+            last_line: self.line,
+            multiline: first != self.line,
+            oversized: None,
+        }))
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &str) -> Vec<(String, u64, u64)> {
+        let mut f = Framer::new(input.as_bytes());
+        let mut out = Vec::new();
+        while let Some(fr) = f.next_frame().unwrap() {
+            out.push((
+                String::from_utf8(fr.bytes).unwrap(),
+                fr.first_line,
+                fr.last_line,
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn json_lines_one_frame_per_line() {
+        let f = frames("{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}");
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[1], ("{\"a\":2}".into(), 3, 3));
+    }
+
+    #[test]
+    fn pretty_envelope_is_one_frame() {
+        let f = frames("{\n  \"records\": [\n    {\"a\": \"}\"}\n  ]\n}\n{\"records\":[]}\n");
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].1, f[0].2), (1, 5));
+        assert_eq!(f[1].1, 6);
+    }
+
+    #[test]
+    fn truncated_line_does_not_swallow_the_rest_in_line_mode() {
+        let f = frames("{\"a\":1}\n{\"a\":\"tru\n{\"a\":3}\n");
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[2].0, "{\"a\":3}");
+    }
+
+    #[test]
+    fn oversized_line_is_cut() {
+        let mut fr = Framer::with_max("{\"a\":\"0123456789\"}\n{}\n".as_bytes(), 8);
+        let first = fr.next_frame().unwrap().unwrap();
+        assert_eq!(first.oversized, Some(18));
+        assert_eq!(first.bytes.len(), 8);
+        let second = fr.next_frame().unwrap().unwrap();
+        assert_eq!(second.bytes, b"{}");
+    }
+
+    #[test]
+    fn bom_is_skipped() {
+        let f = frames("\u{feff}{\"a\":1}\n");
+        assert_eq!(f[0].0, "{\"a\":1}");
+    }
+}

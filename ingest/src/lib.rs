@@ -1,0 +1,24 @@
+//! kvwatch-ingest: from Azure Key Vault audit logs, in any envelope Azure writes, to a
+//! de-duplicated, time-partitioned Parquet event store that DataFusion can query.
+//!
+//! Reading order: [`framing`] (bytes → JSON texts) → [`parse`] (texts → records, routed) →
+//! [`audit`] / [`activity`] (records → canonical rows) → [`batch`] (rows → Arrow) →
+//! [`store`] (Arrow → Parquet + manifest) → [`query`] (SQL over the store). [`files`] wires
+//! file and stdin sources through that chain.
+
+pub mod activity;
+pub mod audit;
+pub mod batch;
+pub mod derive;
+pub mod files;
+pub mod framing;
+pub mod json;
+pub mod parse;
+pub mod query;
+pub mod schema;
+pub mod store;
+pub mod time;
+
+pub use files::{IngestOptions, IngestReport, Input, ingest};
+pub use schema::Table;
+pub use store::{Manifest, StoreError, StoreWriter, WriteOptions};

@@ -1,0 +1,378 @@
+//! Routes frames to tables: every record becomes an event, an activity row, or a quarantine row
+//! with a reason. Nothing is dropped silently; every outcome is counted.
+
+use crate::activity::{self, ActivityRow};
+use crate::audit::{self, EventRow};
+use crate::framing::Frame;
+use crate::json::{self, RawObject};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::fmt::Write as _;
+
+/// Where parsed rows go.
+pub trait RowSink {
+    fn event(&mut self, row: &EventRow<'_>, source: &str);
+    fn activity(&mut self, row: &ActivityRow, source: &str);
+    fn quarantine(&mut self, source: &str, reason: &str, raw: &str);
+}
+
+/// What parsing saw. Every input record lands in exactly one of `events`, `activity`,
+/// `quarantined` (which includes `other_category`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ParseCounts {
+    /// Records found (envelopes fanned out), plus unparseable fragments.
+    pub records: u64,
+    pub events: u64,
+    pub activity: u64,
+    pub quarantined: u64,
+    /// Quarantined because their category is not one kvwatch stores (subset of `quarantined`).
+    pub other_category: u64,
+    pub bytes: u64,
+}
+
+impl ParseCounts {
+    pub fn add(&mut self, o: &ParseCounts) {
+        self.records += o.records;
+        self.events += o.events;
+        self.activity += o.activity;
+        self.quarantined += o.quarantined;
+        self.other_category += o.other_category;
+        self.bytes += o.bytes;
+    }
+}
+
+/// Largest raw sample kept for an oversized input.
+const OVERSIZED_SAMPLE: usize = 4096;
+
+/// Parses frames from one source into a sink.
+pub struct Parser<'s, S: RowSink> {
+    pub sink: &'s mut S,
+    pub counts: ParseCounts,
+    /// Source label prefix, e.g. a file path; rows get `{prefix}:{line}` or `…#{index}`.
+    pub origin: String,
+    src: String,
+}
+
+impl<'s, S: RowSink> Parser<'s, S> {
+    pub fn new(sink: &'s mut S, origin: impl Into<String>) -> Self {
+        Self {
+            sink,
+            counts: ParseCounts::default(),
+            origin: origin.into(),
+            src: String::new(),
+        }
+    }
+
+    fn set_src(&mut self, first: u64, last: u64, index: Option<usize>) {
+        self.src.clear();
+        if first == last {
+            let _ = write!(self.src, "{}:{}", self.origin, first);
+        } else {
+            let _ = write!(self.src, "{}:{}-{}", self.origin, first, last);
+        }
+        if let Some(i) = index {
+            let _ = write!(self.src, "#{i}");
+        }
+    }
+
+    fn quarantine(&mut self, reason: &str, raw: &str) {
+        self.counts.records += 1;
+        self.counts.quarantined += 1;
+        let src = std::mem::take(&mut self.src);
+        self.sink.quarantine(&src, reason, raw);
+        self.src = src;
+    }
+
+    /// Parses one frame.
+    pub fn frame(&mut self, f: &Frame) {
+        self.counts.bytes += f.bytes.len() as u64;
+        self.set_src(f.first_line, f.last_line, None);
+        if let Some(size) = f.oversized {
+            let sample = String::from_utf8_lossy(&f.bytes[..f.bytes.len().min(OVERSIZED_SAMPLE)]);
+            self.quarantine(
+                &format!(
+                    "oversized input: {size} bytes exceeds the frame limit (first {} kept)",
+                    sample.len()
+                ),
+                &sample,
+            );
+            return;
+        }
+        let text = match std::str::from_utf8(&f.bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let lossy = String::from_utf8_lossy(&f.bytes).into_owned();
+                self.quarantine(&format!("invalid UTF-8: {e}"), &lossy);
+                return;
+            }
+        };
+        if let Err(msg) = self.text(text, f.first_line, f.last_line) {
+            if f.multiline {
+                self.retry_lines(text, f.first_line, &msg);
+            } else {
+                let (bad, _) = msg;
+                self.quarantine_rest(text, bad.0, &bad.1);
+            }
+        }
+    }
+
+    fn quarantine_rest(&mut self, text: &str, at: usize, reason: &str) {
+        let rest = &text[at.min(text.len())..];
+        self.quarantine(reason, rest.trim());
+    }
+
+    /// Parses all JSON values in `text`. On a syntax error, returns the offset where the bad
+    /// part starts and why, and whether any value before it was stored.
+    fn text(&mut self, text: &str, first: u64, last: u64) -> Result<(), ((usize, String), bool)> {
+        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+        let mut any = false;
+        loop {
+            let start = stream.byte_offset();
+            match stream.next() {
+                None => return Ok(()),
+                Some(Ok(v)) => {
+                    self.set_src(first, last, None);
+                    self.value(v);
+                    any = true;
+                }
+                Some(Err(e)) => {
+                    let what = if e.is_eof() {
+                        "truncated JSON"
+                    } else {
+                        "invalid JSON"
+                    };
+                    self.set_src(first, last, None);
+                    return Err(((start, format!("{what}: {e}")), any));
+                }
+            }
+        }
+    }
+
+    /// A multi-line frame failed to parse: salvage the lines that are complete JSON objects by
+    /// themselves (compact records inside a damaged envelope), quarantine runs of the rest.
+    fn retry_lines(&mut self, text: &str, first: u64, reason: &((usize, String), bool)) {
+        let mut bad_start: Option<(u64, String)> = None;
+        let flush = |p: &mut Self, bad: &mut Option<(u64, String)>, end: u64| {
+            if let Some((start, raw)) = bad.take() {
+                p.set_src(start, end, None);
+                p.quarantine(&reason.0.1, raw.trim());
+            }
+        };
+        let mut last_no = first;
+        for (i, line) in text.split('\n').enumerate() {
+            let no = first + i as u64;
+            last_no = no;
+            let t = line.trim().trim_end_matches(',').trim_end();
+            let salvageable = t.starts_with('{') && serde_json::from_str::<&RawValue>(t).is_ok();
+            if salvageable {
+                flush(self, &mut bad_start, no - 1);
+                self.set_src(no, no, None);
+                let v: &RawValue = serde_json::from_str(t).expect("checked above");
+                self.value(v);
+            } else if !t.is_empty() {
+                match &mut bad_start {
+                    Some((_, raw)) => {
+                        raw.push('\n');
+                        raw.push_str(line);
+                    }
+                    None => bad_start = Some((no, line.to_owned())),
+                }
+            }
+        }
+        flush(self, &mut bad_start, last_no);
+    }
+
+    /// One top-level JSON value: an envelope, an array of records, or a record.
+    fn value(&mut self, v: &RawValue) {
+        let t = v.get();
+        match t.as_bytes().first() {
+            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(t) {
+                Ok(items) => self.records(&items),
+                Err(e) => self.quarantine(&format!("invalid JSON array: {e}"), t),
+            },
+            Some(b'{') => match RawObject::parse(t) {
+                Ok(obj) => {
+                    if let Some(recs) = obj.get("records") {
+                        match serde_json::from_str::<Vec<&RawValue>>(recs.get()) {
+                            Ok(items) => self.records(&items),
+                            Err(_) => self.quarantine(
+                                &format!(
+                                    "envelope `records` is not an array (found {})",
+                                    json::kind(recs)
+                                ),
+                                t,
+                            ),
+                        }
+                    } else {
+                        self.record_obj(&obj, t);
+                    }
+                }
+                Err(e) => self.quarantine(&format!("invalid JSON object: {e}"), t),
+            },
+            _ => self.quarantine(
+                &format!("expected a JSON object or array, found {}", json::kind(v)),
+                t,
+            ),
+        }
+    }
+
+    fn records(&mut self, items: &[&RawValue]) {
+        let base = self.src.clone();
+        for (i, item) in items.iter().enumerate() {
+            self.src.clear();
+            let _ = write!(self.src, "{base}#{i}");
+            let t = item.get();
+            if !t.starts_with('{') {
+                self.quarantine(
+                    &format!("record is not a JSON object (found {})", json::kind(item)),
+                    t,
+                );
+                continue;
+            }
+            match RawObject::parse(t) {
+                Ok(obj) if obj.get("records").is_some() => self.value(item),
+                Ok(obj) => self.record_obj(&obj, t),
+                Err(e) => self.quarantine(&format!("invalid record: {e}"), t),
+            }
+        }
+        self.src = base;
+    }
+
+    /// Routes one record by category / operation name.
+    fn record_obj(&mut self, obj: &RawObject<'_>, raw: &str) {
+        let category = obj
+            .get("category")
+            .or_else(|| obj.get("Category"))
+            .and_then(|v| json::opt_str_or_value("category", v).ok().flatten());
+        let op = obj
+            .get("operationName")
+            .or_else(|| obj.get("OperationName"))
+            .and_then(|v| json::opt_str_or_value("operationName", v).ok().flatten());
+        let is_audit = match category.as_deref() {
+            Some(c) => c.eq_ignore_ascii_case("AuditEvent"),
+            // Some exports drop `category`; a Key Vault resource ID and an ObjectVerb
+            // operation name identify an audit event just as well.
+            None => {
+                op.as_deref()
+                    .is_some_and(|o| !activity::looks_like_activity(o))
+                    && obj
+                        .get("resourceId")
+                        .and_then(|v| json::opt_str("resourceId", v).ok().flatten())
+                        .is_some_and(|r| r.to_ascii_lowercase().contains("/microsoft.keyvault/"))
+            }
+        };
+        if is_audit {
+            match audit::normalize(obj) {
+                Ok(row) => {
+                    self.counts.records += 1;
+                    self.counts.events += 1;
+                    self.sink.event(&row, &self.src);
+                }
+                Err(e) => self.quarantine(&format!("invalid audit event: {e}"), raw),
+            }
+            return;
+        }
+        if op.as_deref().is_some_and(activity::looks_like_activity) {
+            match activity::normalize(raw) {
+                Ok(row) => {
+                    self.counts.records += 1;
+                    self.counts.activity += 1;
+                    self.sink.activity(&row, &self.src);
+                }
+                Err(e) => self.quarantine(&format!("invalid activity log record: {e}"), raw),
+            }
+            return;
+        }
+        self.counts.other_category += 1;
+        let reason = match category {
+            Some(c) => format!("unsupported category: {c}"),
+            None => "unsupported category: record has no `category` and is neither a Key Vault audit event nor an Activity Log record".to_owned(),
+        };
+        self.quarantine(&reason, raw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::Framer;
+
+    #[derive(Default)]
+    struct Collect {
+        events: Vec<(String, String)>,
+        activity: Vec<String>,
+        quarantine: Vec<(String, String)>,
+    }
+
+    impl RowSink for Collect {
+        fn event(&mut self, row: &EventRow<'_>, source: &str) {
+            self.events
+                .push((row.operation.to_string(), source.to_owned()));
+        }
+        fn activity(&mut self, row: &ActivityRow, _source: &str) {
+            self.activity.push(row.operation.clone());
+        }
+        fn quarantine(&mut self, source: &str, reason: &str, _raw: &str) {
+            self.quarantine.push((source.to_owned(), reason.to_owned()));
+        }
+    }
+
+    fn run(input: &str) -> (Collect, ParseCounts) {
+        let mut sink = Collect::default();
+        let mut p = Parser::new(&mut sink, "f");
+        let mut fr = Framer::new(input.as_bytes());
+        while let Some(f) = fr.next_frame().unwrap() {
+            p.frame(&f);
+        }
+        let c = p.counts;
+        (sink, c)
+    }
+
+    const REC: &str = r#"{"time":"2024-05-01T13:05:17.4111792Z","category":"AuditEvent","operationName":"SecretGet","resourceId":"/SUBSCRIPTIONS/S/RESOURCEGROUPS/G/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/KV","properties":{"httpStatusCode":200}}"#;
+
+    #[test]
+    fn envelopes_fan_out_with_sources() {
+        let input =
+            format!("{{\"records\":[{REC},{REC}]}}{{\"records\":[{REC}]}}\n[{REC}]\n{REC}\n");
+        let (s, c) = run(&input);
+        assert_eq!(c.events, 5);
+        assert_eq!(s.events[1].1, "f:1#1");
+        assert_eq!(s.events[4].1, "f:3");
+    }
+
+    #[test]
+    fn bad_inputs_are_quarantined_with_reasons() {
+        let bad_time = REC.replace("2024-05-01T13:05:17.4111792Z", "yesterday");
+        let bad_type = REC.replace("{\"httpStatusCode\":200}", "{\"httpStatusCode\":{\"x\":1}}");
+        let input = format!(
+            "{REC}\nnot json at all\n{{\"records\": 5}}\n{}\n{bad_time}\n{bad_type}\n{{\"category\":\"Other\",\"operationName\":\"X\"}}\n{REC}\n",
+            &REC[..40]
+        );
+        let (s, c) = run(&input);
+        assert_eq!(c.events, 2);
+        assert_eq!(c.quarantined, 6, "{:?}", s.quarantine);
+        assert_eq!(c.other_category, 1);
+        let reasons: Vec<&str> = s.quarantine.iter().map(|q| q.1.as_str()).collect();
+        assert!(reasons[0].starts_with("invalid JSON"), "{reasons:?}");
+        assert!(
+            reasons[1].contains("`records` is not an array"),
+            "{reasons:?}"
+        );
+        assert!(reasons[2].starts_with("truncated JSON"), "{reasons:?}");
+        assert!(reasons[3].contains("invalid time"), "{reasons:?}");
+        assert!(reasons[4].contains("httpStatusCode"), "{reasons:?}");
+        assert!(
+            reasons[5].contains("unsupported category: Other"),
+            "{reasons:?}"
+        );
+        assert_eq!(s.quarantine[0].0, "f:2");
+    }
+
+    #[test]
+    fn damaged_pretty_envelope_salvages_compact_records() {
+        let input = format!("{{\n\"records\": [\n{REC},\n{{\"time\": \"broken\n{REC}\n]}}\n");
+        let (s, c) = run(&input);
+        assert_eq!(c.events, 2, "{:?}", s.quarantine);
+        assert!(c.quarantined >= 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! Read-only SQL over the event store with DataFusion.
+//!
+//! A query session sees exactly the files of one manifest snapshot, registered as `events`,
+//! `activity` and `quarantine`, plus the `azure_diagnostics` compatibility view. Statements are
+//! planned with DDL, DML and other statements disabled, so a query can read the store and
+//! nothing else: no `COPY`, no `CREATE EXTERNAL TABLE`, no `SET`.
+
+use crate::schema::Table;
+use crate::store::{Result, read_manifest};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Registers `paths` (Parquet files of `table`'s schema, each sorted by time) as `name`.
+pub fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    table: Table,
+    paths: &[PathBuf],
+) -> Result<()> {
+    let schema = table.schema();
+    if paths.is_empty() {
+        let empty = MemTable::try_new(schema.clone(), vec![vec![]])?;
+        ctx.register_table(name, Arc::new(empty))?;
+        return Ok(());
+    }
+    let urls = paths
+        .iter()
+        .map(|p| {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            ListingTableUrl::parse(abs.to_string_lossy())
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_file_sort_order(vec![vec![col(table.time_column()).sort(true, false)]]);
+    let cfg = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(opts)
+        .with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(cfg)?))?;
+    Ok(())
+}
+
+/// Casts a batch's columns to `schema` (Parquet reads strings back as views).
+pub fn cast_to_schema(
+    b: &RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let cols = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), cols)
+}
+
+/// Session settings shared by every store query.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(true)
+        .with_batch_size(8192)
+}
+
+/// A fresh context with no tables, for callers that register their own.
+pub fn empty_context() -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_default_features()
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// A query session over the current manifest of a data directory.
+pub async fn open_session(root: &Path) -> Result<SessionContext> {
+    let ctx = empty_context();
+    register_store(&ctx, root).await?;
+    Ok(ctx)
+}
+
+/// Registers the store's tables and compatibility views on an existing context.
+pub async fn register_store(ctx: &SessionContext, root: &Path) -> Result<()> {
+    let manifest = read_manifest(root)?;
+    for t in Table::ALL {
+        let paths: Vec<PathBuf> = manifest
+            .files(t)
+            .iter()
+            .map(|f| root.join(&f.path))
+            .collect();
+        register_files(ctx, t.name(), t, &paths)?;
+    }
+    ctx.sql(AZURE_DIAGNOSTICS_VIEW).await?;
+    Ok(())
+}
+
+/// Options that make planning refuse anything but queries.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Plans `sql` read-only.
+pub async fn read_only_sql(
+    ctx: &SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<DataFrame> {
+    ctx.sql_with_options(sql, read_only()).await
+}
+
+/// `events` with the Log Analytics `AzureDiagnostics` column names, so Sentinel queries port
+/// with little more than a syntax change.
+pub const AZURE_DIAGNOSTICS_VIEW: &str = r#"CREATE VIEW azure_diagnostics AS SELECT
+  time AS "TimeGenerated",
+  upper(resource_id) AS "ResourceId",
+  resource_id AS "_ResourceId",
+  category AS "Category",
+  upper(resource_group) AS "ResourceGroup",
+  subscription_id AS "SubscriptionId",
+  'MICROSOFT.KEYVAULT' AS "ResourceProvider",
+  upper(vault) AS "Resource",
+  upper(resource_type) AS "ResourceType",
+  operation AS "OperationName",
+  operation_version AS "OperationVersion",
+  result_type AS "ResultType",
+  result_signature AS "ResultSignature",
+  result_description AS "ResultDescription",
+  correlation_id AS "CorrelationId",
+  duration_ms AS "DurationMs",
+  caller_ip AS "CallerIPAddress",
+  request_uri AS "requestUri_s",
+  object_uri AS "id_s",
+  client_info AS "clientInfo_s",
+  CAST(http_status AS DOUBLE) AS "httpStatusCode_d",
+  principal_oid AS "identity_claim_oid_g",
+  principal_oid AS "identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g",
+  principal_upn AS "identity_claim_upn_s",
+  principal_upn AS "identity_claim_http_schemas_xmlsoap_org_ws_2005_05_identity_claims_upn_s",
+  principal_name AS "identity_claim_unique_name_s",
+  principal_name AS "identity_claim_http_schemas_xmlsoap_org_ws_2005_05_identity_claims_name_s",
+  principal_appid AS "identity_claim_appid_g",
+  principal_mirid AS "identity_claim_xms_mirid_s",
+  is_access_policy_match AS "isAccessPolicyMatch_b",
+  is_rbac_authorized AS "isRbacAuthorized_b",
+  tls_version AS "tlsVersion_s",
+  subnet_id AS "subnetId_s",
+  policy_added_oid AS "addedAccessPolicy_ObjectId_g",
+  array_to_string(policy_added_permissions, ',') AS "addedAccessPolicy_Permissions_s",
+  policy_removed_oid AS "removedAccessPolicy_ObjectId_g",
+  array_to_string(policy_removed_permissions, ',') AS "removedAccessPolicy_Permissions_s",
+  ip_rule_added AS "addedIpRule_Value_s",
+  network_default_action AS "properties_networkAcls_defaultAction_s",
+  network_bypass AS "properties_networkAcls_bypass_s",
+  rbac_enabled AS "properties_enableRbacAuthorization_b",
+  soft_delete_enabled AS "properties_enableSoftDelete_b",
+  purge_protection_enabled AS "properties_enablePurgeProtection_b",
+  properties AS "AdditionalFields",
+  'AzureDiagnostics' AS "Type"
+FROM events"#;
