@@ -1,0 +1,569 @@
+//! `kvwatch ingest` on every envelope, bad input, archives, stdin and gzip.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn counts(report: &Value) -> (u64, u64, u64, u64) {
+    let p = &report["parsed"];
+    (
+        p["events"].as_u64().unwrap(),
+        p["activity"].as_u64().unwrap(),
+        p["quarantined"].as_u64().unwrap(),
+        p["other_category"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn every_envelope_shape() {
+    // (file, events, activity, quarantined, other categories)
+    let cases = [
+        ("envelope-pretty.json", 5, 0, 0, 0),
+        ("envelope-compact.json", 9, 1, 1, 1),
+        ("PT1H.json", 9, 2, 0, 0),
+        ("array.json", 2, 0, 0, 0),
+        ("single.json", 1, 0, 0, 0),
+        ("activity.jsonl", 0, 2, 0, 0),
+    ];
+    for (file, ev, act, q, other) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let report = ingest(dir.path(), &[&samples().join(file)]);
+        assert_eq!(counts(&report), (ev, act, q, other), "{file}: {report}");
+        assert_eq!(report["stored"]["events"], ev, "{file}");
+        assert_eq!(
+            count(dir.path(), "SELECT count(*) FROM events"),
+            ev as i64,
+            "{file}"
+        );
+        assert_eq!(
+            count(dir.path(), "SELECT count(*) FROM activity"),
+            act as i64,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn microsoft_documentation_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = ingest(
+        dir.path(),
+        &[
+            &reference_samples().join("msdocs_keyvault_PT1H_jsonlines_example.json"),
+            &reference_samples().join("msdocs_keyvault_logging_example.json"),
+        ],
+    );
+    assert_eq!(counts(&r), (3, 0, 0, 0));
+    let rows = query(
+        dir.path(),
+        "SELECT vault, subscription_id, resource_group, resource_type, operation, operation_version, \
+         duration_ms, http_status, caller_ip, correlation_id, principal_upn, principal_type, client_info, \
+         object_type, object_name, CAST(time AS VARCHAR) AS t FROM events ORDER BY time, principal_appid",
+    );
+    assert_eq!(rows.len(), 3);
+    let r0 = &rows[0];
+    assert_eq!(r0["vault"], "contosokeyvault");
+    assert_eq!(r0["resource_group"], "contosogroup");
+    assert_eq!(r0["resource_type"], "vaults");
+    assert_eq!(r0["operation"], "VaultGet");
+    assert_eq!(r0["operation_version"], "2015-06-01");
+    assert_eq!(r0["duration_ms"], 78);
+    assert_eq!(r0["http_status"], 200);
+    assert_eq!(r0["caller_ip"], "104.40.82.76");
+    assert_eq!(
+        r0["correlation_id"],
+        Value::Null,
+        "empty correlation id is null"
+    );
+    assert_eq!(r0["principal_upn"], "live.com#username@outlook.com");
+    assert_eq!(r0["principal_type"], "user");
+    assert_eq!(r0["client_info"], "azure-resource-manager/2.0");
+    assert_eq!(r0["object_type"], "vault");
+    assert!(
+        r0["t"]
+            .as_str()
+            .unwrap()
+            .starts_with("2016-01-05T01:32:01.2691226"),
+        "{r0}"
+    );
+}
+
+#[test]
+fn record_quirks_are_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = ["envelope-compact.json", "array.json", "single.json"]
+        .iter()
+        .map(|f| samples().join(f))
+        .collect();
+    ingest(
+        dir.path(),
+        &files.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+    );
+    let one = |sql: &str| -> Value {
+        let rows = query(dir.path(), sql);
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        rows[0].clone()
+    };
+    // Managed HSM: identity as a JSON string with nested claim keys, request fields at top
+    // level, numeric durationMs, 3 fractional digits.
+    let hsm = one("SELECT * FROM events WHERE operation = 'KeyCreate'");
+    assert_eq!(hsm["resource_type"], "managedhsms");
+    assert_eq!(hsm["vault"], "contoso-hsm");
+    assert_eq!(hsm["principal_oid"], "7a8b9c0d-0000-4000-8000-0000000000aa");
+    assert_eq!(hsm["principal_upn"], "hsm-admin@contoso.com");
+    assert_eq!(hsm["duration_ms"], 488);
+    assert_eq!(hsm["http_status"], 200);
+    assert_eq!(hsm["client_info"], "azsdk-python-keyvault-keys/4.8.0");
+    assert_eq!(hsm["subnet_id"], "(unknown)");
+    assert_eq!(hsm["object_type"], "key");
+    assert_eq!(hsm["object_name"], "cmk-1");
+    let extra: Value = serde_json::from_str(hsm["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        extra["PoolType"], "ManagedHSM",
+        "unmapped properties kept: {extra}"
+    );
+    assert_eq!(
+        extra["_record"]["PoolName"], "contoso-hsm",
+        "unmapped top-level keys kept: {extra}"
+    );
+
+    // Managed identity, RBAC vault, object from properties.id with version.
+    let mi = one(
+        "SELECT * FROM events WHERE operation = 'SecretGet' AND http_status = 200 AND principal_type = 'managed_identity'",
+    );
+    assert_eq!(mi["vault"], "contoso-prod-kv");
+    assert_eq!(mi["object_name"], "sql-root");
+    assert_eq!(mi["object_version"], "d1230f9a8b7c4d6e9f0a1b2c3d4e5f60");
+    assert_eq!(mi["is_rbac_authorized"], true);
+    assert_eq!(
+        mi["applied_assignment_id"],
+        "3f0b9a2c7d1e4c5a8b6f0e9d2c1a7b45"
+    );
+    assert_eq!(mi["tls_version"], "TLS1_3");
+    assert!(
+        mi["principal_mirid"]
+            .as_str()
+            .unwrap()
+            .ends_with("/sites/contoso-api")
+    );
+
+    // Short claims, access-policy vault; the object comes from `id`, the version from it too.
+    let user = one(
+        "SELECT * FROM events WHERE operation = 'SecretGet' AND principal_upn = 'alice@contoso.com'",
+    );
+    assert_eq!(user["principal_type"], "user");
+    assert_eq!(
+        user["principal_appid"],
+        "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+    );
+    assert_eq!(user["is_access_policy_match"], true);
+    assert_eq!(user["object_name"], "DbPassword");
+    assert_eq!(user["principal_name"], "alice@contoso.com");
+
+    // Access policy added (long claim names), permissions as lists.
+    let grant = one("SELECT * FROM events WHERE policy_added_oid IS NOT NULL");
+    assert_eq!(
+        grant["principal_oid"],
+        "8f2c6a10-0000-4000-8000-6e5d4c3b2a19"
+    );
+    assert_eq!(grant["principal_upn"], "mallory@contoso.com");
+    assert_eq!(
+        grant["policy_added_oid"],
+        "8f2c6a10-0000-4000-8000-6e5d4c3b2a19"
+    );
+    assert_eq!(
+        grant["policy_added_permissions"],
+        json!(["secrets:get", "secrets:list"])
+    );
+    assert_eq!(grant["rbac_enabled"], false);
+    assert_eq!(grant["soft_delete_enabled"], true);
+    assert_eq!(grant["soft_delete_retention_days"], 90);
+    assert_eq!(
+        grant["purge_protection_enabled"], false,
+        "null purge protection means off"
+    );
+    assert_eq!(
+        grant["network_default_action"], "Allow",
+        "null networkAcls means open"
+    );
+
+    // Removed policy with permissions written as a comma-separated string.
+    let removed = one("SELECT * FROM events WHERE policy_removed_oid IS NOT NULL");
+    assert_eq!(
+        removed["policy_removed_permissions"],
+        json!(["secrets:get", "secrets:list"])
+    );
+
+    // Firewall opened.
+    let fw = one("SELECT * FROM events WHERE ip_rule_added IS NOT NULL");
+    assert_eq!(fw["ip_rule_added"], "0.0.0.0/0");
+    assert_eq!(fw["network_default_action"], "Allow");
+    assert_eq!(fw["network_bypass"], "AzureServices");
+    assert_eq!(fw["soft_delete_retention_days"], 7);
+
+    // Authentication challenge: no object, 401 kept.
+    let auth = one("SELECT * FROM events WHERE operation = 'Authentication'");
+    assert_eq!(auth["http_status"], 401);
+    assert_eq!(auth["object_type"], Value::Null);
+    assert_eq!(auth["operation_family"], "authentication");
+
+    // Crypto call: action segment after the version does not confuse the object parser.
+    let unwrap = one("SELECT * FROM events WHERE operation = 'KeyUnwrap'");
+    assert_eq!(unwrap["object_type"], "key");
+    assert_eq!(unwrap["object_name"], "storage-cmk");
+    assert_eq!(unwrap["tls_version"], "TLS1_1");
+    assert_eq!(unwrap["operation_family"], "crypto");
+
+    // Every event has a deterministic 32-hex id and a source with its line.
+    let ids = query(dir.path(), "SELECT event_id, source FROM events");
+    for r in &ids {
+        let id = r["event_id"].as_str().unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(r["source"].as_str().unwrap().contains(".json"), "{r}");
+    }
+}
+
+#[test]
+fn activity_log_role_assignments() {
+    let dir = tempfile::tempdir().unwrap();
+    ingest(dir.path(), &[&samples().join("activity.jsonl")]);
+    let rows = query(dir.path(), "SELECT * FROM activity ORDER BY time");
+    assert_eq!(rows.len(), 2);
+    let ra = &rows[0];
+    assert_eq!(
+        ra["operation"],
+        "microsoft.authorization/roleassignments/write"
+    );
+    assert_eq!(
+        ra["role_definition_id"],
+        "4633458b-17de-408a-b874-0445c86b69e6"
+    );
+    assert_eq!(
+        ra["role_name"], "Key Vault Secrets User",
+        "the granted role, not the caller's evidence"
+    );
+    assert_eq!(
+        ra["target_principal_id"],
+        "9d8c7b6a-0000-4000-8000-0000000000ee"
+    );
+    assert_eq!(ra["target_principal_type"], "ServicePrincipal");
+    assert_eq!(ra["vault"], "contoso-prod-kv");
+    assert_eq!(ra["caller_oid"], "8f2c6a10-0000-4000-8000-6e5d4c3b2a19");
+    assert_eq!(ra["caller_upn"], "mallory@contoso.com");
+    assert_eq!(ra["status"], "Success");
+    assert!(
+        ra["scope"]
+            .as_str()
+            .unwrap()
+            .ends_with("/vaults/contoso-prod-kv"),
+        "{ra}"
+    );
+    let diag = &rows[1];
+    assert_eq!(
+        diag["operation"],
+        "microsoft.insights/diagnosticsettings/delete"
+    );
+    assert_eq!(diag["vault"], "contoso-prod-kv");
+}
+
+#[test]
+fn corrupt_input_is_quarantined_and_good_lines_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "ingest",
+            "--format",
+            "json",
+            samples().join("corrupt.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "bad records are not a failure: {}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(counts(&report), (3, 0, 10, 1), "{report}");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM events"), 3);
+    let q = query(
+        dir.path(),
+        "SELECT source, reason, raw FROM quarantine ORDER BY source",
+    );
+    assert_eq!(q.len(), 10);
+    let reason_of = |line: &str| -> Vec<String> {
+        q.iter()
+            .filter(|r| {
+                let s = r["source"].as_str().unwrap();
+                s.ends_with(&format!(":{line}")) || s.contains(&format!(":{line}#"))
+            })
+            .map(|r| r["reason"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(reason_of("2")[0].starts_with("invalid JSON"), "{q:?}");
+    assert!(reason_of("3")[0].starts_with("truncated JSON"), "{q:?}");
+    assert!(
+        reason_of("4")[0].contains("`records` is not an array"),
+        "{q:?}"
+    );
+    assert!(
+        reason_of("5")[0].contains("invalid time \"not-a-time\""),
+        "{q:?}"
+    );
+    assert!(reason_of("6")[0].contains("durationMs"), "{q:?}");
+    assert!(reason_of("7")[0].contains("httpStatusCode"), "{q:?}");
+    assert!(
+        reason_of("8")[0].contains("unsupported category: AzurePolicyEvaluationDetails"),
+        "{q:?}"
+    );
+    assert_eq!(
+        reason_of("9").len(),
+        2,
+        "each array element is accounted for: {q:?}"
+    );
+    assert!(reason_of("11")[0].contains("not a JSON object"), "{q:?}");
+    // The raw input is kept for every quarantined record.
+    assert!(q.iter().all(|r| !r["raw"].as_str().unwrap().is_empty()));
+}
+
+#[test]
+fn reingest_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ingest(dir.path(), &[&samples()]);
+    let events = count(dir.path(), "SELECT count(*) FROM events");
+    let quarantined = count(dir.path(), "SELECT count(*) FROM quarantine");
+    // 9 vault events, 2 HSM events, and the one event of corrupt.jsonl not seen elsewhere.
+    assert_eq!(events, 12, "{first}");
+    let second = ingest(dir.path(), &[&samples()]);
+    assert_eq!(second["stored"]["events"], 0, "{second}");
+    assert_eq!(second["stored"]["activity"], 0, "{second}");
+    assert_eq!(second["stored"]["quarantine"], 0, "{second}");
+    assert_eq!(
+        second["stored"]["duplicates"].as_u64().unwrap(),
+        second["parsed"]["records"].as_u64().unwrap(),
+        "{second}"
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM events"), events);
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) FROM quarantine"),
+        quarantined
+    );
+    assert_eq!(
+        count(dir.path(), "SELECT count(DISTINCT event_id) FROM events"),
+        events
+    );
+}
+
+/// Builds the storage-account archive layout with `per_hour` records per vault and hour.
+fn archive(root: &Path, vaults: &[&str], hours: u32, per_hour: u32) -> u64 {
+    let mut n = 0;
+    for v in vaults {
+        for h in 0..hours {
+            let dir = root.join(format!(
+                "insights-logs-auditevent/resourceId=/SUBSCRIPTIONS/AAAA0A0A-BB1B-CC2C-DD3D-EEEEEE4E4E4E/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/{}/y=2024/m=05/d=01/h={h:02}/m=00",
+                v.to_uppercase()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut lines = String::new();
+            for i in 0..per_hour {
+                let op = if i % 3 == 0 {
+                    "SecretList"
+                } else {
+                    "SecretGet"
+                };
+                let rec = json!({
+                    "time": format!("2024-05-01T{h:02}:{:02}:{:02}.{:07}Z", i / 60 % 60, i % 60, i),
+                    "resourceId": format!("/SUBSCRIPTIONS/AAAA0A0A-BB1B-CC2C-DD3D-EEEEEE4E4E4E/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/{}", v.to_uppercase()),
+                    "operationName": op, "operationVersion": "7.4", "category": "AuditEvent",
+                    "resultType": "Success", "resultSignature": "OK", "durationMs": "5",
+                    "callerIpAddress": "10.0.0.1", "correlationId": "",
+                    "identity": {"claim": {"oid": "00000000-0000-4000-8000-000000000001", "appid": "a"}},
+                    "properties": {"httpStatusCode": 200, "requestUri": format!("https://{v}.vault.azure.net/secrets/s{i}/?api-version=7.4")}
+                });
+                lines.push_str(&rec.to_string());
+                lines.push('\n');
+                n += 1;
+            }
+            let file = dir.join("PT1H.json");
+            std::fs::write(&file, lines).unwrap();
+            if h % 2 == 1 {
+                // Some blobs were downloaded compressed.
+                gzip(&file, &dir.join("PT1H.json.gz"));
+                std::fs::remove_file(&file).unwrap();
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn archive_layout_gives_exact_counts() {
+    let src = tempfile::tempdir().unwrap();
+    let total = archive(src.path(), &["kv-alpha", "kv-beta"], 4, 30);
+    std::fs::write(src.path().join("README.txt"), "not a log").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = ingest(dir.path(), &[src.path()]);
+    assert_eq!(r["parsed"]["events"], total);
+    assert_eq!(r["skipped_files"].as_array().unwrap().len(), 1, "{r}");
+    let rows = query(
+        dir.path(),
+        "SELECT vault, operation, count(*) AS n FROM events GROUP BY 1,2 ORDER BY 1,2",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            json!({"vault": "kv-alpha", "operation": "SecretGet", "n": 80}),
+            json!({"vault": "kv-alpha", "operation": "SecretList", "n": 40}),
+            json!({"vault": "kv-beta", "operation": "SecretGet", "n": 80}),
+            json!({"vault": "kv-beta", "operation": "SecretList", "n": 40}),
+        ]
+    );
+}
+
+#[test]
+fn stdin_and_gzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = std::fs::read(samples().join("PT1H.json")).unwrap();
+    let r = run_stdin(dir.path(), &["ingest", "--format", "json", "-"], &input);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(counts(&report), (9, 2, 0, 0));
+    let src = query(
+        dir.path(),
+        "SELECT source FROM events ORDER BY source LIMIT 1",
+    );
+    assert!(
+        src[0]["source"].as_str().unwrap().starts_with("stdin:"),
+        "{src:?}"
+    );
+
+    let gz_dir = tempfile::tempdir().unwrap();
+    let gz = gz_dir.path().join("blob.json.gz");
+    gzip(&samples().join("envelope-pretty.json"), &gz);
+    let dir2 = tempfile::tempdir().unwrap();
+    let report = ingest(dir2.path(), &[&gz]);
+    assert_eq!(counts(&report), (5, 0, 0, 0));
+    // Gzip is sniffed by content: a compressed file with a plain name works too.
+    let renamed = gz_dir.path().join("blob.json");
+    std::fs::copy(&gz, &renamed).unwrap();
+    let dir3 = tempfile::tempdir().unwrap();
+    assert_eq!(counts(&ingest(dir3.path(), &[&renamed])), (5, 0, 0, 0));
+}
+
+#[test]
+fn unreadable_input_fails_but_others_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &["ingest", "--format", "json", "/nonexistent/file.json"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nonexistent/file.json"), "{}", r.stderr);
+
+    // A file that breaks mid-read: a gzip stream cut short. What was read before the break
+    // is stored; the run reports the failure and exits non-zero.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::copy(samples().join("single.json"), src.path().join("a.json")).unwrap();
+    let gz = src.path().join("full.json.gz");
+    gzip(&samples().join("PT1H.json"), &gz);
+    let bytes = std::fs::read(&gz).unwrap();
+    let unreadable = src.path().join("b.json.gz");
+    std::fs::write(&unreadable, &bytes[..bytes.len() / 2]).unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "ingest",
+            "--format",
+            "json",
+            src.path().join("a.json").to_str().unwrap(),
+            unreadable.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 1);
+    assert!(
+        report["failed"][0]["input"]
+            .as_str()
+            .unwrap()
+            .ends_with("b.json.gz")
+    );
+    let stored = report["stored"]["events"].as_u64().unwrap();
+    assert!(stored >= 1, "{report}");
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) FROM events"),
+        stored as i64
+    );
+}
+
+#[test]
+fn table_summary_for_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &["ingest", samples().join("corrupt.jsonl").to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("events stored"), "{}", r.stdout);
+    assert!(r.stdout.contains("quarantined         10"), "{}", r.stdout);
+    assert!(r.stdout.contains("records/s"), "{}", r.stdout);
+}
+
+#[test]
+fn compaction_merges_small_files_without_changing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    archive(src.path(), &["kv-a"], 10, 5);
+    // One ingest per hour blob: each run writes its own small file.
+    for entry in walk(src.path()) {
+        let r = run(
+            dir.path(),
+            &[
+                "ingest",
+                "--no-compact",
+                "--format",
+                "json",
+                entry.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let manifest = || -> Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap()
+    };
+    let files_before = manifest()["tables"]["events"].as_array().unwrap().len();
+    assert_eq!(files_before, 10);
+    let ids_before = query(dir.path(), "SELECT event_id FROM events ORDER BY event_id");
+    let r = run(
+        dir.path(),
+        &["compact", "--format", "json", "--compact-min-files", "4"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(out, json!({"files_before": 10, "files_after": 1}));
+    assert_eq!(manifest()["tables"]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        query(dir.path(), "SELECT event_id FROM events ORDER BY event_id"),
+        ids_before
+    );
+    let parquet_files = walk(&dir.path().join("events")).len();
+    assert_eq!(parquet_files, 1, "replaced files are deleted");
+    // The merged file is sorted by time.
+    let times = query(dir.path(), "SELECT CAST(time AS BIGINT) AS t FROM events");
+    let t: Vec<i64> = times.iter().map(|r| r["t"].as_i64().unwrap()).collect();
+    assert!(t.windows(2).all(|w| w[0] <= w[1]));
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![p.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                out.push(e);
+            }
+        }
+    }
+    out.sort();
+    out
+}

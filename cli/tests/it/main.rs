@@ -1,0 +1,6 @@
+//! End-to-end tests of the `kvwatch` binary on real files. One test binary (modules below) so
+//! DataFusion is linked once.
+
+mod common;
+mod ingest;
+mod query;
