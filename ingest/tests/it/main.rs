@@ -1,0 +1,4 @@
+//! Library-level tests of the ingest crate (one binary; modules below).
+
+mod crash;
+mod props;
