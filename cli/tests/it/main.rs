@@ -2,5 +2,6 @@
 //! DataFusion is linked once.
 
 mod common;
+mod generate;
 mod ingest;
 mod query;

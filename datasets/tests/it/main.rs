@@ -1,0 +1,3 @@
+//! Generator tests: determinism, every attack kind well-formed and parseable, every format.
+
+mod generate;
