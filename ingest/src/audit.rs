@@ -165,16 +165,23 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
     // Object coordinates: `properties.id` carries the resolved version, `requestUri` the
     // operation's target when there is no id (lists, creates).
     let from_id = row.object_uri.as_deref().map(derive::parse_object_uri);
-    let from_uri = row.request_uri.as_deref().map(derive::parse_object_uri);
+    // `requestUri` is parsed only when `id` does not settle the question (lists, creates,
+    // records without a resource ID): it is the costlier of the two and usually redundant.
+    let id_settles = from_id.as_ref().is_some_and(|o| o.object_type.is_some());
+    let from_uri = if id_settles && resource_id.is_some() {
+        None
+    } else {
+        row.request_uri.as_deref().map(derive::parse_object_uri)
+    };
     let obj = match (&from_id, &from_uri) {
-        (Some(a), _) if a.object_type.is_some() => from_id.clone().unwrap_or_default(),
-        (_, Some(b)) if b.object_type.is_some() => from_uri.clone().unwrap_or_default(),
+        (Some(a), _) if a.object_type.is_some() => a.clone(),
+        (_, Some(b)) if b.object_type.is_some() => b.clone(),
         _ => ObjectRef::default(),
     };
     if row.operation != "Authentication" {
         row.object_type = obj.object_type;
-        row.object_name = obj.name.clone();
-        row.object_version = obj.version.clone();
+        row.object_name = obj.name;
+        row.object_version = obj.version;
     }
 
     if let Some(rid) = resource_id {

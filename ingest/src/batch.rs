@@ -39,13 +39,42 @@ impl Col {
         }
     }
 
+    /// Finishes the column; the builder restarts with the capacity this batch needed, so the
+    /// next batch of a stream does not regrow (and copy) its buffers from zero.
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Col::Str(b) => ArrayBuilder::finish(b),
-            Col::Ts(b) => ArrayBuilder::finish(b),
-            Col::I32(b) => ArrayBuilder::finish(b),
-            Col::I64(b) => ArrayBuilder::finish(b),
-            Col::Bool(b) => ArrayBuilder::finish(b),
+            Col::Str(b) => {
+                let rows = b.len();
+                let bytes = b.values_slice().len();
+                let a = ArrayBuilder::finish(b);
+                *b = StringBuilder::with_capacity(rows, bytes + bytes / 8);
+                a
+            }
+            Col::Ts(b) => {
+                let rows = b.len();
+                let a: ArrayRef = ArrayBuilder::finish(b);
+                *b = TimestampNanosecondBuilder::with_capacity(rows)
+                    .with_data_type(a.data_type().clone());
+                a
+            }
+            Col::I32(b) => {
+                let rows = b.len();
+                let a = ArrayBuilder::finish(b);
+                *b = Int32Builder::with_capacity(rows);
+                a
+            }
+            Col::I64(b) => {
+                let rows = b.len();
+                let a = ArrayBuilder::finish(b);
+                *b = Int64Builder::with_capacity(rows);
+                a
+            }
+            Col::Bool(b) => {
+                let rows = b.len();
+                let a = ArrayBuilder::finish(b);
+                *b = BooleanBuilder::with_capacity(rows);
+                a
+            }
             Col::List(b) => ArrayBuilder::finish(b),
         }
     }

@@ -75,6 +75,8 @@ pub struct Framer<R> {
     line: u64,
     mode: Mode,
     max: usize,
+    /// Capacity for the next line buffer: lines of one file are alike in size.
+    hint: usize,
 }
 
 impl<R: BufRead> Framer<R> {
@@ -88,6 +90,7 @@ impl<R: BufRead> Framer<R> {
             line: 0,
             mode: Mode::Unknown,
             max,
+            hint: 1024,
         }
     }
 
@@ -113,7 +116,7 @@ impl<R: BufRead> Framer<R> {
                 break;
             }
             any = true;
-            let (chunk, done) = match memchr(b'\n', avail) {
+            let (chunk, done) = match memchr::memchr(b'\n', avail) {
                 Some(i) => (&avail[..i], Some(i + 1)),
                 None => (avail, None),
             };
@@ -143,7 +146,7 @@ impl<R: BufRead> Framer<R> {
     /// The next frame, or `None` at end of input.
     pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
         let (mut buf, first) = loop {
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(self.hint);
             let Some(len) = self.read_line(&mut buf)? else {
                 return Ok(None);
             };
@@ -161,9 +164,19 @@ impl<R: BufRead> Framer<R> {
             }
             break (buf, self.line);
         };
+        self.hint = (buf.len() + buf.len() / 4).clamp(256, 64 * 1024);
+        if self.mode == Mode::Lines {
+            return Ok(Some(Frame {
+                bytes: buf,
+                first_line: first,
+                last_line: first,
+                multiline: false,
+                oversized: None,
+            }));
+        }
         let mut scan = Scan::default();
         scan.feed(&buf);
-        if !scan.open() || self.mode == Mode::Lines {
+        if !scan.open() {
             if self.mode == Mode::Unknown {
                 self.mode = Mode::Lines;
             }
@@ -208,10 +221,6 @@ impl<R: BufRead> Framer<R> {
             oversized: None,
         }))
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

@@ -41,6 +41,62 @@ impl ParseCounts {
     }
 }
 
+/// A top-level JSON value, split one level deep in the same pass that validates it.
+enum Top<'a> {
+    Object(RawObject<'a>),
+    Array(Vec<&'a RawValue>),
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Top<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(16);
+                while let Some(k) = map.next_key::<json::BStr<'de>>()? {
+                    fields.push((k.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Top::Object(RawObject { fields }))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                    items.push(v);
+                }
+                Ok(Top::Array(items))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Top::Other("string"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Top::Other("boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Top::Other("number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Top::Other("number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Top::Other("number"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Top::Other("null"))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Top::Other("null"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Largest raw sample kept for an oversized input.
 const OVERSIZED_SAMPLE: usize = 4096;
 
@@ -124,15 +180,16 @@ impl<'s, S: RowSink> Parser<'s, S> {
     /// Parses all JSON values in `text`. On a syntax error, returns the offset where the bad
     /// part starts and why, and whether any value before it was stored.
     fn text(&mut self, text: &str, first: u64, last: u64) -> Result<(), ((usize, String), bool)> {
-        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Top<'_>>();
         let mut any = false;
         loop {
             let start = stream.byte_offset();
             match stream.next() {
                 None => return Ok(()),
                 Some(Ok(v)) => {
+                    let raw = text[start..stream.byte_offset()].trim_start();
                     self.set_src(first, last, None);
-                    self.value(v);
+                    self.top(v, raw);
                     any = true;
                 }
                 Some(Err(e)) => {
@@ -145,6 +202,35 @@ impl<'s, S: RowSink> Parser<'s, S> {
                     return Err(((start, format!("{what}: {e}")), any));
                 }
             }
+        }
+    }
+
+    /// One top-level value parsed in a single pass (the common case: one record per line).
+    fn top(&mut self, v: Top<'_>, raw: &str) {
+        match v {
+            Top::Object(obj) => self.object(obj, raw),
+            Top::Array(items) => self.records(&items),
+            Top::Other(kind) => self.quarantine(
+                &format!("expected a JSON object or array, found {kind}"),
+                raw,
+            ),
+        }
+    }
+
+    fn object(&mut self, obj: RawObject<'_>, raw: &str) {
+        if let Some(recs) = obj.get("records") {
+            match serde_json::from_str::<Vec<&RawValue>>(recs.get()) {
+                Ok(items) => self.records(&items),
+                Err(_) => self.quarantine(
+                    &format!(
+                        "envelope `records` is not an array (found {})",
+                        json::kind(recs)
+                    ),
+                    raw,
+                ),
+            }
+        } else {
+            self.record_obj(&obj, raw);
         }
     }
 
@@ -182,37 +268,12 @@ impl<'s, S: RowSink> Parser<'s, S> {
         flush(self, &mut bad_start, last_no);
     }
 
-    /// One top-level JSON value: an envelope, an array of records, or a record.
+    /// One JSON value found by line salvage: an envelope, an array of records, or a record.
     fn value(&mut self, v: &RawValue) {
         let t = v.get();
-        match t.as_bytes().first() {
-            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(t) {
-                Ok(items) => self.records(&items),
-                Err(e) => self.quarantine(&format!("invalid JSON array: {e}"), t),
-            },
-            Some(b'{') => match RawObject::parse(t) {
-                Ok(obj) => {
-                    if let Some(recs) = obj.get("records") {
-                        match serde_json::from_str::<Vec<&RawValue>>(recs.get()) {
-                            Ok(items) => self.records(&items),
-                            Err(_) => self.quarantine(
-                                &format!(
-                                    "envelope `records` is not an array (found {})",
-                                    json::kind(recs)
-                                ),
-                                t,
-                            ),
-                        }
-                    } else {
-                        self.record_obj(&obj, t);
-                    }
-                }
-                Err(e) => self.quarantine(&format!("invalid JSON object: {e}"), t),
-            },
-            _ => self.quarantine(
-                &format!("expected a JSON object or array, found {}", json::kind(v)),
-                t,
-            ),
+        match serde_json::from_str::<Top<'_>>(t) {
+            Ok(top) => self.top(top, t),
+            Err(e) => self.quarantine(&format!("invalid JSON: {e}"), t),
         }
     }
 
@@ -230,8 +291,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
                 continue;
             }
             match RawObject::parse(t) {
-                Ok(obj) if obj.get("records").is_some() => self.value(item),
-                Ok(obj) => self.record_obj(&obj, t),
+                Ok(obj) => self.object(obj, t),
                 Err(e) => self.quarantine(&format!("invalid record: {e}"), t),
             }
         }

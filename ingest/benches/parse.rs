@@ -1,0 +1,77 @@
+//! Parse + normalise to Arrow, on generated realistic records (no I/O, no Parquet).
+//! `cargo bench -p kvwatch-ingest --bench parse`
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kvwatch_ingest::activity::ActivityRow;
+use kvwatch_ingest::audit::EventRow;
+use kvwatch_ingest::batch::{Columns, events_columns, push_event};
+use kvwatch_ingest::framing::Framer;
+use kvwatch_ingest::parse::{Parser, RowSink};
+use std::hint::black_box;
+
+struct ToArrow {
+    cols: Columns,
+    batches: usize,
+}
+
+impl RowSink for ToArrow {
+    fn event(&mut self, row: &EventRow<'_>, source: &str) {
+        push_event(&mut self.cols, row, source, 0);
+        if self.cols.len() >= 32 * 1024 {
+            black_box(self.cols.finish().unwrap());
+            self.batches += 1;
+        }
+    }
+    fn activity(&mut self, _row: &ActivityRow, _source: &str) {}
+    fn quarantine(&mut self, _source: &str, reason: &str, _raw: &str) {
+        panic!("generated input must parse: {reason}");
+    }
+}
+
+fn corpus() -> (Vec<u8>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kvwatch_datasets::GenConfig {
+        days: 2,
+        format: kvwatch_datasets::OutputFormat::Jsonl,
+        attacks: Vec::new(),
+        ..Default::default()
+    };
+    kvwatch_datasets::generate(&cfg, dir.path(), |_, _| {}).unwrap();
+    let mut data = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("jsonl"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        data.extend(std::fs::read(f).unwrap());
+    }
+    let lines = data.iter().filter(|b| **b == b'\n').count();
+    (data, lines)
+}
+
+fn bench(c: &mut Criterion) {
+    let (data, lines) = corpus();
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(lines as u64));
+    g.sample_size(10);
+    g.bench_function("jsonl_to_arrow", |b| {
+        b.iter(|| {
+            let mut sink = ToArrow {
+                cols: events_columns(),
+                batches: 0,
+            };
+            let mut p = Parser::new(&mut sink, "bench");
+            let mut f = Framer::new(&data[..]);
+            while let Some(frame) = f.next_frame().unwrap() {
+                p.frame(&frame);
+            }
+            assert_eq!(p.counts.events as usize, lines);
+            black_box(sink.cols.finish().unwrap());
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
