@@ -53,7 +53,7 @@ src, dst, threads, records = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys
 con = duckdb.connect()
 con.execute(f"SET threads={threads}")
 t = time.time()
-con.execute(f"COPY (SELECT * FROM read_json('{src}', format='newline_delimited')) TO '{dst}' (FORMAT parquet, COMPRESSION zstd)")
+con.execute(f"COPY (SELECT * FROM read_json('{src}', format='newline_delimited', sample_size=-1)) TO '{dst}' (FORMAT parquet, COMPRESSION zstd)")
 secs = time.time() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"{'duckdb %s (%d thread%s)' % (duckdb.__version__, threads, 's' if threads > 1 else ''):<22} {secs:8.2f} s  {records/secs:10.0f} records/s  peak RSS {rss:6.0f} MiB")

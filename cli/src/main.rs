@@ -429,7 +429,7 @@ fn progress_printer(what: &'static str) -> impl FnMut(u32, u32) {
             if done == total {
                 eprintln!();
             }
-        } else if done == total || done % 24 == 0 {
+        } else if done == total || done.is_multiple_of(24) {
             eprintln!("{line}");
         }
     }

@@ -89,6 +89,8 @@ struct Ctx<'a> {
     activity: Vec<(i64, String)>,
 }
 
+// Private helpers mirroring an audit record's fields; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 impl Ctx<'_> {
     fn vault(&self, t: usize) -> usize {
         self.world.vault(self.cast.unit, t)
@@ -148,8 +150,8 @@ impl Ctx<'_> {
         ip: &str,
     ) -> i64 {
         let objs = self.world.vaults[vault].objects_of(kind);
-        for i in 0..n.min(objs.len()) {
-            let o = self.obj(vault, objs[i]);
+        for &idx in objs.iter().take(n) {
+            let o = self.obj(vault, idx);
             let op = match kind {
                 ObjKind::Secret => "SecretGet",
                 ObjKind::Key => "KeyGet",

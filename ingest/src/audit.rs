@@ -287,11 +287,11 @@ fn properties<'a>(
     Ok(())
 }
 
+/// An access-policy delta: the principal's object ID and `kind:permission` entries.
+type PolicyDelta = (Option<String>, Vec<String>);
+
 /// `{TenantId, ObjectId, Permissions{keys, secrets, certificates}}` → (object id, `secrets:get`…).
-fn access_policy(
-    field: &str,
-    raw: &RawValue,
-) -> Result<Option<(Option<String>, Vec<String>)>, RecordError> {
+fn access_policy(field: &str, raw: &RawValue) -> Result<Option<PolicyDelta>, RecordError> {
     let Some(text) = json::opt_object_text(field, raw)? else {
         return Ok(None);
     };

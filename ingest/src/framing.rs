@@ -191,10 +191,7 @@ impl<R: BufRead> Framer<R> {
         self.mode = Mode::Multi;
         let mut line = Vec::new();
         let mut total = buf.len() as u64;
-        loop {
-            let Some(len) = self.read_line(&mut line)? else {
-                break;
-            };
+        while let Some(len) = self.read_line(&mut line)? {
             total += len + 1;
             if total as usize > self.max {
                 // Keep what we have for the quarantine sample and drop the rest of the frame.

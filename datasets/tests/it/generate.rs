@@ -7,17 +7,20 @@ use kvwatch_ingest::parse::RowSink;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// (time, principal oid, caller ip, vault, operation, http status) of a parsed event.
+type Seen1 = (
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    Option<i32>,
+);
+
 /// What the real parser makes of generated files.
 #[derive(Default)]
 struct Seen {
-    events: Vec<(
-        i64,
-        Option<String>,
-        Option<String>,
-        String,
-        String,
-        Option<i32>,
-    )>,
+    events: Vec<Seen1>,
     activity: Vec<ActivityRow>,
     quarantine: Vec<String>,
 }
