@@ -573,38 +573,36 @@ pub fn hour(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour, 
 
     // Event Grid expiry notifications, daily just after midnight.
     if h.hour == 0 {
-        let vault = world.vault(cast.unit, V_CERTS);
-        let certs = world.vaults[vault].objects_of(ObjKind::Certificate);
-        if let Some(&c) = certs.first() {
+        let certs = world.vault(cast.unit, V_CERTS);
+        let cert = world.vaults[certs]
+            .objects_of(ObjKind::Certificate)
+            .first()
+            .copied();
+        let dev = world.vault(cast.unit, V_DEV);
+        let secret = world.vaults[dev]
+            .objects_of(ObjKind::Secret)
+            .get(1)
+            .copied();
+        for (vault, object, op) in [
+            (certs, cert, "CertificateNearExpiryEventGridNotification"),
+            (dev, secret, "SecretNearExpiryEventGridNotification"),
+        ] {
+            let Some(o) = object else { continue };
             let at = h.start_ns + rng.random_range(1..10) * MIN_NS;
+            let caller = Caller::anonymous("Microsoft.EventGrid");
             let mut e = ev(
                 rng,
                 at,
                 vault,
-                "CertificateNearExpiryEventGridNotification",
-                Some(obj(world, vault, c)),
+                op,
+                Some(obj(world, vault, o)),
                 200,
-                Caller::anonymous("Microsoft.EventGrid"),
+                caller,
                 "127.0.0.1".into(),
             );
             e.correlation = String::new();
             out.push(e);
         }
-        let vault = world.vault(cast.unit, V_DEV);
-        let s = world.vaults[vault].objects_of(ObjKind::Secret)[1];
-        let at = h.start_ns + rng.random_range(1..10) * MIN_NS;
-        let mut e = ev(
-            rng,
-            at,
-            vault,
-            "SecretNearExpiryEventGridNotification",
-            Some(obj(world, vault, s)),
-            200,
-            Caller::anonymous("Microsoft.EventGrid"),
-            "127.0.0.1".into(),
-        );
-        e.correlation = String::new();
-        out.push(e);
     }
 
     // The vaults' configuration as of the start of the period: an admin's routine tag update

@@ -165,18 +165,12 @@ impl<R: BufRead> Framer<R> {
             break (buf, self.line);
         };
         self.hint = (buf.len() + buf.len() / 4).clamp(256, 64 * 1024);
-        if self.mode == Mode::Lines {
-            return Ok(Some(Frame {
-                bytes: buf,
-                first_line: first,
-                last_line: first,
-                multiline: false,
-                oversized: None,
-            }));
-        }
+        // Once a file has shown itself line-oriented, lines are not scanned at all.
         let mut scan = Scan::default();
-        scan.feed(&buf);
-        if !scan.open() {
+        if self.mode != Mode::Lines {
+            scan.feed(&buf);
+        }
+        if self.mode == Mode::Lines || !scan.open() {
             if self.mode == Mode::Unknown {
                 self.mode = Mode::Lines;
             }
