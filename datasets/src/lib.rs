@@ -44,7 +44,8 @@ pub enum OutputFormat {
     /// Flat JSON Lines, one file per day.
     Jsonl,
     /// Every envelope in turn (pretty envelope, JSON Lines, bare array, compact envelopes), one
-    /// file per hour: exercises every parser path.
+    /// file per hour, plus each hour's first record as a single-object file: exercises every
+    /// parser path.
     Mixed,
 }
 
@@ -407,6 +408,17 @@ fn write_hour(
                 .map(|e| render::render(e, &world.vaults[e.vault]))
                 .collect();
             rendered.extend(acts.iter().cloned());
+            if rendered.is_empty() {
+                return Ok(());
+            }
+            // The hour's first record stands alone as a single-object file (the fourth shape).
+            let single = rendered.remove(0);
+            let one: serde_json::Value = serde_json::from_str(&single).unwrap_or_default();
+            let one = serde_json::to_string_pretty(&one).unwrap_or(single) + "\n";
+            sink.write_file(
+                &format!("mixed/{date}T{hour:02}-single.json"),
+                one.as_bytes(),
+            )?;
             if rendered.is_empty() {
                 return Ok(());
             }
