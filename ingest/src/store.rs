@@ -163,7 +163,7 @@ impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             file_rows: 1_000_000,
-            buffer_bytes: 256 << 20,
+            buffer_bytes: 128 << 20,
             row_group_rows: 128 * 1024,
             zstd_level: 1,
             compact_min_files: 8,
