@@ -513,40 +513,23 @@ pub fn hour(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour, 
         }
     }
 
-    // Azure Resource Graph indexes every vault every 6 hours; Azure Policy scans daily.
+    // Azure Resource Graph indexes every vault every 6 hours (ARM-proxied, long claim names);
+    // Azure Policy scans daily.
     if h.hour % 6 == 3 {
-        for t in 0..World::templates() {
-            let vault = world.vault(cast.unit, t);
-            let at = h.start_ns + rng.random_range(0..50) * MIN_NS;
-            let mut c = Caller::of(&cast.graph);
-            c.style = ClaimStyle::Long;
-            out.push(ev(
-                rng,
-                at,
-                vault,
-                "VaultGet",
-                None,
-                200,
-                c,
-                cast.graph.ips[0].clone(),
-            ));
-        }
+        let mut c = Caller::of(&cast.graph);
+        c.style = ClaimStyle::Long;
+        sweep(out, rng, world, cast.unit, h, &c, &cast.graph.ips[0]);
     }
     if h.hour == 5 {
-        for t in 0..World::templates() {
-            let vault = world.vault(cast.unit, t);
-            let at = h.start_ns + rng.random_range(0..50) * MIN_NS;
-            out.push(ev(
-                rng,
-                at,
-                vault,
-                "VaultGet",
-                None,
-                200,
-                Caller::of(&cast.policy),
-                cast.policy.ips[0].clone(),
-            ));
-        }
+        sweep(
+            out,
+            rng,
+            world,
+            cast.unit,
+            h,
+            &Caller::of(&cast.policy),
+            &cast.policy.ips[0],
+        );
     }
 
     // A misconfigured batch job keeps failing to read a secret it was never granted.
@@ -633,6 +616,32 @@ pub fn hour(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour, 
             }));
             out.push(e);
         }
+    }
+}
+
+/// A `VaultGet` of every vault of a scale unit within the hour's first 50 minutes.
+fn sweep(
+    out: &mut Vec<Ev>,
+    rng: &mut ChaCha8Rng,
+    world: &World,
+    unit: u32,
+    h: &Hour,
+    caller: &Caller,
+    ip: &str,
+) {
+    for t in 0..World::templates() {
+        let vault = world.vault(unit, t);
+        let at = h.start_ns + rng.random_range(0..50) * MIN_NS;
+        out.push(ev(
+            rng,
+            at,
+            vault,
+            "VaultGet",
+            None,
+            200,
+            caller.clone(),
+            ip.to_owned(),
+        ));
     }
 }
 
