@@ -2,24 +2,26 @@
 
 use crate::common::*;
 use serde_json::{Value, json};
+use std::path::Path;
+
+/// `kvwatch generate --out OUT ARGS…`.
+fn generate(out: &Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .arg("generate")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn generate_then_ingest_round_trips_every_record() {
     let out = tempfile::tempdir().unwrap();
-    let r = bin()
-        .args([
-            "generate",
-            "--days",
-            "2",
-            "--seed",
-            "11",
-            "--summary-format",
-            "json",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let r = generate(
+        out.path(),
+        &["--days", "2", "--seed", "11", "--summary-format", "json"],
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let summary: Value = serde_json::from_slice(&r.stdout).unwrap();
     let events = summary["events"].as_u64().unwrap();
@@ -47,18 +49,10 @@ fn generate_then_ingest_round_trips_every_record() {
 #[test]
 fn eval_scores_a_hand_made_alert_set() {
     let out = tempfile::tempdir().unwrap();
-    let r = bin()
-        .args([
-            "generate",
-            "--days",
-            "2",
-            "--attacks",
-            "mass-retrieval,deny-probe",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let r = generate(
+        out.path(),
+        &["--days", "2", "--attacks", "mass-retrieval,deny-probe"],
+    );
     assert!(r.status.success());
     let labels: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("labels.json")).unwrap()).unwrap();
