@@ -1,1 +1,20 @@
+//! kvwatch-detect: detection rules over the event store.
+//!
+//! Reading order: [`rule`] (the YAML rule format, parameters, loading) → [`engine`] (one
+//! DataFusion plan per rule over a time range, rows → [`alert::Occurrence`]) → [`store`]
+//! (SQLite alert store: upsert, fold within suppression, status) → [`run`] (backfill and
+//! incremental passes that tie them together) and [`fixture`] (rule tests through the real
+//! ingest path). [`udf`] holds the SQL functions rules use beyond DataFusion's own.
 
+pub mod alert;
+pub mod engine;
+pub mod fixture;
+pub mod rule;
+pub mod run;
+pub mod store;
+pub mod udf;
+
+pub use alert::{Alert, Occurrence, Principal, Status};
+pub use engine::{Engine, EngineError};
+pub use rule::{Param, Rule, RuleError, Severity};
+pub use store::{AlertFilter, AlertStore, AlertStoreError, ApplyStats};

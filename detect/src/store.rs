@@ -1,0 +1,561 @@
+//! The alert store: SQLite (WAL) in the data directory, `alerts.db`.
+//!
+//! Two tables carry the model. `occurrences` holds one row per (rule, dedup key, window) with
+//! a deterministic ID, so re-evaluating a window updates its row. `alerts` is derived: each
+//! occurrence belongs to one alert, and an alert's counts, times, entities and evidence are
+//! recomputed from its occurrences whenever one changes. A new occurrence joins (folds into)
+//! an open alert of the same rule and dedup key when it starts within the rule's suppression
+//! period of that alert; otherwise it opens a new alert whose ID is its own. Folding is counted
+//! in `alerts.occurrences` and logged, never silent.
+//!
+//! The store also remembers which event-store files detection has already covered
+//! (`covered_files`), which is how incremental runs find late data.
+
+use crate::alert::{Alert, Occurrence, Principal, Status, union_into};
+use crate::rule::{Rule, Severity};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertStoreError {
+    #[error("alert store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("alert store: bad JSON in column {column}: {source}")]
+    Json {
+        column: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("alert store schema version {found} is newer than this kvwatch understands ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("no alert with id {0}")]
+    NoSuchAlert(String),
+}
+
+type Result<T> = std::result::Result<T, AlertStoreError>;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE alerts (
+    id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    severity_rank INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new',
+    dedup_key TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    occurrences INTEGER NOT NULL,
+    vaults TEXT NOT NULL,
+    principals TEXT NOT NULL,
+    ips TEXT NOT NULL,
+    objects TEXT NOT NULL,
+    tactics TEXT NOT NULL,
+    techniques TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    evidence_truncated INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX alerts_by_key ON alerts (rule_id, dedup_key, last_seen);
+CREATE INDEX alerts_by_time ON alerts (last_seen);
+CREATE TABLE occurrences (
+    id TEXT PRIMARY KEY,
+    alert_id TEXT NOT NULL REFERENCES alerts (id),
+    rule_id TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX occurrences_by_alert ON occurrences (alert_id);
+CREATE TABLE covered_files (
+    path TEXT PRIMARY KEY,
+    min_time INTEGER NOT NULL,
+    max_time INTEGER NOT NULL
+);
+CREATE TABLE rule_runs (
+    rule_id TEXT PRIMARY KEY,
+    last_run_at INTEGER NOT NULL,
+    window_from INTEGER NOT NULL,
+    window_to INTEGER NOT NULL,
+    occurrences INTEGER NOT NULL,
+    elapsed_ms INTEGER NOT NULL
+);
+"#];
+
+/// What applying one evaluation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyStats {
+    /// Alerts opened.
+    pub created: u64,
+    /// Existing occurrences whose data changed (late events, longer bursts).
+    pub updated: u64,
+    /// New occurrences folded into an open alert inside the suppression period.
+    pub folded: u64,
+    /// Occurrences seen before with nothing new.
+    pub unchanged: u64,
+}
+
+impl std::ops::AddAssign for ApplyStats {
+    fn add_assign(&mut self, o: Self) {
+        self.created += o.created;
+        self.updated += o.updated;
+        self.folded += o.folded;
+        self.unchanged += o.unchanged;
+    }
+}
+
+/// Filters for listing alerts.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Alerts whose `last_seen` is at or after this time (ns).
+    pub since: Option<i64>,
+    pub min_severity: Option<Severity>,
+    pub rule: Option<String>,
+    pub status: Option<Status>,
+    pub limit: Option<usize>,
+}
+
+/// The SQLite alert store.
+pub struct AlertStore {
+    conn: Connection,
+    /// Evidence event IDs kept per alert.
+    pub max_evidence: usize,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serialisable")
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(column: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|source| AlertStoreError::Json { column, source })
+}
+
+fn rank(s: Severity) -> i64 {
+    s as i64
+}
+
+impl AlertStore {
+    /// Opens (creating and migrating) `alerts.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<AlertStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("creating {}: {e}", data_dir.display())),
+            )
+        })?;
+        let conn = Connection::open(data_dir.join("alerts.db"))?;
+        Self::init(conn)
+    }
+
+    /// Opens an existing store read-only (for `kvwatch query` and `kvwatch alerts`); `None`
+    /// when there is none yet.
+    pub fn open_read_only(data_dir: &Path) -> Result<Option<AlertStore>> {
+        let path = data_dir.join("alerts.db");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if v > MIGRATIONS.len() as i64 {
+            return Err(AlertStoreError::TooNew {
+                found: v,
+                known: MIGRATIONS.len() as i64,
+            });
+        }
+        Ok(Some(AlertStore {
+            conn,
+            max_evidence: 1000,
+        }))
+    }
+
+    fn init(conn: Connection) -> Result<AlertStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if v > MIGRATIONS.len() as i64 {
+            return Err(AlertStoreError::TooNew {
+                found: v,
+                known: MIGRATIONS.len() as i64,
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(AlertStore {
+            conn,
+            max_evidence: 1000,
+        })
+    }
+
+    /// Stores one rule's occurrences (upsert + fold), in one transaction.
+    pub fn apply(&mut self, rule: &Rule, occs: &[Occurrence], now: i64) -> Result<ApplyStats> {
+        let tx = self.conn.transaction()?;
+        let mut stats = ApplyStats::default();
+        let supp = rule.doc.suppression.nanos();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for o in occs {
+            let body = json(o);
+            let existing: Option<(String, i64, i64, i64, String)> = tx
+                .query_row(
+                    "SELECT alert_id, first_seen, last_seen, event_count, body FROM occurrences WHERE id = ?1",
+                    params![o.id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            if let Some((alert_id, f, l, c, old_body)) = existing {
+                if f == o.first_seen && l == o.last_seen && c == o.event_count && old_body == body {
+                    stats.unchanged += 1;
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE occurrences SET first_seen=?2, last_seen=?3, event_count=?4, severity=?5, summary=?6, body=?7, updated_at=?8 WHERE id=?1",
+                    params![o.id, o.first_seen, o.last_seen, o.event_count, o.severity.as_str(), o.summary, body, now],
+                )?;
+                stats.updated += 1;
+                touched.insert(alert_id);
+                continue;
+            }
+            // A new window: fold into an open alert of the same key within the suppression period.
+            let target: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM alerts WHERE rule_id = ?1 AND dedup_key = ?2 AND status != 'resolved'
+                       AND last_seen >= ?3 AND first_seen <= ?4
+                     ORDER BY first_seen LIMIT 1",
+                    params![
+                        o.rule_id,
+                        o.dedup_key,
+                        o.first_seen.saturating_sub(supp),
+                        o.last_seen.saturating_add(supp)
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let alert_id = match target {
+                Some(a) => {
+                    stats.folded += 1;
+                    tracing::info!(rule = %o.rule_id, alert = %a, occurrence = %o.id, key = %o.dedup_key, "alert.folded");
+                    a
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO alerts (id, rule_id, title, description, severity, severity_rank, status, dedup_key,
+                            first_seen, last_seen, created_at, updated_at, event_count, occurrences, vaults, principals,
+                            ips, objects, tactics, techniques, summary, evidence)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?9, ?10, ?10, 0, 0, '[]', '[]', '[]', '[]', ?11, ?12, '', '[]')",
+                        params![
+                            o.id,
+                            o.rule_id,
+                            rule.doc.title,
+                            rule.doc.description.trim(),
+                            o.severity.as_str(),
+                            rank(o.severity),
+                            o.dedup_key,
+                            o.first_seen,
+                            o.last_seen,
+                            now,
+                            json(&rule.doc.tactics),
+                            json(&rule.doc.techniques)
+                        ],
+                    )?;
+                    stats.created += 1;
+                    tracing::info!(rule = %o.rule_id, alert = %o.id, severity = %o.severity, key = %o.dedup_key, "alert.created");
+                    o.id.clone()
+                }
+            };
+            tx.execute(
+                "INSERT INTO occurrences (id, alert_id, rule_id, window_start, first_seen, last_seen, event_count, severity, summary, body, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![o.id, alert_id, o.rule_id, o.window_start, o.first_seen, o.last_seen, o.event_count, o.severity.as_str(), o.summary, body, now],
+            )?;
+            touched.insert(alert_id);
+        }
+        for a in &touched {
+            recompute(&tx, a, now, self.max_evidence)?;
+        }
+        tx.commit()?;
+        Ok(stats)
+    }
+
+    /// Records a rule run (for `kvwatch rules list` and monitoring).
+    pub fn record_run(
+        &self,
+        rule_id: &str,
+        now: i64,
+        windows: (i64, i64),
+        occurrences: usize,
+        elapsed_ms: u64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO rule_runs (rule_id, last_run_at, window_from, window_to, occurrences, elapsed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (rule_id) DO UPDATE SET last_run_at=?2, window_from=?3, window_to=?4, occurrences=?5, elapsed_ms=?6",
+            params![rule_id, now, windows.0, windows.1, occurrences as i64, elapsed_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Event-store files detection has covered.
+    pub fn covered_files(&self) -> Result<BTreeSet<String>> {
+        let mut st = self.conn.prepare("SELECT path FROM covered_files")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Records `files` (path, min time, max time) as the covered set: the manifest snapshot
+    /// whose alerts were just stored. Paths compaction removed drop out.
+    pub fn replace_covered(&mut self, files: &[(String, i64, i64)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM covered_files", [])?;
+        for (p, a, b) in files {
+            tx.execute(
+                "INSERT OR REPLACE INTO covered_files (path, min_time, max_time) VALUES (?1, ?2, ?3)",
+                params![p, a, b],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Lists alerts, most recent `last_seen` first.
+    pub fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
+        let mut sql = String::from("SELECT * FROM alerts WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(s) = f.since {
+            sql.push_str(" AND last_seen >= ?");
+            args.push(s.into());
+        }
+        if let Some(s) = f.min_severity {
+            sql.push_str(" AND severity_rank >= ?");
+            args.push(rank(s).into());
+        }
+        if let Some(r) = &f.rule {
+            sql.push_str(" AND rule_id = ?");
+            args.push(r.clone().into());
+        }
+        if let Some(s) = f.status {
+            sql.push_str(" AND status = ?");
+            args.push(s.as_str().to_owned().into());
+        }
+        sql.push_str(" ORDER BY last_seen DESC, id");
+        if let Some(l) = f.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), row_to_raw)?;
+        rows.map(|r| {
+            r.map_err(AlertStoreError::from)
+                .and_then(RawAlert::into_alert)
+        })
+        .collect()
+    }
+
+    /// One alert by ID.
+    pub fn get(&self, id: &str) -> Result<Option<Alert>> {
+        self.conn
+            .query_row(
+                "SELECT * FROM alerts WHERE id = ?1",
+                params![id],
+                row_to_raw,
+            )
+            .optional()?
+            .map(RawAlert::into_alert)
+            .transpose()
+    }
+
+    /// Changes an alert's workflow status.
+    pub fn set_status(&self, id: &str, status: Status, now: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE alerts SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, status.as_str(), now],
+        )?;
+        if n == 0 {
+            return Err(AlertStoreError::NoSuchAlert(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Occurrences of one alert, oldest first.
+    pub fn occurrences(&self, alert_id: &str) -> Result<Vec<Occurrence>> {
+        let mut st = self.conn.prepare(
+            "SELECT body FROM occurrences WHERE alert_id = ?1 ORDER BY window_start, id",
+        )?;
+        let rows = st.query_map(params![alert_id], |r| r.get::<_, String>(0))?;
+        rows.map(|r| unjson("occurrences.body", &r?)).collect()
+    }
+}
+
+/// Re-derives an alert from its occurrences.
+fn recompute(
+    tx: &rusqlite::Transaction<'_>,
+    alert_id: &str,
+    now: i64,
+    max_evidence: usize,
+) -> Result<()> {
+    let mut st =
+        tx.prepare("SELECT body FROM occurrences WHERE alert_id = ?1 ORDER BY window_start, id")?;
+    let bodies: Vec<String> = st
+        .query_map(params![alert_id], |r| r.get(0))?
+        .collect::<std::result::Result<_, _>>()?;
+    let occs: Vec<Occurrence> = bodies
+        .iter()
+        .map(|b| unjson("occurrences.body", b))
+        .collect::<Result<_>>()?;
+    let Some(last) = occs.last() else {
+        return Ok(());
+    };
+    let mut vaults = Vec::new();
+    let mut principals: Vec<Principal> = Vec::new();
+    let mut ips = Vec::new();
+    let mut objects = Vec::new();
+    let mut evidence: Vec<String> = Vec::new();
+    let mut truncated = false;
+    let mut severity = Severity::Informational;
+    for o in &occs {
+        union_into(&mut vaults, &o.vaults);
+        union_into(&mut principals, &o.principals);
+        union_into(&mut ips, &o.ips);
+        union_into(&mut objects, &o.objects);
+        severity = severity.max(o.severity);
+        for e in &o.evidence {
+            if evidence.len() >= max_evidence {
+                truncated = true;
+                break;
+            }
+            evidence.push(e.clone());
+        }
+    }
+    let first = occs.iter().map(|o| o.first_seen).min().unwrap_or(0);
+    let lastt = occs.iter().map(|o| o.last_seen).max().unwrap_or(0);
+    let count: i64 = occs.iter().map(|o| o.event_count).sum();
+    let summary = if occs.len() > 1 {
+        format!(
+            "{} ({} occurrences folded into this alert, {count} events in all)",
+            last.summary,
+            occs.len()
+        )
+    } else {
+        last.summary.clone()
+    };
+    tx.execute(
+        "UPDATE alerts SET severity=?2, severity_rank=?3, first_seen=?4, last_seen=?5, updated_at=?6, event_count=?7,
+            occurrences=?8, vaults=?9, principals=?10, ips=?11, objects=?12, summary=?13, evidence=?14, evidence_truncated=?15
+         WHERE id=?1",
+        params![
+            alert_id,
+            severity.as_str(),
+            rank(severity),
+            first,
+            lastt,
+            now,
+            count,
+            occs.len() as i64,
+            json(&vaults),
+            json(&principals),
+            json(&ips),
+            json(&objects),
+            summary,
+            json(&evidence),
+            truncated
+        ],
+    )?;
+    Ok(())
+}
+
+struct RawAlert {
+    id: String,
+    rule_id: String,
+    title: String,
+    description: String,
+    severity: String,
+    status: String,
+    dedup_key: String,
+    first_seen: i64,
+    last_seen: i64,
+    created_at: i64,
+    updated_at: i64,
+    event_count: i64,
+    occurrences: i64,
+    vaults: String,
+    principals: String,
+    ips: String,
+    objects: String,
+    tactics: String,
+    techniques: String,
+    summary: String,
+    evidence: String,
+    evidence_truncated: bool,
+}
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAlert> {
+    Ok(RawAlert {
+        id: r.get("id")?,
+        rule_id: r.get("rule_id")?,
+        title: r.get("title")?,
+        description: r.get("description")?,
+        severity: r.get("severity")?,
+        status: r.get("status")?,
+        dedup_key: r.get("dedup_key")?,
+        first_seen: r.get("first_seen")?,
+        last_seen: r.get("last_seen")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        event_count: r.get("event_count")?,
+        occurrences: r.get("occurrences")?,
+        vaults: r.get("vaults")?,
+        principals: r.get("principals")?,
+        ips: r.get("ips")?,
+        objects: r.get("objects")?,
+        tactics: r.get("tactics")?,
+        techniques: r.get("techniques")?,
+        summary: r.get("summary")?,
+        evidence: r.get("evidence")?,
+        evidence_truncated: r.get("evidence_truncated")?,
+    })
+}
+
+impl RawAlert {
+    fn into_alert(self) -> Result<Alert> {
+        Ok(Alert {
+            severity: Severity::parse(&self.severity).unwrap_or(Severity::Informational),
+            status: Status::parse(&self.status).unwrap_or(Status::New),
+            vaults: unjson("vaults", &self.vaults)?,
+            principals: unjson("principals", &self.principals)?,
+            ips: unjson("ips", &self.ips)?,
+            objects: unjson("objects", &self.objects)?,
+            tactics: unjson("tactics", &self.tactics)?,
+            techniques: unjson("techniques", &self.techniques)?,
+            evidence: unjson("evidence", &self.evidence)?,
+            id: self.id,
+            rule_id: self.rule_id,
+            title: self.title,
+            description: self.description,
+            dedup_key: self.dedup_key,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            event_count: self.event_count,
+            occurrences: self.occurrences,
+            summary: self.summary,
+            evidence_truncated: self.evidence_truncated,
+        })
+    }
+}
