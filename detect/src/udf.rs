@@ -70,12 +70,14 @@ impl Cidr {
         self.len
     }
 
+    /// Is `ip` (an address, or a range that must lie wholly inside) in this range?
     pub fn contains(&self, ip: &str) -> bool {
-        let Ok(ip) = ip.trim().parse::<IpAddr>() else {
+        let Some(other) = Cidr::parse(ip) else {
             return false;
         };
-        let (v6, bits) = addr_bits(ip);
-        v6 == self.v6 && bits & mask(v6, self.len) == self.net
+        other.v6 == self.v6
+            && other.len >= self.len
+            && other.net & mask(self.v6, self.len) == self.net
     }
 }
 
@@ -201,6 +203,8 @@ mod tests {
         );
         assert!(!Cidr::parse("2001:db8::/32").unwrap().contains("10.0.0.1"));
         assert_eq!(Cidr::parse("1.2.3.4/33"), None);
+        assert!(c.contains("10.1.2.0/24"));
+        assert!(!c.contains("10.0.0.0/8"));
         assert_eq!(Cidr::parse("1.2.3.0/24").unwrap().prefix_len(), 24);
     }
 
