@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Deserialize)]
@@ -16,6 +17,30 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub detect: DetectConfig,
+    /// Per-rule settings: `[rules.<rule-id>]` with `enabled` and a `params` table.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Directory of rule files to use instead of the built-in pack.
+    pub rules: Option<PathBuf>,
+    /// Seconds between passes of `kvwatch detect --follow`.
+    pub interval_secs: Option<u64>,
+    /// Event IDs kept as evidence per alert.
+    pub max_evidence: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

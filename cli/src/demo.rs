@@ -9,15 +9,21 @@ use kvwatch_ingest::{StoreWriter, query};
 use std::io::Write;
 use std::path::Path;
 
-/// Alerts to score, from a JSON file. Without one there are no alerts: the alert store comes
-/// with the detection engine, and this is where it will be read.
-pub fn load_alerts(file: Option<&Path>) -> Result<Vec<ScoredAlert>> {
-    let Some(f) = file else {
-        return Ok(Vec::new());
+/// Alerts to score: from a JSON file when given, else from the data directory's alert store.
+pub fn load_alerts(data: &Path, file: Option<&Path>) -> Result<Vec<ScoredAlert>> {
+    let text = match file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        None => {
+            let alerts = match kvwatch_detect::AlertStore::open_read_only(data)? {
+                Some(s) => s.list(&Default::default())?,
+                None => Vec::new(),
+            };
+            serde_json::to_string(&alerts)?
+        }
     };
-    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a JSON array of alerts", f.display()))
+    serde_json::from_str(&text).context("not a JSON array of alerts")
 }
 
 pub fn print_eval(out: &mut dyn Write, r: &EvalReport, format: Format) -> Result<()> {
@@ -110,6 +116,13 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     })?;
     writer.compact().await?;
     drop(writer);
+    eprintln!("demo: running the detection rules");
+    let rules = crate::detect_cmd::load_rules(cfg, &Default::default(), true).await?;
+    let mut alerts_store = kvwatch_detect::AlertStore::open(data)?;
+    let detected =
+        kvwatch_detect::run::incremental(data, &rules, &mut alerts_store, &mut |_, _, _| {})
+            .await?;
+    drop(alerts_store);
     let labels = kvwatch_datasets::read_labels(&logs.path().join("labels.json"))?;
     let labels_copy = data.join("demo-labels.json");
     std::fs::copy(logs.path().join("labels.json"), &labels_copy)?;
@@ -129,12 +142,22 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
             ("activity stored", thousands(report.stored.activity)),
             ("quarantined", thousands(report.parsed.quarantined)),
             (
+                "detection",
+                format!(
+                    "{} rules, {} alerts in {:.2} s",
+                    rules.len(),
+                    detected.totals.created,
+                    detected.elapsed_ms as f64 / 1000.0
+                ),
+            ),
+            (
                 "ingest rate",
                 format!("{} records/s", thousands(report.records_per_sec as u64)),
             ),
         ],
     )?;
     let ctx = query::open_session(data).await?;
+    kvwatch_detect::table::register_alerts(&ctx, data)?;
     let sections = [
         (
             "Events per vault",
@@ -153,6 +176,16 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
             "SELECT time, operation, status, coalesce(caller_upn, caller_oid) AS caller, vault, role_name \
              FROM activity ORDER BY time",
         ),
+        (
+            "Alerts by rule",
+            "SELECT rule_id, severity, count(*) AS alerts, sum(event_count) AS events, min(first_seen) AS first, max(last_seen) AS last \
+             FROM alerts GROUP BY rule_id, severity ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, rule_id",
+        ),
+        (
+            "High and critical alerts",
+            "SELECT substr(id, 1, 16) AS id, rule_id, first_seen, summary FROM alerts \
+             WHERE severity IN ('high', 'critical') ORDER BY first_seen",
+        ),
     ];
     for (title, sql) in sections {
         writeln!(out, "\n{title}")?;
@@ -160,7 +193,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
         write_batches(&mut out, &batches, Format::Table)?;
     }
     writeln!(out, "\nDetection quality against the generator's labels")?;
-    let alerts = load_alerts(None)?;
+    let alerts = load_alerts(data, None)?;
     let r = kvwatch_datasets::eval::score(&labels, &alerts, 3600);
     print_eval(&mut out, &r, Format::Table)?;
     writeln!(
@@ -178,6 +211,11 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
         "  kvwatch --data {} eval --labels {}",
         data.display(),
         labels_copy.display()
+    )?;
+    writeln!(
+        out,
+        "  kvwatch --data {} alerts --severity medium",
+        data.display()
     )?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod detect_cmd;
 mod output;
 
 use anyhow::{Context, Result, bail};
@@ -38,8 +39,17 @@ struct Cli {
 enum Cmd {
     /// Ingest audit logs from files, directories (recursively) or `-` for stdin.
     Ingest(IngestArgs),
-    /// Run read-only SQL over `events`, `activity`, `quarantine` and `azure_diagnostics`.
+    /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts` and `azure_diagnostics`.
     Query(QueryArgs),
+    /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
+    Detect(detect_cmd::DetectArgs),
+    /// List alerts (table, JSON, or OCSF Detection Findings).
+    Alerts(detect_cmd::AlertsArgs),
+    /// Show one alert with its occurrences, or change its status.
+    Alert(detect_cmd::AlertArgs),
+    /// List, show and test the detection rules.
+    #[command(subcommand)]
+    Rules(detect_cmd::RulesCmd),
     /// Merge small Parquet files of each partition.
     Compact(CompactArgs),
     /// Generate realistic synthetic Key Vault traffic with labelled attacks.
@@ -122,7 +132,8 @@ struct EvalArgs {
     /// `labels.json` written by `kvwatch generate`.
     #[arg(long, env = "KVWATCH_EVAL_LABELS")]
     labels: PathBuf,
-    /// Alerts to score, as a JSON array (the shape of `kvwatch alerts --format json`).
+    /// Alerts to score, as a JSON array (the shape of `kvwatch alerts --format json`)
+    /// [default: the alert store of --data].
     #[arg(long, env = "KVWATCH_EVAL_ALERTS")]
     alerts: Option<PathBuf>,
     /// Widen each attack window by this many seconds on both sides when matching alerts.
@@ -253,9 +264,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Ingest(a) => rt.block_on(cmd_ingest(&data, &cfg, a)),
         Cmd::Query(a) => rt.block_on(cmd_query(&data, a)),
+        Cmd::Detect(a) => rt.block_on(detect_cmd::cmd_detect(&data, &cfg, a)),
+        Cmd::Alerts(a) => detect_cmd::cmd_alerts(&data, a),
+        Cmd::Alert(a) => detect_cmd::cmd_alert(&data, a),
+        Cmd::Rules(c) => rt.block_on(detect_cmd::cmd_rules(&cfg, c)),
         Cmd::Compact(a) => rt.block_on(cmd_compact(&data, &cfg, a)),
         Cmd::Generate(a) => cmd_generate(a),
-        Cmd::Eval(a) => rt.block_on(cmd_eval(a)),
+        Cmd::Eval(a) => rt.block_on(cmd_eval(&data, a)),
         Cmd::Demo(a) => rt.block_on(demo::run(&data, &cfg, a)),
     }
 }
@@ -388,6 +403,7 @@ async fn cmd_query(data: &std::path::Path, a: QueryArgs) -> Result<ExitCode> {
         );
     }
     let ctx = query::open_session(data).await?;
+    kvwatch_detect::table::register_alerts(&ctx, data)?;
     let df = query::read_only_sql(&ctx, &a.sql).await?;
     let batches = df.collect().await?;
     let mut out = std::io::stdout().lock();
@@ -475,9 +491,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
+async fn cmd_eval(data: &std::path::Path, a: EvalArgs) -> Result<ExitCode> {
     let labels = kvwatch_datasets::read_labels(&a.labels)?;
-    let alerts = demo::load_alerts(a.alerts.as_deref())?;
+    let alerts = demo::load_alerts(data, a.alerts.as_deref())?;
     let report = kvwatch_datasets::eval::score(&labels, &alerts, a.tolerance_secs);
     let mut out = std::io::stdout().lock();
     demo::print_eval(&mut out, &report, a.format)?;

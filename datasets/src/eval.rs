@@ -3,8 +3,9 @@
 //!
 //! An attack counts as detected when at least one alert names its actor (any of the label's
 //! object ID, UPN, appid) or one of its IPs, and the alert's evidence window overlaps the
-//! attack window (widened by a tolerance, because rules bucket time into windows). Alerts that
-//! match no attack are alerts on benign activity.
+//! attack window (widened by a tolerance, because rules bucket time into windows). An alert
+//! about a vault rather than a caller (no principals, no IPs: an audit stream going silent)
+//! matches by vault instead. Alerts that match no attack are alerts on benign activity.
 
 use crate::Labels;
 use crate::attacks::Label;
@@ -82,7 +83,14 @@ pub fn names_actor(alert: &ScoredAlert, label: &Label) -> bool {
             // for application identities, which have no UPN.
             || (label.actor.upn.is_none() && eq(&p.appid, &label.actor.appid))
     });
-    by_principal || alert.ips.iter().any(|ip| label.ips.iter().any(|l| l == ip))
+    let by_ip = alert.ips.iter().any(|ip| label.ips.iter().any(|l| l == ip));
+    let vault_scoped = alert.principals.is_empty() && alert.ips.is_empty();
+    let by_vault = vault_scoped
+        && alert
+            .vaults
+            .iter()
+            .any(|v| label.vaults.iter().any(|l| l.eq_ignore_ascii_case(v)));
+    by_principal || by_ip || by_vault
 }
 
 /// Scores alerts against labels. `tolerance_secs` widens each attack window on both sides.
@@ -318,6 +326,33 @@ mod tests {
         );
         assert!(!r.attacks[2].detected && !r.attacks[3].detected);
         assert_eq!(r.mean_time_to_detect_secs, Some((300.0 + 600.0) / 2.0));
+    }
+
+    #[test]
+    fn vault_scoped_alerts_match_by_vault_only() {
+        let mut silent = alert(
+            "s1",
+            "medium",
+            None,
+            None,
+            "2024-05-09T02:30:00Z",
+            "2024-05-09T09:00:00Z",
+        );
+        silent.vaults = vec!["V".into()];
+        assert!(names_actor(&silent, &labels().attacks[2]));
+        silent.vaults = vec!["other".into()];
+        assert!(!names_actor(&silent, &labels().attacks[2]));
+        // An alert naming a principal is judged by the principal, not by the vault.
+        let mut someone = alert(
+            "s2",
+            "medium",
+            Some("zz"),
+            None,
+            "2024-05-09T02:30:00Z",
+            "2024-05-09T09:00:00Z",
+        );
+        someone.vaults = vec!["v".into()];
+        assert!(!names_actor(&someone, &labels().attacks[2]));
     }
 
     #[test]

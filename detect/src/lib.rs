@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod rule;
 pub mod run;
 pub mod store;
+pub mod table;
 pub mod udf;
 
 pub use alert::{Alert, Occurrence, Principal, Status};

@@ -117,7 +117,14 @@ fn demo_runs_end_to_end() {
         "role assignment shown: {}",
         r.stdout
     );
-    assert!(r.stdout.contains("recall"), "{}", r.stdout);
+    // Both attacks are caught by the built-in rules, with nothing medium or higher on benign traffic.
+    assert!(r.stdout.contains("2/2 = 1.00"), "{}", r.stdout);
+    assert!(r.stdout.contains("(0 medium or higher)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("kv-corr-delete-then-purge"),
+        "{}",
+        r.stdout
+    );
     // The store stays behind for exploration.
     assert!(count(data.path(), "SELECT count(*) FROM events") > 20_000);
     assert_eq!(count(data.path(), "SELECT count(*) FROM quarantine"), 0);

@@ -2,6 +2,7 @@
 //! DataFusion is linked once.
 
 mod common;
+mod detect;
 mod generate;
 mod ingest;
 mod query;

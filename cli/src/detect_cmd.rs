@@ -1,0 +1,613 @@
+//! `kvwatch detect`, `kvwatch alerts`, `kvwatch alert` and `kvwatch rules`: wiring of
+//! kvwatch-detect into subcommands.
+
+use crate::config::Config;
+use crate::output::{Format, kv_table, thousands};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use kvwatch_detect::engine::check_all;
+use kvwatch_detect::fixture::run_fixtures;
+use kvwatch_detect::rule::{Dur, Param, Rule, load_dir, load_embedded};
+use kvwatch_detect::run::{DetectReport, backfill, incremental};
+use kvwatch_detect::{Alert, AlertFilter, AlertStore, Engine, Severity, Status};
+use kvwatch_ingest::time::{format_ns, parse_timestamp_ns};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Args, Clone, Default)]
+pub struct RulesSource {
+    /// Directory of rule files (YAML) instead of the built-in pack.
+    #[arg(long, env = "KVWATCH_RULES")]
+    pub rules: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DetectArgs {
+    /// Start of event time to evaluate (RFC 3339, YYYY-MM-DD, or an age such as 24h or 7d).
+    /// Without --from/--to, evaluates what the store gained since the last run.
+    #[arg(long, env = "KVWATCH_DETECT_FROM")]
+    from: Option<String>,
+    /// End of event time to evaluate (exclusive) [default: the newest event].
+    #[arg(long, env = "KVWATCH_DETECT_TO")]
+    to: Option<String>,
+    #[command(flatten)]
+    source: RulesSource,
+    /// Keep running: evaluate new data every --interval seconds until interrupted.
+    #[arg(long, env = "KVWATCH_DETECT_FOLLOW")]
+    follow: bool,
+    /// Seconds between passes with --follow [default: 30].
+    #[arg(long, env = "KVWATCH_DETECT_INTERVAL_SECS")]
+    interval: Option<u64>,
+    /// Event IDs kept as evidence per alert [default: 1000].
+    #[arg(long, env = "KVWATCH_DETECT_MAX_EVIDENCE")]
+    max_evidence: Option<usize>,
+    #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlertFormat {
+    Table,
+    Json,
+    /// OCSF 1.3 Detection Finding (class 2004), one JSON array.
+    Ocsf,
+}
+
+#[derive(Args)]
+pub struct AlertsArgs {
+    /// Alerts last seen at or after this time (RFC 3339, YYYY-MM-DD, or an age such as 24h).
+    #[arg(long, env = "KVWATCH_ALERTS_SINCE")]
+    since: Option<String>,
+    /// Minimum severity (informational, low, medium, high, critical).
+    #[arg(long, env = "KVWATCH_ALERTS_SEVERITY")]
+    severity: Option<String>,
+    /// Only this rule.
+    #[arg(long, env = "KVWATCH_ALERTS_RULE")]
+    rule: Option<String>,
+    /// Only this status (new, acknowledged, resolved, suppressed).
+    #[arg(long, env = "KVWATCH_ALERTS_STATUS")]
+    status: Option<String>,
+    /// At most this many alerts, newest first.
+    #[arg(long, env = "KVWATCH_ALERTS_LIMIT")]
+    limit: Option<usize>,
+    #[arg(
+        long,
+        value_enum,
+        default_value = "table",
+        env = "KVWATCH_ALERTS_FORMAT"
+    )]
+    format: AlertFormat,
+}
+
+#[derive(Args)]
+pub struct AlertArgs {
+    /// Alert ID (as listed by `kvwatch alerts`).
+    id: String,
+    /// Change the alert's status (acknowledged, resolved, suppressed, new).
+    #[arg(long)]
+    set_status: Option<String>,
+    #[arg(
+        long,
+        value_enum,
+        default_value = "table",
+        env = "KVWATCH_ALERTS_FORMAT"
+    )]
+    format: AlertFormat,
+}
+
+#[derive(Subcommand)]
+pub enum RulesCmd {
+    /// List the rules with severity, window and fixture count.
+    List {
+        #[command(flatten)]
+        source: RulesSource,
+        #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+        format: Format,
+    },
+    /// Show one rule: metadata, parameters (after configuration) and the rendered SQL.
+    Show {
+        id: String,
+        #[command(flatten)]
+        source: RulesSource,
+    },
+    /// Run the rules' fixtures; exits non-zero when any fails.
+    Test {
+        /// Only these rules.
+        ids: Vec<String>,
+        #[command(flatten)]
+        source: RulesSource,
+        #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+        format: Format,
+    },
+}
+
+/// Parses RFC 3339, `YYYY-MM-DD` (midnight UTC) or an age (`24h`, `7d`) before `now`.
+pub fn parse_time(s: &str, now: i64) -> Result<i64> {
+    if let Some(d) = Dur::parse(s) {
+        return Ok(now - d.nanos());
+    }
+    if let Some(t) = parse_timestamp_ns(s) {
+        return Ok(t);
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let t = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+        return Ok(t.timestamp_nanos_opt().unwrap_or(0));
+    }
+    bail!("cannot read {s:?} as a time (use RFC 3339, YYYY-MM-DD, or an age like 24h)")
+}
+
+/// Loads the rule pack (directory or built-in), applies the configuration, and plans every
+/// rule: a rule that does not load or plan stops the command with its file and line.
+pub async fn load_rules(
+    cfg: &Config,
+    source: &RulesSource,
+    only_enabled: bool,
+) -> Result<Vec<Rule>> {
+    let dir = source.rules.clone().or_else(|| cfg.detect.rules.clone());
+    let mut rules = match &dir {
+        Some(d) => load_dir(d).with_context(|| format!("loading rules from {}", d.display()))?,
+        None => load_embedded().context("loading the built-in rule pack")?,
+    };
+    let known: Vec<String> = rules.iter().map(|r| r.id().to_owned()).collect();
+    for id in cfg.rules.keys() {
+        if !known.contains(id) {
+            bail!("configuration names rule {id:?}, which is not in the rule pack");
+        }
+    }
+    for r in &mut rules {
+        if let Some(rc) = cfg.rules.get(r.id()) {
+            let mut params = BTreeMap::new();
+            for (k, v) in &rc.params {
+                let p = Param::from_toml(v).with_context(|| {
+                    format!(
+                        "rule {}: parameter {k} must be a number, boolean, string or list",
+                        r.id()
+                    )
+                })?;
+                params.insert(k.clone(), p);
+            }
+            r.set_params(&params)?;
+            if let Some(e) = rc.enabled {
+                r.doc.enabled = e;
+            }
+        }
+    }
+    if only_enabled {
+        rules.retain(|r| r.doc.enabled);
+    }
+    check_all(&rules).await?;
+    Ok(rules)
+}
+
+fn progress(quiet: bool) -> impl FnMut(usize, usize, &str) {
+    let tty = std::io::stderr().is_terminal() && !quiet;
+    move |done, total, rule| {
+        if tty {
+            if done < total {
+                eprint!("\rdetect: {done}/{total} rules, {rule:<40}");
+            } else {
+                eprint!("\r{:<70}\r", "");
+            }
+        }
+    }
+}
+
+fn alert_store(data: &Path, cfg: &Config, max_evidence: Option<usize>) -> Result<AlertStore> {
+    let mut s = AlertStore::open(data)?;
+    s.max_evidence = max_evidence
+        .or(cfg.detect.max_evidence)
+        .unwrap_or(s.max_evidence)
+        .max(1);
+    Ok(s)
+}
+
+pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<ExitCode> {
+    if !data.join(kvwatch_ingest::store::MANIFEST).exists() {
+        bail!(
+            "no event store at {} (run `kvwatch ingest` first, or pass --data)",
+            data.display()
+        );
+    }
+    let rules = load_rules(cfg, &a.source, true).await?;
+    let mut store = alert_store(data, cfg, a.max_evidence)?;
+    let interval = a.interval.or(cfg.detect.interval_secs).unwrap_or(30).max(1);
+    if a.follow && (a.from.is_some() || a.to.is_some()) {
+        bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
+    }
+    loop {
+        let report = if a.from.is_some() || a.to.is_some() {
+            let engine = Engine::open(data)?;
+            let Some((lo, hi)) = engine.data_range() else {
+                bail!("the event store is empty");
+            };
+            let now = kvwatch_ingest::store::now_nanos();
+            let from = a
+                .from
+                .as_deref()
+                .map(|s| parse_time(s, now))
+                .transpose()?
+                .unwrap_or(lo);
+            let to =
+                a.to.as_deref()
+                    .map(|s| parse_time(s, now))
+                    .transpose()?
+                    .unwrap_or(hi + 1);
+            if to <= from {
+                bail!("--to must be after --from");
+            }
+            backfill(data, &rules, from, to, &mut store, &mut progress(false)).await?
+        } else {
+            incremental(data, &rules, &mut store, &mut progress(a.follow)).await?
+        };
+        if !a.follow {
+            print_detect(&report, rules.len(), a.format)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if report.mode != "up-to-date" {
+            tracing::info!(
+                created = report.totals.created,
+                updated = report.totals.updated,
+                folded = report.totals.folded,
+                new_files = report.new_files,
+                elapsed_ms = report.elapsed_ms,
+                "detect.pass"
+            );
+            if a.format == Format::Json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} detect: {} new alerts, {} updated, {} folded ({} new files, {} ms)",
+                    format_ns(kvwatch_ingest::store::now_nanos()),
+                    report.totals.created,
+                    report.totals.updated,
+                    report.totals.folded,
+                    report.new_files,
+                    report.elapsed_ms
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(interval)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn print_detect(r: &DetectReport, nrules: usize, format: Format) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
+        return Ok(());
+    }
+    writeln!(out, "kvwatch detect ({})", r.mode)?;
+    if r.mode == "up-to-date" {
+        writeln!(
+            out,
+            "  nothing new since the last run; use --from/--to to re-evaluate a range"
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "  {:<32} {:>8} {:>8} {:>8} {:>7} {:>9}",
+        "rule", "windows", "new", "updated", "folded", "ms"
+    )?;
+    for x in &r.rules {
+        writeln!(
+            out,
+            "  {:<32} {:>8} {:>8} {:>8} {:>7} {:>9}",
+            x.rule_id,
+            x.occurrences,
+            x.stats.created,
+            x.stats.updated,
+            x.stats.folded,
+            x.elapsed_ms
+        )?;
+    }
+    let ranges: Vec<String> = r
+        .ranges
+        .iter()
+        .map(|(a, b)| format!("{a} .. {b}"))
+        .collect();
+    kv_table(
+        &mut out,
+        &[
+            ("rules", nrules.to_string()),
+            ("event time", ranges.join("; ")),
+            ("new alerts", thousands(r.totals.created)),
+            ("updated", thousands(r.totals.updated)),
+            ("folded into open alerts", thousands(r.totals.folded)),
+            ("unchanged", thousands(r.totals.unchanged)),
+            ("elapsed", format!("{:.2} s", r.elapsed_ms as f64 / 1000.0)),
+        ],
+    )?;
+    writeln!(out, "  see: kvwatch alerts")?;
+    Ok(())
+}
+
+fn open_alerts_read(data: &Path) -> Result<Option<AlertStore>> {
+    Ok(AlertStore::open_read_only(data)?)
+}
+
+fn write_alerts(out: &mut dyn Write, alerts: &[Alert], format: AlertFormat) -> Result<()> {
+    match format {
+        AlertFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(alerts)?)?,
+        AlertFormat::Ocsf => {
+            let v: Vec<_> = alerts.iter().map(Alert::to_ocsf).collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?
+        }
+        AlertFormat::Table => {
+            if alerts.is_empty() {
+                writeln!(out, "no alerts")?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<16} {:<13} {:<6} {:<28} {:<20} {:>6}  summary",
+                "id", "severity", "status", "rule", "last seen", "events"
+            )?;
+            for a in alerts {
+                let mut summary = a.summary.clone();
+                if summary.chars().count() > 110 {
+                    summary = summary.chars().take(107).collect::<String>() + "...";
+                }
+                writeln!(
+                    out,
+                    "{:<16} {:<13} {:<6} {:<28} {:<20} {:>6}  {}",
+                    &a.id[..16.min(a.id.len())],
+                    a.severity.as_str(),
+                    &a.status.as_str()[..3.min(a.status.as_str().len())],
+                    a.rule_id,
+                    &format_ns(a.last_seen)[..19],
+                    a.event_count,
+                    summary
+                )?;
+            }
+            writeln!(out, "{} alerts", alerts.len())?;
+        }
+    }
+    Ok(())
+}
+
+pub fn cmd_alerts(data: &Path, a: AlertsArgs) -> Result<ExitCode> {
+    let now = kvwatch_ingest::store::now_nanos();
+    let filter = AlertFilter {
+        since: a.since.as_deref().map(|s| parse_time(s, now)).transpose()?,
+        min_severity: a
+            .severity
+            .as_deref()
+            .map(|s| Severity::parse(s).with_context(|| format!("unknown severity {s:?}")))
+            .transpose()?,
+        rule: a.rule,
+        status: a
+            .status
+            .as_deref()
+            .map(|s| Status::parse(s).with_context(|| format!("unknown status {s:?}")))
+            .transpose()?,
+        limit: a.limit,
+    };
+    let alerts = match open_alerts_read(data)? {
+        Some(s) => s.list(&filter)?,
+        None => Vec::new(),
+    };
+    let mut out = std::io::stdout().lock();
+    write_alerts(&mut out, &alerts, a.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cmd_alert(data: &Path, a: AlertArgs) -> Result<ExitCode> {
+    // Accept the 16-character prefix the table shows.
+    let store = AlertStore::open(data)?;
+    let matches: Vec<Alert> = store
+        .list(&AlertFilter::default())?
+        .into_iter()
+        .filter(|x| x.id.starts_with(&a.id))
+        .collect();
+    let alert = match matches.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("no alert with id {}", a.id),
+        _ => bail!(
+            "{} alerts start with {}; give more of the id",
+            matches.len(),
+            a.id
+        ),
+    };
+    if let Some(s) = &a.set_status {
+        let st = Status::parse(s).with_context(|| format!("unknown status {s:?}"))?;
+        store.set_status(&alert.id, st, kvwatch_ingest::store::now_nanos())?;
+        tracing::info!(alert = %alert.id, status = st.as_str(), "alert.status_changed");
+    }
+    let alert = store.get(&alert.id)?.context("alert vanished")?;
+    let mut out = std::io::stdout().lock();
+    match a.format {
+        AlertFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&alert)?)?,
+        AlertFormat::Ocsf => writeln!(out, "{}", serde_json::to_string_pretty(&alert.to_ocsf())?)?,
+        AlertFormat::Table => {
+            let principals: Vec<String> = alert
+                .principals
+                .iter()
+                .map(|p| {
+                    let mut s = p.label().to_owned();
+                    if let (Some(o), Some(_)) = (&p.oid, &p.upn) {
+                        s.push_str(&format!(" ({o})"));
+                    }
+                    s
+                })
+                .collect();
+            kv_table(
+                &mut out,
+                &[
+                    ("id", alert.id.clone()),
+                    ("rule", alert.rule_id.clone()),
+                    ("title", alert.title.clone()),
+                    ("severity", alert.severity.to_string()),
+                    ("status", alert.status.as_str().into()),
+                    ("first seen", format_ns(alert.first_seen)),
+                    ("last seen", format_ns(alert.last_seen)),
+                    ("events", alert.event_count.to_string()),
+                    ("occurrences", alert.occurrences.to_string()),
+                    ("vaults", alert.vaults.join(", ")),
+                    ("principals", principals.join(", ")),
+                    ("ips", alert.ips.join(", ")),
+                    ("objects", alert.objects.join(", ")),
+                    (
+                        "ATT&CK",
+                        format!("{} {}", alert.tactics.join(" "), alert.techniques.join(" ")),
+                    ),
+                    ("summary", alert.summary.clone()),
+                ],
+            )?;
+            writeln!(out, "\noccurrences")?;
+            for o in store.occurrences(&alert.id)? {
+                writeln!(
+                    out,
+                    "  {}  {:>6} events  {}",
+                    &format_ns(o.window_start)[..19],
+                    o.event_count,
+                    o.summary
+                )?;
+            }
+            writeln!(
+                out,
+                "\nevidence: kvwatch query \"SELECT e.* FROM events e JOIN alerts a ON array_has(a.evidence, e.event_id) WHERE a.id = '{}' ORDER BY e.time\"",
+                alert.id
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cmd_rules(cfg: &Config, cmd: RulesCmd) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        RulesCmd::List { source, format } => {
+            let rules = load_rules(cfg, &source, false).await?;
+            if format == Format::Json {
+                let v: Vec<_> = rules
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "id": r.id(), "title": r.doc.title, "severity": r.doc.severity,
+                            "window": r.doc.window, "suppression": r.doc.suppression,
+                            "tactics": r.doc.tactics, "techniques": r.doc.techniques,
+                            "tests": r.doc.tests.len(), "enabled": r.doc.enabled, "file": r.file,
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<30} {:<8} {:>6} {:>5} {:<4} title",
+                    "id", "severity", "window", "tests", "on"
+                )?;
+                for r in &rules {
+                    writeln!(
+                        out,
+                        "{:<30} {:<8} {:>6} {:>5} {:<4} {}",
+                        r.id(),
+                        r.doc.severity.as_str(),
+                        String::from(r.doc.window),
+                        r.doc.tests.len(),
+                        if r.doc.enabled { "yes" } else { "no" },
+                        r.doc.title
+                    )?;
+                }
+                writeln!(out, "{} rules", rules.len())?;
+            }
+        }
+        RulesCmd::Show { id, source } => {
+            let rules = load_rules(cfg, &source, false).await?;
+            let r = rules
+                .iter()
+                .find(|r| r.id() == id)
+                .with_context(|| format!("no rule {id:?}"))?;
+            let params: Vec<String> = r
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", v.sql()))
+                .collect();
+            kv_table(
+                &mut out,
+                &[
+                    ("id", r.id().into()),
+                    ("file", r.file.clone()),
+                    ("title", r.doc.title.clone()),
+                    ("severity", r.doc.severity.to_string()),
+                    (
+                        "ATT&CK",
+                        format!("{} {}", r.doc.tactics.join(" "), r.doc.techniques.join(" ")),
+                    ),
+                    ("window", String::from(r.doc.window)),
+                    ("lookback", String::from(r.lookback())),
+                    ("history", String::from(r.history())),
+                    ("suppression", String::from(r.doc.suppression)),
+                    ("dedup", r.doc.dedup.join(", ")),
+                    ("enabled", r.doc.enabled.to_string()),
+                    ("fixtures", r.doc.tests.len().to_string()),
+                ],
+            )?;
+            writeln!(out, "\n{}", r.doc.description.trim())?;
+            writeln!(out, "\nparameters\n  {}", params.join("\n  "))?;
+            writeln!(
+                out,
+                "\nSQL (rendered; data_start shown as the epoch)\n{}",
+                r.render(&kvwatch_detect::engine::sql_timestamp(0))
+            )?;
+        }
+        RulesCmd::Test {
+            ids,
+            source,
+            format,
+        } => {
+            let rules = load_rules(cfg, &source, false).await?;
+            for id in &ids {
+                if !rules.iter().any(|r| r.id() == id) {
+                    bail!("no rule {id:?}");
+                }
+            }
+            let mut results = Vec::new();
+            for r in rules
+                .iter()
+                .filter(|r| ids.is_empty() || ids.iter().any(|i| i == r.id()))
+            {
+                if r.doc.tests.is_empty() {
+                    results.push(kvwatch_detect::fixture::FixtureResult {
+                        rule_id: r.id().into(),
+                        name: "(no fixtures)".into(),
+                        passed: false,
+                        message: Some("every rule needs positive and negative fixtures".into()),
+                        occurrences: 0,
+                    });
+                }
+                results.extend(run_fixtures(r).await);
+            }
+            let failed = results.iter().filter(|r| !r.passed).count();
+            if format == Format::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&results)?)?;
+            } else {
+                for r in &results {
+                    writeln!(
+                        out,
+                        "{} {} / {}",
+                        if r.passed { "PASS" } else { "FAIL" },
+                        r.rule_id,
+                        r.name
+                    )?;
+                    if let Some(m) = &r.message {
+                        for line in m.lines() {
+                            writeln!(out, "       {line}")?;
+                        }
+                    }
+                }
+                writeln!(out, "{} fixtures, {} failed", results.len(), failed)?;
+            }
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,380 @@
+//! `kvwatch detect`, `alerts`, `alert` and `rules` through the real binary, on real stores.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+const VAULT: &str = "/SUBSCRIPTIONS/00000000-0000-4000-8000-0000000000AA/RESOURCEGROUPS/PAY-RG/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/PAYMENTS-KV";
+
+/// One audit record by mallory on payments-kv.
+fn record(time: &str, op: &str, object: &str) -> String {
+    json!({
+        "time": time, "category": "AuditEvent", "operationName": op, "resourceId": VAULT,
+        "resultSignature": "OK", "callerIpAddress": "203.0.113.7",
+        "identity": {"claim": {"oid": "6e1f0000-0000-4000-8000-00000000000a", "upn": "mallory@contoso.com"}},
+        "properties": {"httpStatusCode": 200, "id": format!("https://payments-kv.vault.azure.net/{object}")}
+    })
+    .to_string()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn alerts(data: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["alerts", "--format", "json"];
+    args.extend_from_slice(extra);
+    let r = run(data, &args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    serde_json::from_str::<Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn detect(data: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["detect", "--format", "json"];
+    args.extend_from_slice(extra);
+    let r = run(data, &args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn by_rule<'a>(alerts: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    alerts.iter().filter(|a| a["rule_id"] == rule).collect()
+}
+
+#[test]
+fn generated_attacks_are_listed_with_entities_and_rerun_adds_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let g = bin()
+        .args([
+            "generate",
+            "--days",
+            "3",
+            "--seed",
+            "5",
+            "--attacks",
+            "self-grant-then-read,delete-purge,role-assignment,firewall-opened",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let data = tempfile::tempdir().unwrap();
+    ingest(
+        data.path(),
+        &[
+            &out.path().join("insights-logs-auditevent"),
+            &out.path().join("insights-activity-logs"),
+        ],
+    );
+    let first = detect(data.path(), &[]);
+    assert_eq!(first["mode"], "incremental");
+    let created = first["created"].as_u64().unwrap();
+    assert!(created >= 4, "{first}");
+
+    let labels: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("labels.json")).unwrap()).unwrap();
+    let all = alerts(data.path(), &[]);
+    assert_eq!(all.len() as u64, created);
+    for (kind, rule) in [
+        ("self-grant-then-read", "kv-perm-self-grant"),
+        ("delete-purge", "kv-corr-delete-then-purge"),
+        ("role-assignment", "kv-perm-role-assignment"),
+        ("firewall-opened", "kv-cfg-firewall-opened"),
+    ] {
+        let label = labels["attacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .unwrap();
+        let hits = by_rule(&all, rule);
+        assert_eq!(hits.len(), 1, "{rule}: {all:#?}");
+        let a = hits[0];
+        let oid = label["actor"]["oid"].as_str().unwrap().to_lowercase();
+        assert!(
+            a["principals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["oid"] == oid.as_str()),
+            "{rule} names the actor {oid}: {a:#}"
+        );
+        assert!(
+            a["vaults"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| label["vaults"].as_array().unwrap().contains(v)),
+            "{a:#}"
+        );
+        // The alert's time lies within the attack.
+        let (s, e) = (
+            label["start"].as_str().unwrap(),
+            label["end"].as_str().unwrap(),
+        );
+        let (f, l) = (
+            a["first_seen"].as_str().unwrap(),
+            a["last_seen"].as_str().unwrap(),
+        );
+        assert!(f >= s && l <= e, "{rule}: {f}..{l} outside {s}..{e}");
+        assert!(!a["evidence"].as_array().unwrap().is_empty());
+        for field in [
+            "id",
+            "title",
+            "severity",
+            "status",
+            "created_at",
+            "updated_at",
+            "event_count",
+            "ips",
+            "objects",
+            "tactics",
+            "techniques",
+            "summary",
+        ] {
+            assert!(!a[field].is_null(), "{field} missing: {a:#}");
+        }
+    }
+    // Evidence resolves to stored events.
+    let sg = by_rule(&all, "kv-perm-self-grant")[0];
+    let n = count(
+        data.path(),
+        &format!(
+            "SELECT count(*) FROM events e JOIN alerts a ON array_has(a.evidence, e.event_id) WHERE a.id = '{}'",
+            sg["id"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(n, sg["event_count"].as_i64().unwrap());
+
+    // Nothing new: incremental is a no-op; a full backfill re-evaluates and changes nothing.
+    assert_eq!(detect(data.path(), &[])["mode"], "up-to-date");
+    let again = detect(data.path(), &["--from", "2024-05-01", "--to", "2024-06-01"]);
+    assert_eq!(again["created"], 0, "{again}");
+    assert_eq!(again["updated"], 0, "{again}");
+    assert_eq!(alerts(data.path(), &[]).len(), all.len());
+
+    // Filters, OCSF and status changes.
+    let high = alerts(data.path(), &["--severity", "high"]);
+    assert!(
+        high.iter()
+            .all(|a| a["severity"] == "high" || a["severity"] == "critical")
+    );
+    assert!(!high.is_empty());
+    let r = run(data.path(), &["alerts", "--format", "ocsf"]);
+    let ocsf: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(ocsf[0]["class_uid"], 2004);
+    assert_eq!(ocsf.as_array().unwrap().len(), all.len());
+    let id = sg["id"].as_str().unwrap();
+    let r = run(
+        data.path(),
+        &[
+            "alert",
+            &id[..16],
+            "--set-status",
+            "acknowledged",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let acked = alerts(data.path(), &["--status", "acknowledged"]);
+    assert_eq!(acked.len(), 1);
+    assert_eq!(acked[0]["id"], id);
+}
+
+#[test]
+fn late_data_updates_open_alerts_and_opens_old_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let first: Vec<String> = (0..6)
+        .map(|i| {
+            record(
+                &format!("2026-03-02T10:{:02}:00Z", i * 5),
+                "SecretDelete",
+                &format!("secrets/s{i}"),
+            )
+        })
+        .collect();
+    write_lines(&dir.path().join("a.jsonl"), &first);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    detect(&data, &[]);
+    let before = by_rule(&alerts(&data, &[]), "kv-sens-mass-delete")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0]["event_count"], 6);
+
+    // An archive blob that arrives late: more deletes in the same hour, and a vault delete a
+    // day earlier than anything seen so far.
+    let mut late: Vec<String> = (6..9)
+        .map(|i| {
+            record(
+                &format!("2026-03-02T10:{:02}:00Z", i * 5),
+                "SecretDelete",
+                &format!("secrets/s{i}"),
+            )
+        })
+        .collect();
+    late.push(record("2026-03-01T08:00:00Z", "VaultDelete", ""));
+    write_lines(&dir.path().join("b.jsonl"), &late);
+    ingest(&data, &[&dir.path().join("b.jsonl")]);
+    let pass = detect(&data, &[]);
+    assert_eq!(pass["mode"], "incremental", "{pass}");
+    let after = alerts(&data, &[]);
+    let md = by_rule(&after, "kv-sens-mass-delete");
+    assert_eq!(md.len(), 1, "updated, not duplicated: {after:#?}");
+    assert_eq!(md[0]["id"], before[0]["id"]);
+    assert_eq!(md[0]["event_count"], 9);
+    assert_eq!(md[0]["last_seen"], "2026-03-02T10:40:00.0000000Z");
+    assert_eq!(
+        by_rule(&after, "kv-sens-vault-deleted").len(),
+        1,
+        "the old window was evaluated"
+    );
+    assert!(pass["updated"].as_u64().unwrap() >= 1, "{pass}");
+}
+
+#[test]
+fn repeats_inside_the_suppression_period_fold_into_one_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    // Backups at 10:00 and 13:00: two hourly windows of kv-sens-destructive-op (suppression 1d),
+    // and one at 10:00 two days later, outside the suppression period.
+    let lines = vec![
+        record("2026-03-02T10:00:00Z", "SecretBackup", "secrets/a"),
+        record("2026-03-02T13:00:00Z", "SecretBackup", "secrets/b"),
+        record("2026-03-04T14:00:00Z", "SecretBackup", "secrets/c"),
+    ];
+    write_lines(&dir.path().join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    let pass = detect(&data, &[]);
+    assert_eq!(pass["folded"], 1, "{pass}");
+    let a = alerts(&data, &["--rule", "kv-sens-destructive-op"]);
+    assert_eq!(a.len(), 2, "{a:#?}");
+    let folded = a
+        .iter()
+        .find(|x| x["occurrences"] == 2)
+        .expect("a folded alert");
+    assert_eq!(folded["event_count"], 2);
+    assert!(
+        folded["summary"]
+            .as_str()
+            .unwrap()
+            .contains("2 occurrences"),
+        "{folded}"
+    );
+    let r = run(&data, &["alert", folded["id"].as_str().unwrap()]);
+    assert!(
+        r.stdout.contains("occurrences") && r.stdout.contains("2026-03-02T13:00:00"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn rules_test_passes_and_a_broken_fixture_or_rule_fails_loudly() {
+    let empty = tempfile::tempdir().unwrap();
+    let r = run(empty.path(), &["rules", "test"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(", 0 failed"), "{}", r.stdout);
+    let list = run(empty.path(), &["rules", "list", "--format", "json"]);
+    let rules: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert!(rules.as_array().unwrap().len() >= 20);
+
+    // A copy of the pack with one expectation changed.
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&pack).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let f = dir.path().join("kv-sens-mass-delete.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, text.replace("event_count: 6", "event_count: 7")).unwrap();
+    let rules_arg = dir.path().display().to_string();
+    let r = run(empty.path(), &["rules", "test", "--rules", &rules_arg]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("FAIL kv-sens-mass-delete / six deletes in an hour"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains(", 1 failed"), "{}", r.stdout);
+
+    // SQL that does not plan is rejected at load time with file and line, by every command.
+    std::fs::write(
+        &f,
+        text.replace(
+            "HAVING count(*) > {{threshold}}",
+            "HAVING count(*) > no_such_column",
+        ),
+    )
+    .unwrap();
+    for cmd in [
+        &["rules", "list", "--rules", &rules_arg][..],
+        &["rules", "test", "--rules", &rules_arg][..],
+    ] {
+        let r = run(empty.path(), cmd);
+        assert_ne!(r.code, 0);
+        assert!(
+            r.stderr.contains("kv-sens-mass-delete.yaml:") && r.stderr.contains("no_such_column"),
+            "{}",
+            r.stderr
+        );
+    }
+    // A parameter the rule does not have, from the config file, is refused.
+    let cfg = dir.path().join("kvwatch.toml");
+    std::fs::write(&cfg, "[rules.kv-sens-mass-delete.params]\nthreshhold = 3\n").unwrap();
+    let r = run(
+        empty.path(),
+        &["--config", &cfg.display().to_string(), "rules", "list"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("threshhold"), "{}", r.stderr);
+}
+
+#[test]
+fn configured_parameters_change_what_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let lines: Vec<String> = (0..4)
+        .map(|i| {
+            record(
+                &format!("2026-03-02T10:0{i}:00Z"),
+                "SecretDelete",
+                &format!("secrets/s{i}"),
+            )
+        })
+        .collect();
+    write_lines(&dir.path().join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    let cfg = dir.path().join("kvwatch.toml");
+    std::fs::write(&cfg, "[rules.kv-sens-mass-delete.params]\nthreshold = 3\n\n[rules.kv-sens-destructive-op]\nenabled = false\n").unwrap();
+    let r = run(
+        &data,
+        &[
+            "--config",
+            &cfg.display().to_string(),
+            "detect",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let a = alerts(&data, &[]);
+    assert_eq!(by_rule(&a, "kv-sens-mass-delete").len(), 1, "{a:#?}");
+    assert_eq!(
+        by_rule(&a, "kv-sens-destructive-op").len(),
+        0,
+        "disabled: {a:#?}"
+    );
+}
