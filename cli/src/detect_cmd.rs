@@ -112,6 +112,12 @@ pub enum RulesCmd {
         #[command(flatten)]
         source: RulesSource,
     },
+    /// Print every enabled rule's SQL rendered for the store in --data, as a JSON array of
+    /// {id, sql} (to run the same queries elsewhere, e.g. in DuckDB for comparison).
+    Sql {
+        #[command(flatten)]
+        source: RulesSource,
+    },
     /// Run the rules' fixtures; exits non-zero when any fails.
     Test {
         /// Only these rules.
@@ -216,6 +222,8 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
     if a.follow && (a.from.is_some() || a.to.is_some()) {
         bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
     }
+    // Listen from the start: a signal that arrives during a pass is kept until the pass ends.
+    let mut shutdown = Shutdown::new()?;
     loop {
         let report = if a.from.is_some() || a.to.is_some() {
             let engine = Engine::open(data)?;
@@ -239,7 +247,21 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
             }
             backfill(data, &rules, from, to, &mut store, &mut progress(false)).await?
         } else {
-            incremental(data, &rules, &mut store, &mut progress(a.follow)).await?
+            match incremental(data, &rules, &mut store, &mut progress(a.follow)).await {
+                Ok(r) => r,
+                // A long-running pass survives transient failures (a file compacted away
+                // between reading the manifest and scanning it): nothing was marked covered,
+                // so the next pass evaluates the same data again.
+                Err(e) if a.follow => {
+                    tracing::error!(error = %e, "detect.pass_failed");
+                    eprintln!("detect: pass failed, retrying in {interval} s: {e}");
+                    DetectReport {
+                        mode: "up-to-date".into(),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         if !a.follow {
             print_detect(&report, rules.len(), a.format)?;
@@ -270,7 +292,32 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(interval)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = shutdown.recv() => {
+                tracing::info!("detect.stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+/// SIGINT or SIGTERM, registered once so none is lost between awaits.
+struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn new() -> Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
     }
 }
@@ -479,9 +526,19 @@ pub fn cmd_alert(data: &Path, a: AlertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn cmd_rules(cfg: &Config, cmd: RulesCmd) -> Result<ExitCode> {
+pub async fn cmd_rules(data: &Path, cfg: &Config, cmd: RulesCmd) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
+        RulesCmd::Sql { source } => {
+            let rules = load_rules(cfg, &source, true).await?;
+            let start = Engine::open(data)?.data_range().map_or(0, |r| r.0);
+            let ts = kvwatch_detect::engine::sql_timestamp(start);
+            let v: Vec<_> = rules
+                .iter()
+                .map(|r| serde_json::json!({"id": r.id(), "sql": r.render(&ts)}))
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
         RulesCmd::List { source, format } => {
             let rules = load_rules(cfg, &source, false).await?;
             if format == Format::Json {

@@ -267,7 +267,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Detect(a) => rt.block_on(detect_cmd::cmd_detect(&data, &cfg, a)),
         Cmd::Alerts(a) => detect_cmd::cmd_alerts(&data, a),
         Cmd::Alert(a) => detect_cmd::cmd_alert(&data, a),
-        Cmd::Rules(c) => rt.block_on(detect_cmd::cmd_rules(&cfg, c)),
+        Cmd::Rules(c) => rt.block_on(detect_cmd::cmd_rules(&data, &cfg, c)),
         Cmd::Compact(a) => rt.block_on(cmd_compact(&data, &cfg, a)),
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Eval(a) => rt.block_on(cmd_eval(&data, a)),

@@ -378,3 +378,80 @@ fn configured_parameters_change_what_alerts() {
         "disabled: {a:#?}"
     );
 }
+
+#[test]
+fn follow_mode_alerts_on_new_and_late_data_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    write_lines(
+        &dir.path().join("seed.jsonl"),
+        &[record("2026-03-02T09:00:00Z", "SecretGet", "secrets/s0")],
+    );
+    ingest(&data, &[&dir.path().join("seed.jsonl")]);
+    let mut child = bin()
+        .arg("--data")
+        .arg(&data)
+        .args(["detect", "--follow", "--interval", "1", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_for = |pred: &dyn Fn(&[Value]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let a = alerts(&data, &[]);
+            if pred(&a) {
+                return a;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out; alerts: {a:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    let lines: Vec<String> = (0..6)
+        .map(|i| {
+            record(
+                &format!("2026-03-02T10:{:02}:00Z", i * 5),
+                "SecretDelete",
+                &format!("secrets/s{i}"),
+            )
+        })
+        .collect();
+    write_lines(&dir.path().join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    wait_for(&|a| by_rule(a, "kv-sens-mass-delete").len() == 1);
+    // Late events of the same hour update the open alert.
+    write_lines(
+        &dir.path().join("b.jsonl"),
+        &[record(
+            "2026-03-02T10:55:00Z",
+            "SecretDelete",
+            "secrets/late",
+        )],
+    );
+    ingest(&data, &[&dir.path().join("b.jsonl")]);
+    let a = wait_for(&|a| {
+        by_rule(a, "kv-sens-mass-delete")
+            .first()
+            .is_some_and(|x| x["event_count"] == 7)
+    });
+    assert_eq!(by_rule(&a, "kv-sens-mass-delete").len(), 1);
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        passes.lines().count() >= 2,
+        "one JSON line per pass with new data: {passes}"
+    );
+}
