@@ -17,6 +17,19 @@ fn record(time: &str, op: &str, object: &str) -> String {
     .to_string()
 }
 
+/// SecretDelete records at 10:00, 10:05, … on 2026-03-02, one per index.
+fn deletes(range: std::ops::Range<u32>) -> Vec<String> {
+    range
+        .map(|i| {
+            record(
+                &format!("2026-03-02T10:{:02}:00Z", i * 5),
+                "SecretDelete",
+                &format!("secrets/s{i}"),
+            )
+        })
+        .collect()
+}
+
 fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
@@ -191,15 +204,7 @@ fn generated_attacks_are_listed_with_entities_and_rerun_adds_nothing() {
 fn late_data_updates_open_alerts_and_opens_old_windows() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
-    let first: Vec<String> = (0..6)
-        .map(|i| {
-            record(
-                &format!("2026-03-02T10:{:02}:00Z", i * 5),
-                "SecretDelete",
-                &format!("secrets/s{i}"),
-            )
-        })
-        .collect();
+    let first = deletes(0..6);
     write_lines(&dir.path().join("a.jsonl"), &first);
     ingest(&data, &[&dir.path().join("a.jsonl")]);
     detect(&data, &[]);
@@ -212,15 +217,7 @@ fn late_data_updates_open_alerts_and_opens_old_windows() {
 
     // An archive blob that arrives late: more deletes in the same hour, and a vault delete a
     // day earlier than anything seen so far.
-    let mut late: Vec<String> = (6..9)
-        .map(|i| {
-            record(
-                &format!("2026-03-02T10:{:02}:00Z", i * 5),
-                "SecretDelete",
-                &format!("secrets/s{i}"),
-            )
-        })
-        .collect();
+    let mut late = deletes(6..9);
     late.push(record("2026-03-01T08:00:00Z", "VaultDelete", ""));
     write_lines(&dir.path().join("b.jsonl"), &late);
     ingest(&data, &[&dir.path().join("b.jsonl")]);
@@ -410,15 +407,7 @@ fn follow_mode_alerts_on_new_and_late_data_within_seconds() {
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
     };
-    let lines: Vec<String> = (0..6)
-        .map(|i| {
-            record(
-                &format!("2026-03-02T10:{:02}:00Z", i * 5),
-                "SecretDelete",
-                &format!("secrets/s{i}"),
-            )
-        })
-        .collect();
+    let lines = deletes(0..6);
     write_lines(&dir.path().join("a.jsonl"), &lines);
     ingest(&data, &[&dir.path().join("a.jsonl")]);
     wait_for(&|a| by_rule(a, "kv-sens-mass-delete").len() == 1);
