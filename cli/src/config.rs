@@ -19,6 +19,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub detect: DetectConfig,
+    /// Behavioural models: `[models]` and `[models.weights]`.
+    #[serde(default)]
+    pub models: kvwatch_detect::anomaly::ModelConfig,
     /// Per-rule settings: `[rules.<rule-id>]` with `enabled` and a `params` table.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleConfig>,

@@ -119,9 +119,14 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     eprintln!("demo: running the detection rules");
     let rules = crate::detect_cmd::load_rules(cfg, &Default::default(), true).await?;
     let mut alerts_store = kvwatch_detect::AlertStore::open(data)?;
-    let detected =
-        kvwatch_detect::run::incremental(data, &rules, &mut alerts_store, &mut |_, _, _| {})
-            .await?;
+    let detected = kvwatch_detect::run::incremental(
+        data,
+        &rules,
+        Some(&cfg.models),
+        &mut alerts_store,
+        &mut |_, _, _| {},
+    )
+    .await?;
     drop(alerts_store);
     let labels = kvwatch_datasets::read_labels(&logs.path().join("labels.json"))?;
     let labels_copy = data.join("demo-labels.json");

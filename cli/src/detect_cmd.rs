@@ -40,6 +40,9 @@ pub struct DetectArgs {
     /// Seconds between passes with --follow [default: 30].
     #[arg(long, env = "KVWATCH_DETECT_INTERVAL_SECS")]
     interval: Option<u64>,
+    /// Rules only: skip the behavioural models.
+    #[arg(long, env = "KVWATCH_DETECT_NO_MODELS")]
+    no_models: bool,
     /// Event IDs kept as evidence per alert [default: 1000].
     #[arg(long, env = "KVWATCH_DETECT_MAX_EVIDENCE")]
     max_evidence: Option<usize>,
@@ -222,6 +225,7 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
     if a.follow && (a.from.is_some() || a.to.is_some()) {
         bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
     }
+    let models = (!a.no_models).then_some(&cfg.models);
     // Listen from the start: a signal that arrives during a pass is kept until the pass ends.
     let mut shutdown = Shutdown::new()?;
     loop {
@@ -245,9 +249,18 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
             if to <= from {
                 bail!("--to must be after --from");
             }
-            backfill(data, &rules, from, to, &mut store, &mut progress(false)).await?
+            backfill(
+                data,
+                &rules,
+                models,
+                from,
+                to,
+                &mut store,
+                &mut progress(false),
+            )
+            .await?
         } else {
-            match incremental(data, &rules, &mut store, &mut progress(a.follow)).await {
+            match incremental(data, &rules, models, &mut store, &mut progress(a.follow)).await {
                 Ok(r) => r,
                 // A long-running pass survives transient failures (a file compacted away
                 // between reading the manifest and scanning it): nothing was marked covered,

@@ -35,6 +35,17 @@ impl Principal {
     }
 }
 
+/// What the alert store needs to know about the analytic behind occurrences (a rule or a model).
+#[derive(Debug, Clone, Copy)]
+pub struct AlertMeta<'a> {
+    pub title: &'a str,
+    pub description: &'a str,
+    pub tactics: &'a [String],
+    pub techniques: &'a [String],
+    /// New windows of an open alert's dedup key fold into it within this period (ns).
+    pub suppression_ns: i64,
+}
+
 /// One rule result row for one window, with deterministic identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Occurrence {
@@ -192,7 +203,11 @@ impl Alert {
                 "modified_time": ms(self.updated_at),
                 "first_seen_time": ms(self.first_seen),
                 "last_seen_time": ms(self.last_seen),
-                "analytic": {"uid": self.rule_id, "name": self.title, "type_id": 1, "type": "Rule"},
+                "analytic": if self.rule_id.starts_with("anomaly-") {
+                    json!({"uid": self.rule_id, "name": self.title, "type_id": 3, "type": "Statistical"})
+                } else {
+                    json!({"uid": self.rule_id, "name": self.title, "type_id": 1, "type": "Rule"})
+                },
                 "attacks": attacks,
                 "related_events": self.evidence.iter().map(|e| json!({"uid": e})).collect::<Vec<_>>(),
             },

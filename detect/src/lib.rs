@@ -7,6 +7,7 @@
 //! ingest path). [`udf`] holds the SQL functions rules use beyond DataFusion's own.
 
 pub mod alert;
+pub mod anomaly;
 pub mod engine;
 pub mod fixture;
 pub mod rule;

@@ -413,6 +413,16 @@ impl Rule {
     pub fn id(&self) -> &str {
         &self.doc.id
     }
+    /// What the alert store records about this rule.
+    pub fn meta(&self) -> crate::alert::AlertMeta<'_> {
+        crate::alert::AlertMeta {
+            title: &self.doc.title,
+            description: self.doc.description.trim(),
+            tactics: &self.doc.tactics,
+            techniques: &self.doc.techniques,
+            suppression_ns: self.doc.suppression.nanos(),
+        }
+    }
     pub fn lookback(&self) -> Dur {
         self.doc.lookback.unwrap_or(self.doc.window)
     }

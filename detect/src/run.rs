@@ -7,6 +7,7 @@
 //! stored is the new file set recorded as covered, so a crash in between re-evaluates (and the
 //! deterministic occurrence IDs make that harmless) instead of skipping.
 
+use crate::anomaly::ModelConfig;
 use crate::engine::{Engine, EngineError};
 use crate::rule::Rule;
 use crate::store::{AlertStore, AlertStoreError, ApplyStats};
@@ -22,6 +23,8 @@ pub enum DetectError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Alerts(#[from] AlertStoreError),
+    #[error(transparent)]
+    Models(#[from] crate::anomaly::ModelError),
 }
 
 /// What one rule did in a pass.
@@ -43,6 +46,8 @@ pub struct DetectReport {
     pub ranges: Vec<(String, String)>,
     pub new_files: usize,
     pub rules: Vec<RuleReport>,
+    /// The behavioural models' pass, when enabled.
+    pub models: Option<crate::anomaly::ModelReport>,
     #[serde(flatten)]
     pub totals: ApplyStats,
     pub elapsed_ms: u64,
@@ -80,7 +85,7 @@ async fn evaluate_ranges(
         for &(from, to) in ranges {
             let ev = engine.evaluate(rule, from, to).await?;
             n += ev.occurrences.len();
-            stats += alerts.apply(rule, &ev.occurrences, now_nanos())?;
+            stats += alerts.apply(&rule.meta(), &ev.occurrences, now_nanos())?;
             alerts.record_run(
                 rule.id(),
                 now_nanos(),
@@ -115,10 +120,28 @@ fn fmt_ranges(r: &[(i64, i64)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Evaluates every rule over `[from, to)` (event time, ns).
+/// Runs the models when enabled and adds their alert counts to `totals`.
+async fn models_pass(
+    root: &Path,
+    models: Option<&ModelConfig>,
+    alerts: &mut AlertStore,
+    range: Option<(i64, i64)>,
+    totals: &mut ApplyStats,
+) -> Result<Option<crate::anomaly::ModelReport>, DetectError> {
+    let Some(cfg) = models.filter(|m| m.enabled) else {
+        return Ok(None);
+    };
+    let r = crate::anomaly::run_models(root, cfg, alerts, range).await?;
+    *totals += r.stats;
+    Ok(Some(r))
+}
+
+/// Evaluates every rule over `[from, to)` (event time, ns), and the models (rebuilding their
+/// baselines from the whole store) when `models` is given.
 pub async fn backfill(
     root: &Path,
     rules: &[Rule],
+    models: Option<&ModelConfig>,
     from: i64,
     to: i64,
     alerts: &mut AlertStore,
@@ -127,12 +150,14 @@ pub async fn backfill(
     let started = Instant::now();
     let engine = Engine::open(root)?;
     let ranges = vec![(from, to)];
-    let (rules_r, totals) = evaluate_ranges(&engine, rules, &ranges, alerts, progress).await?;
+    let (rules_r, mut totals) = evaluate_ranges(&engine, rules, &ranges, alerts, progress).await?;
+    let models = models_pass(root, models, alerts, Some((from, to)), &mut totals).await?;
     Ok(DetectReport {
         mode: "backfill".into(),
         ranges: fmt_ranges(&ranges),
         new_files: 0,
         rules: rules_r,
+        models,
         totals,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
@@ -143,6 +168,7 @@ pub async fn backfill(
 pub async fn incremental(
     root: &Path,
     rules: &[Rule],
+    models: Option<&ModelConfig>,
     alerts: &mut AlertStore,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<DetectReport, DetectError> {
@@ -169,13 +195,15 @@ pub async fn incremental(
         });
     }
     let ranges = merge_ranges(new, DAY_NS);
-    let (rules_r, totals) = evaluate_ranges(&engine, rules, &ranges, alerts, progress).await?;
+    let (rules_r, mut totals) = evaluate_ranges(&engine, rules, &ranges, alerts, progress).await?;
+    let models = models_pass(root, models, alerts, None, &mut totals).await?;
     alerts.replace_covered(&all)?;
     Ok(DetectReport {
         mode: "incremental".into(),
         ranges: fmt_ranges(&ranges),
         new_files,
         rules: rules_r,
+        models,
         totals,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })

@@ -11,8 +11,8 @@
 //! The store also remembers which event-store files detection has already covered
 //! (`covered_files`), which is how incremental runs find late data.
 
-use crate::alert::{Alert, Occurrence, Principal, Status, union_into};
-use crate::rule::{Rule, Severity};
+use crate::alert::{Alert, AlertMeta, Occurrence, Principal, Status, union_into};
+use crate::rule::Severity;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -206,11 +206,16 @@ impl AlertStore {
         })
     }
 
-    /// Stores one rule's occurrences (upsert + fold), in one transaction.
-    pub fn apply(&mut self, rule: &Rule, occs: &[Occurrence], now: i64) -> Result<ApplyStats> {
+    /// Stores one analytic's occurrences (upsert + fold), in one transaction.
+    pub fn apply(
+        &mut self,
+        meta: &AlertMeta<'_>,
+        occs: &[Occurrence],
+        now: i64,
+    ) -> Result<ApplyStats> {
         let tx = self.conn.transaction()?;
         let mut stats = ApplyStats::default();
-        let supp = rule.doc.suppression.nanos();
+        let supp = meta.suppression_ns;
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for o in occs {
             let body = json(o);
@@ -264,16 +269,16 @@ impl AlertStore {
                         params![
                             o.id,
                             o.rule_id,
-                            rule.doc.title,
-                            rule.doc.description.trim(),
+                            meta.title,
+                            meta.description,
                             o.severity.as_str(),
                             rank(o.severity),
                             o.dedup_key,
                             o.first_seen,
                             o.last_seen,
                             now,
-                            json(&rule.doc.tactics),
-                            json(&rule.doc.techniques)
+                            json(&meta.tactics),
+                            json(&meta.techniques)
                         ],
                     )?;
                     stats.created += 1;

@@ -385,7 +385,7 @@ fn follow_mode_alerts_on_new_and_late_data_within_seconds() {
         &[record("2026-03-02T09:00:00Z", "SecretGet", "secrets/s0")],
     );
     ingest(&data, &[&dir.path().join("seed.jsonl")]);
-    let mut child = bin()
+    let child = bin()
         .arg("--data")
         .arg(&data)
         .args(["detect", "--follow", "--interval", "1", "--format", "json"])

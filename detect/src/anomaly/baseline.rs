@@ -1,0 +1,177 @@
+//! What each principal normally does, learned hour by hour.
+//!
+//! State grows with principals × (vaults, IPs, objects, …) they use, never with events: every
+//! map holds one entry per distinct thing with its first and last sighting, and volume is kept
+//! as running sums per series. Strings are interned once.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// Interned strings (principals, vaults, IPs, objects, user-agent families, apps).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Interner {
+    names: Vec<String>,
+    #[serde(skip)]
+    ids: HashMap<String, u32>,
+}
+
+impl Interner {
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.to_owned());
+        self.ids.insert(s.to_owned(), i);
+        i
+    }
+    pub fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
+    /// Rebuilds the lookup after deserialising.
+    pub fn reindex(&mut self) {
+        self.ids = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// First and last hour (index since the epoch) something was seen.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Seen {
+    pub first: i32,
+    pub last: i32,
+}
+
+/// Hourly counts of one (vault, operation family) series of a principal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Series {
+    pub first_hour: i32,
+    pub sum: f64,
+    pub sumsq: f64,
+    /// Counts summed per hour of day, for the seasonal expectation.
+    pub hod: [f32; 24],
+}
+
+/// Everything known about one principal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Principal {
+    pub first_hour: i32,
+    pub last_hour: i32,
+    pub vaults: HashMap<u32, Seen>,
+    pub ips: HashMap<u32, Seen>,
+    pub networks: HashMap<u32, Seen>,
+    pub agents: HashMap<u32, Seen>,
+    pub apps: HashMap<u32, Seen>,
+    pub families: HashMap<u32, Seen>,
+    pub objects: HashMap<u32, Seen>,
+    /// Bit h set when the principal was active at hour of day h.
+    pub hours_of_day: u32,
+    /// Distinct days with activity.
+    pub active_days: u32,
+    pub last_active_day: i32,
+    pub max_vaults_per_hour: u32,
+    /// Key: vault id << 32 | family id.
+    pub series: HashMap<u64, Series>,
+}
+
+/// All baselines, plus what they cover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Baselines {
+    pub strings: Interner,
+    pub principals: HashMap<u32, Principal>,
+    /// First hour each vault appeared in the data (learning periods).
+    pub vault_first: HashMap<u32, i32>,
+    /// First hour of any data.
+    pub data_first: Option<i32>,
+    /// Hours before this one (exclusive, hour index) are learned.
+    pub through: i32,
+    /// Event-store files whose rows are learned.
+    pub covered: std::collections::BTreeSet<String>,
+}
+
+/// Is `seen` known at `hour`, given that sightings older than `decay_hours` are forgotten?
+pub fn known(seen: Option<&Seen>, hour: i32, decay_hours: i32) -> bool {
+    seen.is_some_and(|s| hour - s.last <= decay_hours)
+}
+
+pub fn touch(map: &mut HashMap<u32, Seen>, k: u32, hour: i32) {
+    map.entry(k)
+        .and_modify(|s| s.last = s.last.max(hour))
+        .or_insert(Seen {
+            first: hour,
+            last: hour,
+        });
+}
+
+impl Series {
+    pub fn new(first_hour: i32) -> Series {
+        Series {
+            first_hour,
+            sum: 0.0,
+            sumsq: 0.0,
+            hod: [0.0; 24],
+        }
+    }
+
+    /// Hours of history before `hour` (empty hours included).
+    pub fn hours(&self, hour: i32) -> i32 {
+        (hour - self.first_hour).max(0)
+    }
+
+    /// Expected count at `hour`: the mean of the same hour of day when at least three days
+    /// are known, else the overall hourly mean.
+    pub fn expected(&self, hour: i32) -> f64 {
+        let n = self.hours(hour) as f64;
+        if n <= 0.0 {
+            return 0.0;
+        }
+        let mean = self.sum / n;
+        let days = (n / 24.0).floor();
+        if days >= 3.0 {
+            let h = hour.rem_euclid(24) as usize;
+            // Blend with the mean so one quiet day does not make the next busy one look wild.
+            0.7 * (self.hod[h] as f64 / days) + 0.3 * mean
+        } else {
+            mean
+        }
+    }
+
+    pub fn add(&mut self, hour: i32, count: f64) {
+        self.sum += count;
+        self.sumsq += count * count;
+        self.hod[hour.rem_euclid(24) as usize] += count as f32;
+    }
+}
+
+impl Baselines {
+    /// Rough size of the state in bytes, for the memory benchmark.
+    pub fn approx_bytes(&self) -> usize {
+        let seen = std::mem::size_of::<(u32, Seen)>() + 8;
+        let mut n = self.strings.len() * 48;
+        for p in self.principals.values() {
+            n += std::mem::size_of::<Principal>();
+            n += seen
+                * (p.vaults.len()
+                    + p.ips.len()
+                    + p.networks.len()
+                    + p.agents.len()
+                    + p.apps.len()
+                    + p.families.len()
+                    + p.objects.len());
+            n += p.series.len() * (std::mem::size_of::<Series>() + 16);
+        }
+        n
+    }
+}
