@@ -26,12 +26,24 @@ fi
 EVENTS=$("$BIN" --data "$STORE" query --format csv "SELECT count(*) AS n FROM events" | tail -1)
 echo "store: $STORE  events: $EVENTS"
 
-# kvwatch: a fresh alert store, every rule over the whole week.
-rm -f "$STORE"/alerts.db*
+# kvwatch: a fresh alert store, every rule over the whole week (rules only; models below).
+rm -f "$STORE"/alerts.db* "$STORE"/baselines.json
 T0=$(date +%s.%N)
-/usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" --data "$STORE" detect --from 2000-01-01 --to 2100-01-01 --format json > "$WORK/detect.json"
+/usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" --data "$STORE" detect --no-models --from 2000-01-01 --to 2100-01-01 --format json > "$WORK/detect.json"
 T1=$(date +%s.%N)
 KV_SECS=$(echo "$T1 - $T0" | bc -l)
+# The behavioural models alone (an empty rule directory), rebuilding baselines from the week.
+mkdir -p "$WORK/no-rules"
+/usr/bin/time -f "%M" -o "$WORK/rss-models" "$BIN" --data "$STORE" detect --rules "$WORK/no-rules" --from 2000-01-01 --to 2100-01-01 --format json > "$WORK/models.json"
+python3 - "$WORK" <<'PY'
+import json, sys
+m = json.load(open(f"{sys.argv[1]}/models.json"))["models"]
+rss = int(open(f"{sys.argv[1]}/rss-models").read().split()[-1]) / 1024
+print(f"models: {m['events']:,} events, {m['hours']} hours, {m['elapsed_ms']/1000:.2f} s wall "
+      f"({m['events']/(m['elapsed_ms']/1000):,.0f} events/s incl. Parquet scan), baseline learning "
+      f"{m['learn_events_per_sec']:,.0f} events/s, {m['principals']:,} principals, state ~{m['state_bytes']/1048576:.1f} MiB, "
+      f"{m['occurrences']} occurrences, peak RSS {rss:.0f} MiB")
+PY
 "$BIN" --data "$STORE" rules sql > "$WORK/rules.json"
 
 python3 - "$WORK" "$STORE" "$KV_SECS" "$EVENTS" <<'PY'
