@@ -815,3 +815,62 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod state_size {
+    use super::*;
+
+    /// Memory grows with principals × the things they use, not with events: 100 k principals,
+    /// each with two vaults, two IPs, three objects and two clients, seen over a week.
+    #[test]
+    fn state_for_100k_principals() {
+        let mut b = Baselines::default();
+        let n = 100_000u32;
+        let ids: Vec<[u32; 9]> = (0..n)
+            .map(|i| {
+                let s = &mut b.strings;
+                [
+                    s.id(&format!("principal-{i}")),
+                    s.id(&format!("vault-{}", i % 5_000)),
+                    s.id(&format!("vault-{}", (i + 1) % 5_000)),
+                    s.id(&format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)),
+                    s.id(&format!("10.{}.{}.0/24", i >> 16, (i >> 8) & 255)),
+                    s.id(&format!("vault-{}/secret/s{}", i % 5_000, i % 7)),
+                    s.id("material_read"),
+                    s.id("azsdk"),
+                    s.id("app"),
+                ]
+            })
+            .collect();
+        for day in 0..7 {
+            let hour = day * 24 + 10;
+            let evs: Vec<Ev> = ids
+                .iter()
+                .flat_map(|x| {
+                    [x[1], x[2]].map(|vault| Ev {
+                        time: hour as i64 * HOUR_NS,
+                        principal: x[0],
+                        vault,
+                        family: x[6],
+                        object: Some(x[5]),
+                        ip: Some(x[3]),
+                        network: Some(x[4]),
+                        agent: Some(x[7]),
+                        app: Some(x[8]),
+                        event_id: String::new(),
+                    })
+                })
+                .collect();
+            learn_hour(&mut b, hour, &evs);
+        }
+        let bytes = b.approx_bytes();
+        println!(
+            "baseline state for {} principals: ~{:.0} MiB ({} bytes per principal)",
+            b.principals.len(),
+            bytes as f64 / 1048576.0,
+            bytes / b.principals.len()
+        );
+        assert_eq!(b.principals.len(), n as usize);
+        assert!(bytes < 400 << 20, "{bytes}");
+    }
+}
