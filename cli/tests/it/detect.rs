@@ -526,3 +526,42 @@ fn baselines_persist_across_runs_and_equal_a_backfill() {
     let third = detect(inc.path(), &[]);
     assert_eq!(third["models"]["rebuilt"], true, "{third}");
 }
+
+#[test]
+fn an_ip_far_above_its_daily_trend_raises_the_series_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let mut lines = Vec::new();
+    // Forty reads a day for six days, then four hundred, then one on the next day to close it.
+    for day in 1..=7 {
+        let n = if day == 7 { 400 } else { 40 };
+        for i in 0..n {
+            let t = format!(
+                "2026-03-{day:02}T{:02}:{:02}:{:02}Z",
+                8 + i / 60 % 10,
+                i % 60,
+                i % 50
+            );
+            lines.push(record(&t, "SecretGet", "secrets/s1"));
+        }
+    }
+    lines.push(record("2026-03-08T09:00:00Z", "SecretGet", "secrets/s1"));
+    write_lines(&dir.path().join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    detect(&data, &[]);
+    let a = alerts(&data, &["--rule", "anomaly-ip-volume"]);
+    assert_eq!(a.len(), 1, "{a:#?}");
+    assert_eq!(a[0]["ips"][0], "203.0.113.7");
+    assert_eq!(a[0]["event_count"], 400);
+    assert!(
+        a[0]["summary"].as_str().unwrap().contains("2026-03-07"),
+        "{}",
+        a[0]["summary"]
+    );
+    assert!(
+        a[0]["first_seen"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-03-07T00:00:00")
+    );
+}

@@ -27,6 +27,10 @@ impl Interner {
         self.ids.insert(s.to_owned(), i);
         i
     }
+    /// The ID of `s` if it was ever interned.
+    pub fn lookup(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
     pub fn name(&self, i: u32) -> &str {
         &self.names[i as usize]
     }
@@ -99,6 +103,9 @@ pub struct Baselines {
     pub through: i32,
     /// Event-store files whose rows are learned.
     pub covered: std::collections::BTreeSet<String>,
+    /// Successful reads per caller IP per day (day index), recent days only.
+    #[serde(default)]
+    pub ip_days: HashMap<u32, std::collections::BTreeMap<i32, u32>>,
 }
 
 /// Is `seen` known at `hour`, given that sightings older than `decay_hours` are forgotten?
@@ -172,6 +179,11 @@ impl Baselines {
                     + p.objects.len());
             n += p.series.len() * (std::mem::size_of::<Series>() + 16);
         }
+        n += self
+            .ip_days
+            .values()
+            .map(|d| 32 + d.len() * 16)
+            .sum::<usize>();
         n
     }
 }

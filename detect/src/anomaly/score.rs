@@ -97,6 +97,8 @@ pub struct ModelConfig {
     /// Event IDs kept per principal-hour.
     pub max_evidence: usize,
     pub weights: Weights,
+    /// The Sentinel-style daily series per caller IP.
+    pub ip_series: super::series::SeriesConfig,
 }
 
 impl Default for ModelConfig {
@@ -114,6 +116,7 @@ impl Default for ModelConfig {
             high: 65.0,
             max_evidence: 200,
             weights: Weights::default(),
+            ip_series: Default::default(),
         }
     }
 }
@@ -453,12 +456,29 @@ pub fn score_hour(
     out
 }
 
+/// Azure Resource Graph's appid: its VaultGet sweeps are not caller reads (Sentinel drops them).
+const RESOURCE_GRAPH_APPID: &str = "509e4652-da8d-478d-a730-e9d4a1996ca4";
+
 /// Adds `hour`'s events to the baselines.
 pub fn learn_hour(b: &mut Baselines, hour: i32, evs: &[Ev]) {
     if evs.is_empty() {
         return;
     }
     b.data_first.get_or_insert(hour);
+    let day = hour.div_euclid(24);
+    let graph = b.strings.lookup(RESOURCE_GRAPH_APPID);
+    let reads: Vec<u32> = ["material_read", "vault_read"]
+        .iter()
+        .filter_map(|f| b.strings.lookup(f))
+        .collect();
+    for e in evs {
+        if let Some(ip) = e.ip
+            && reads.contains(&e.family)
+            && (e.app.is_none() || e.app != graph)
+        {
+            *b.ip_days.entry(ip).or_default().entry(day).or_default() += 1;
+        }
+    }
     let mut per: HashMap<u32, Vec<&Ev>> = HashMap::new();
     for e in evs {
         b.vault_first.entry(e.vault).or_insert(hour);
