@@ -82,6 +82,9 @@ pub struct Principal {
     pub objects: HashMap<u32, Seen>,
     /// Bit h set when the principal was active at hour of day h.
     pub hours_of_day: u32,
+    /// Bit h (of 168) set when the principal was active at hour of week h (Monday 00:00 = 0).
+    #[serde(default)]
+    pub hours_of_week: [u64; 3],
     /// Distinct days with activity.
     pub active_days: u32,
     pub last_active_day: i32,
@@ -103,6 +106,9 @@ pub struct Baselines {
     pub through: i32,
     /// Event-store files whose rows are learned.
     pub covered: std::collections::BTreeSet<String>,
+    /// Peers: how many principals have each "most vaults in one hour" value.
+    #[serde(default)]
+    pub peer_breadth: std::collections::BTreeMap<u32, u32>,
     /// Successful reads per caller IP per day (day index), recent days only.
     #[serde(default)]
     pub ip_days: HashMap<u32, std::collections::BTreeMap<i32, u32>>,
@@ -162,7 +168,35 @@ impl Series {
     }
 }
 
+/// Hour of week, Monday 00:00 UTC = 0 (1970-01-01 was a Thursday).
+pub fn hour_of_week(hour: i32) -> usize {
+    (hour + 3 * 24).rem_euclid(168) as usize
+}
+
+impl Principal {
+    pub fn active_at_hour_of_week(&self, how: usize) -> bool {
+        self.hours_of_week[how / 64] & (1u64 << (how % 64)) != 0
+    }
+}
+
 impl Baselines {
+    /// The `q` quantile of principals' most vaults in one hour.
+    pub fn peer_breadth_quantile(&self, q: f64) -> u32 {
+        let total: u32 = self.peer_breadth.values().sum();
+        if total == 0 {
+            return 0;
+        }
+        let want = (q * total as f64).ceil() as u32;
+        let mut seen = 0;
+        for (&v, &n) in &self.peer_breadth {
+            seen += n;
+            if seen >= want {
+                return v;
+            }
+        }
+        *self.peer_breadth.keys().last().unwrap_or(&0)
+    }
+
     /// Rough size of the state in bytes, for the memory benchmark.
     pub fn approx_bytes(&self) -> usize {
         let seen = std::mem::size_of::<(u32, Seen)>() + 8;

@@ -1,7 +1,7 @@
 //! Signals and their combination: one principal's hour against its baseline → a risk score,
 //! a severity and the reasons, with their numbers.
 
-use super::baseline::{Baselines, HOUR_NS, Principal, Series, known, touch};
+use super::baseline::{Baselines, HOUR_NS, Principal, Series, hour_of_week, known, touch};
 use super::stats::{Moments, surprise, upper_tail};
 use crate::alert::{Occurrence, Principal as AlertPrincipal};
 use crate::rule::Severity;
@@ -197,11 +197,15 @@ pub fn signals(
                     .join(", ")
             ),
         });
-        if vaults.len() >= 3 {
+        let peers = b.peer_breadth_quantile(0.99);
+        if vaults.len() as u32 > peers.max(2) {
             out.push(Signal {
                 kind: "breadth",
                 points: w.breadth,
-                reason: format!("touched {} vaults in its first hour", vaults.len()),
+                reason: format!(
+                    "touched {} vaults in its first hour (99% of principals never exceed {peers})",
+                    vaults.len()
+                ),
             });
         }
         return out;
@@ -519,12 +523,29 @@ pub fn learn_hour(b: &mut Baselines, hour: i32, evs: &[Ev]) {
                 .add(hour, c);
         }
         p.hours_of_day |= 1 << hour.rem_euclid(24);
+        let how = hour_of_week(hour);
+        p.hours_of_week[how / 64] |= 1u64 << (how % 64);
         let day = hour.div_euclid(24);
         if day != p.last_active_day {
             p.active_days += 1;
             p.last_active_day = day;
         }
-        p.max_vaults_per_hour = p.max_vaults_per_hour.max(vaults.len() as u32);
+        // Every learned principal sits in exactly one bucket of the peers' histogram: its most
+        // vaults in one hour (0 means not learned yet).
+        let before = p.max_vaults_per_hour;
+        let now = before.max(vaults.len() as u32);
+        if now != before {
+            if before > 0
+                && let Some(c) = b.peer_breadth.get_mut(&before)
+            {
+                *c -= 1;
+                if *c == 0 {
+                    b.peer_breadth.remove(&before);
+                }
+            }
+            *b.peer_breadth.entry(now).or_default() += 1;
+        }
+        p.max_vaults_per_hour = now;
     }
 }
 
@@ -762,6 +783,53 @@ mod tests {
             "curl",
         )];
         assert!(score_of(&mut young, 20, &evs).1.is_empty());
+    }
+
+    #[test]
+    fn breadth_is_judged_against_the_principal_and_its_peers() {
+        let mut w = history(7);
+        // Peers (dev, cmk, payapp) each touched one vault an hour.
+        assert_eq!(w.b.peer_breadth_quantile(0.99), 1);
+        assert_eq!(w.b.peer_breadth.values().sum::<u32>(), 3);
+        let h = 7 * 24 + 11;
+        let evs: Vec<Ev> = ["dev-kv", "pay-kv", "cmk-kv", "certs-kv"]
+            .iter()
+            .map(|v| {
+                w.ev(
+                    h,
+                    "dev",
+                    v,
+                    "material_read",
+                    None,
+                    "203.0.113.10",
+                    "azurecli",
+                )
+            })
+            .collect();
+        // certs-kv has no history, so it is not judged as a new vault; pay-kv and cmk-kv are.
+        let (_, sig) = score_of(&mut w, h, &evs);
+        let kinds: Vec<&str> = sig.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, ["new_vault", "breadth"], "{sig:#?}");
+        assert!(
+            sig[1].reason.contains("touched 4 vaults"),
+            "{}",
+            sig[1].reason
+        );
+        // Learning it moves dev to the 4-vault bucket.
+        learn_hour(&mut w.b, h, &evs);
+        assert_eq!(w.b.peer_breadth.get(&4), Some(&1));
+        assert_eq!(w.b.peer_breadth.values().sum::<u32>(), 3);
+    }
+
+    #[test]
+    fn hour_of_week_replaces_hour_of_day_after_two_weeks() {
+        // dev works 09-17 every day for three weeks; after two weeks the hour of the week counts.
+        let w = history(21);
+        let p = &w.b.principals[&w.b.strings.lookup("dev").unwrap()];
+        assert!(p.active_at_hour_of_week(super::super::baseline::hour_of_week(24 * 20 + 10)));
+        assert!(!p.active_at_hour_of_week(super::super::baseline::hour_of_week(24 * 20 + 3)));
+        // 1970-01-05 (day 4) was a Monday.
+        assert_eq!(super::super::baseline::hour_of_week(4 * 24), 0);
     }
 
     #[test]
