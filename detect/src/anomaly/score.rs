@@ -558,6 +558,23 @@ mod tests {
     }
 
     impl World {
+        /// `n` unwraps by the CMK identity in `hour`.
+        fn cmk(&mut self, hour: i32, n: usize) -> Vec<Ev> {
+            (0..n)
+                .map(|_| {
+                    self.ev(
+                        hour,
+                        "cmk",
+                        "cmk-kv",
+                        "crypto",
+                        Some("cmk-kv/key/k1"),
+                        "20.50.1.1",
+                        "azsdk",
+                    )
+                })
+                .collect()
+        }
+
         #[allow(clippy::too_many_arguments)]
         fn ev(
             &mut self,
@@ -657,19 +674,7 @@ mod tests {
             "azurecli",
         )];
         assert_eq!(score_of(&mut w, h, &evs).0, 0.0);
-        let cmk: Vec<Ev> = (0..95)
-            .map(|_| {
-                w.ev(
-                    h,
-                    "cmk",
-                    "cmk-kv",
-                    "crypto",
-                    Some("cmk-kv/key/k1"),
-                    "20.50.1.1",
-                    "azsdk",
-                )
-            })
-            .collect();
+        let cmk: Vec<Ev> = w.cmk(h, 95);
         assert_eq!(score_of(&mut w, h, &cmk).0, 0.0);
     }
 
@@ -716,19 +721,7 @@ mod tests {
     fn a_volume_spike_is_scored_by_its_tail_probability() {
         let mut w = history(7);
         let h = 7 * 24 + 3;
-        let evs: Vec<Ev> = (0..1800)
-            .map(|_| {
-                w.ev(
-                    h,
-                    "cmk",
-                    "cmk-kv",
-                    "crypto",
-                    Some("cmk-kv/key/k1"),
-                    "20.50.1.1",
-                    "azsdk",
-                )
-            })
-            .collect();
+        let evs: Vec<Ev> = w.cmk(h, 1800);
         let (score, sig) = score_of(&mut w, h, &evs);
         assert_eq!(sig.len(), 1, "{sig:#?}");
         assert_eq!(sig[0].kind, "volume");
@@ -739,19 +732,7 @@ mod tests {
         );
         assert_eq!(score, ModelConfig::default().weights.max_volume);
         // Twice the usual rate is unusual but not beyond p = 1e-6 for this series.
-        let evs: Vec<Ev> = (0..130)
-            .map(|_| {
-                w.ev(
-                    h,
-                    "cmk",
-                    "cmk-kv",
-                    "crypto",
-                    Some("cmk-kv/key/k1"),
-                    "20.50.1.1",
-                    "azsdk",
-                )
-            })
-            .collect();
+        let evs: Vec<Ev> = w.cmk(h, 130);
         assert!(score_of(&mut w, h, &evs).1.is_empty());
     }
 
