@@ -558,6 +558,24 @@ mod tests {
     }
 
     impl World {
+        /// `dev` reading three payments secrets from an outside address in `hour`.
+        fn night_reads(&mut self, hour: i32) -> Vec<Ev> {
+            (0..3)
+                .map(|i| {
+                    let object = format!("pay-kv/secret/s{i}");
+                    self.ev(
+                        hour,
+                        "dev",
+                        "pay-kv",
+                        "material_read",
+                        Some(&object),
+                        "185.220.101.7",
+                        "azurecli",
+                    )
+                })
+                .collect()
+        }
+
         /// `n` unwraps by the CMK identity in `hour`.
         fn cmk(&mut self, hour: i32, n: usize) -> Vec<Ev> {
             (0..n)
@@ -682,19 +700,7 @@ mod tests {
     fn night_reads_of_a_new_vault_from_a_new_network_add_up() {
         let mut w = history(7);
         let h = 7 * 24 + 2; // 02:00, never active at night
-        let evs: Vec<Ev> = (0..3)
-            .map(|i| {
-                w.ev(
-                    h,
-                    "dev",
-                    "pay-kv",
-                    "material_read",
-                    Some(&format!("pay-kv/secret/s{i}")),
-                    "185.220.101.7",
-                    "azurecli",
-                )
-            })
-            .collect();
+        let evs: Vec<Ev> = w.night_reads(h);
         let (score, sig) = score_of(&mut w, h, &evs);
         let kinds: Vec<&str> = sig.iter().map(|s| s.kind).collect();
         assert_eq!(
@@ -834,19 +840,7 @@ mod tests {
     fn score_hour_makes_one_occurrence_per_principal_with_reasons() {
         let mut w = history(7);
         let h = 7 * 24 + 2;
-        let mut evs: Vec<Ev> = (0..3)
-            .map(|i| {
-                w.ev(
-                    h,
-                    "dev",
-                    "pay-kv",
-                    "material_read",
-                    Some(&format!("pay-kv/secret/s{i}")),
-                    "185.220.101.7",
-                    "azurecli",
-                )
-            })
-            .collect();
+        let mut evs: Vec<Ev> = w.night_reads(h);
         evs.push(w.ev(
             h,
             "cmk",
