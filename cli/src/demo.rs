@@ -188,7 +188,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
         ),
         (
             "High and critical alerts",
-            "SELECT substr(id, 1, 16) AS id, rule_id, first_seen, summary FROM alerts \
+            "SELECT substr(id, 1, 16) AS id, rule_id, first_seen, substr(summary, 1, 140) AS summary FROM alerts \
              WHERE severity IN ('high', 'critical') ORDER BY first_seen",
         ),
     ];
