@@ -19,6 +19,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub detect: DetectConfig,
+    /// Kafka / Event Hubs source and publisher: `[kafka]` and `[kafka.properties]`.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
     /// Behavioural models: `[models]` and `[models.weights]`.
     #[serde(default)]
     pub models: kvwatch_detect::anomaly::ModelConfig,
@@ -36,6 +39,29 @@ pub struct DetectConfig {
     pub interval_secs: Option<u64>,
     /// Event IDs kept as evidence per alert.
     pub max_evidence: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: Option<String>,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub group: Option<String>,
+    pub batch_rows: Option<usize>,
+    pub batch_mb: Option<usize>,
+    pub batch_linger_ms: Option<u64>,
+    pub max_message_kb: Option<usize>,
+    pub dead_letter_topic: Option<String>,
+    pub stats_interval_secs: Option<u64>,
+    pub compact_interval_secs: Option<u64>,
+    /// `kvwatch publish`: target topic [default: the first of `topics`].
+    pub publish_topic: Option<String>,
+    /// `kvwatch publish`: envelope size limit in KiB.
+    pub message_kb: Option<usize>,
+    /// librdkafka properties; values may be `${env:NAME}` or `${file:PATH}`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -32,11 +32,18 @@ pub struct DetectArgs {
     /// End of event time to evaluate (exclusive) [default: the newest event].
     #[arg(long, env = "KVWATCH_DETECT_TO")]
     to: Option<String>,
-    #[command(flatten)]
-    source: RulesSource,
     /// Keep running: evaluate new data every --interval seconds until interrupted.
     #[arg(long, env = "KVWATCH_DETECT_FOLLOW")]
     follow: bool,
+    #[command(flatten)]
+    common: FollowArgs,
+}
+
+/// Detection settings shared by `detect` and the continuous detection of `serve`.
+#[derive(Args, Clone)]
+pub struct FollowArgs {
+    #[command(flatten)]
+    source: RulesSource,
     /// Seconds between passes with --follow [default: 30].
     #[arg(long, env = "KVWATCH_DETECT_INTERVAL_SECS")]
     interval: Option<u64>,
@@ -219,53 +226,85 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
             data.display()
         );
     }
+    if a.follow {
+        if a.from.is_some() || a.to.is_some() {
+            bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
+        }
+        follow(data, cfg, &a.common, || false).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &a.common;
+    let rules = load_rules(cfg, &c.source, true).await?;
+    let mut store = alert_store(data, cfg, c.max_evidence)?;
+    let models = (!c.no_models).then_some(&cfg.models);
+    let report = if a.from.is_some() || a.to.is_some() {
+        let engine = Engine::open(data)?;
+        let Some((lo, hi)) = engine.data_range() else {
+            bail!("the event store is empty");
+        };
+        let now = kvwatch_ingest::store::now_nanos();
+        let from = a
+            .from
+            .as_deref()
+            .map(|s| parse_time(s, now))
+            .transpose()?
+            .unwrap_or(lo);
+        let to =
+            a.to.as_deref()
+                .map(|s| parse_time(s, now))
+                .transpose()?
+                .unwrap_or(hi + 1);
+        if to <= from {
+            bail!("--to must be after --from");
+        }
+        backfill(
+            data,
+            &rules,
+            models,
+            from,
+            to,
+            &mut store,
+            &mut progress(false),
+        )
+        .await?
+    } else {
+        incremental(data, &rules, models, &mut store, &mut progress(false)).await?
+    };
+    print_detect(&report, rules.len(), c.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Continuous detection: an incremental pass every interval until SIGINT/SIGTERM, or until
+/// `stop_early` says so (checked between passes). A store that does not exist yet (a fresh
+/// consumer has not committed) is waited for.
+pub async fn follow(
+    data: &Path,
+    cfg: &Config,
+    a: &FollowArgs,
+    stop_early: impl Fn() -> bool,
+) -> Result<()> {
     let rules = load_rules(cfg, &a.source, true).await?;
     let mut store = alert_store(data, cfg, a.max_evidence)?;
     let interval = a.interval.or(cfg.detect.interval_secs).unwrap_or(30).max(1);
-    if a.follow && (a.from.is_some() || a.to.is_some()) {
-        bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
-    }
     let models = (!a.no_models).then_some(&cfg.models);
     // Listen from the start: a signal that arrives during a pass is kept until the pass ends.
     let mut shutdown = Shutdown::new()?;
     loop {
-        let report = if a.from.is_some() || a.to.is_some() {
-            let engine = Engine::open(data)?;
-            let Some((lo, hi)) = engine.data_range() else {
-                bail!("the event store is empty");
-            };
-            let now = kvwatch_ingest::store::now_nanos();
-            let from = a
-                .from
-                .as_deref()
-                .map(|s| parse_time(s, now))
-                .transpose()?
-                .unwrap_or(lo);
-            let to =
-                a.to.as_deref()
-                    .map(|s| parse_time(s, now))
-                    .transpose()?
-                    .unwrap_or(hi + 1);
-            if to <= from {
-                bail!("--to must be after --from");
+        if stop_early() {
+            tracing::warn!("detect.stopped_early");
+            return Ok(());
+        }
+        let report = if !data.join(kvwatch_ingest::store::MANIFEST).exists() {
+            DetectReport {
+                mode: "up-to-date".into(),
+                ..Default::default()
             }
-            backfill(
-                data,
-                &rules,
-                models,
-                from,
-                to,
-                &mut store,
-                &mut progress(false),
-            )
-            .await?
         } else {
-            match incremental(data, &rules, models, &mut store, &mut progress(a.follow)).await {
+            match incremental(data, &rules, models, &mut store, &mut progress(true)).await {
                 Ok(r) => r,
-                // A long-running pass survives transient failures (a file compacted away
-                // between reading the manifest and scanning it): nothing was marked covered,
-                // so the next pass evaluates the same data again.
-                Err(e) if a.follow => {
+                // A long-running pass survives transient failures: nothing was marked
+                // covered, so the next pass evaluates the same data again.
+                Err(e) => {
                     tracing::error!(error = %e, "detect.pass_failed");
                     eprintln!("detect: pass failed, retrying in {interval} s: {e}");
                     DetectReport {
@@ -273,13 +312,8 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
                         ..Default::default()
                     }
                 }
-                Err(e) => return Err(e.into()),
             }
         };
-        if !a.follow {
-            print_detect(&report, rules.len(), a.format)?;
-            return Ok(ExitCode::SUCCESS);
-        }
         if report.mode != "up-to-date" {
             tracing::info!(
                 created = report.totals.created,
@@ -307,27 +341,27 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
             _ = tokio::time::sleep(std::time::Duration::from_secs(interval)) => {}
             _ = shutdown.recv() => {
                 tracing::info!("detect.stopped");
-                return Ok(ExitCode::SUCCESS);
+                return Ok(());
             }
         }
     }
 }
 
 /// SIGINT or SIGTERM, registered once so none is lost between awaits.
-struct Shutdown {
+pub struct Shutdown {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
-    fn new() -> Result<Shutdown> {
+    pub fn new() -> Result<Shutdown> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Shutdown {
             int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
             term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
         })
     }
-    async fn recv(&mut self) {
+    pub async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}

@@ -3,6 +3,7 @@
 mod config;
 mod demo;
 mod detect_cmd;
+mod kafka_cmd;
 mod output;
 
 use anyhow::{Context, Result, bail};
@@ -39,6 +40,12 @@ struct Cli {
 enum Cmd {
     /// Ingest audit logs from files, directories (recursively) or `-` for stdin.
     Ingest(IngestArgs),
+    /// Ingest from Kafka / Azure Event Hubs until interrupted (effectively once into the store).
+    Consume(kafka_cmd::ConsumeArgs),
+    /// Publish log files to a Kafka topic as Azure-shaped envelope messages.
+    Publish(kafka_cmd::PublishArgs),
+    /// Run the service: the Kafka source (when configured) and continuous detection.
+    Serve(kafka_cmd::ServeArgs),
     /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts` and `azure_diagnostics`.
     Query(QueryArgs),
     /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
@@ -263,6 +270,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     match cli.cmd {
         Cmd::Ingest(a) => rt.block_on(cmd_ingest(&data, &cfg, a)),
+        Cmd::Consume(a) => rt.block_on(kafka_cmd::cmd_consume(&data, &cfg, a)),
+        Cmd::Publish(a) => rt.block_on(kafka_cmd::cmd_publish(&cfg, a)),
+        Cmd::Serve(a) => rt.block_on(kafka_cmd::cmd_serve(&data, &cfg, a)),
         Cmd::Query(a) => rt.block_on(cmd_query(&data, a)),
         Cmd::Detect(a) => rt.block_on(detect_cmd::cmd_detect(&data, &cfg, a)),
         Cmd::Alerts(a) => detect_cmd::cmd_alerts(&data, a),

@@ -4,7 +4,8 @@
 //! Reading order: [`framing`] (bytes → JSON texts) → [`parse`] (texts → records, routed) →
 //! [`audit`] / [`activity`] (records → canonical rows) → [`batch`] (rows → Arrow) →
 //! [`store`] (Arrow → Parquet + manifest) → [`query`] (SQL over the store). [`files`] wires
-//! file and stdin sources through that chain.
+//! file and stdin sources through that chain; [`kafka`] does the same for Kafka / Event Hubs
+//! messages, with offsets checkpointed in the store's manifest.
 
 pub mod activity;
 pub mod audit;
@@ -13,6 +14,7 @@ pub mod derive;
 pub mod files;
 pub mod framing;
 pub mod json;
+pub mod kafka;
 pub mod parse;
 pub mod query;
 pub mod schema;

@@ -90,7 +90,21 @@ pub struct Manifest {
     /// Source positions, committed together with the rows they cover (e.g. Kafka offsets).
     #[serde(default)]
     pub checkpoints: BTreeMap<String, serde_json::Value>,
+    /// Files replaced by compaction, kept on disk until a grace period has passed so that a
+    /// query or detection pass that planned against an older manifest can still read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredFile>,
 }
+
+/// A compacted-away file and when it left the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredFile {
+    pub path: String,
+    pub retired_at: i64,
+}
+
+/// How long compacted-away files stay readable.
+pub const RETIRE_GRACE_NS: i64 = 10 * 60 * 1_000_000_000;
 
 impl Manifest {
     pub fn files(&self, t: Table) -> &[FileEntry] {
@@ -266,6 +280,7 @@ impl StoreWriter {
             .values()
             .flatten()
             .map(|f| f.path.as_str())
+            .chain(self.manifest.retired.iter().map(|r| r.path.as_str()))
             .collect();
         for t in Table::ALL {
             let dir = self.root.join(t.name());
@@ -512,13 +527,25 @@ impl StoreWriter {
     /// Flushes every buffer and publishes the new files, together with an optional source
     /// checkpoint, in one atomic manifest replacement.
     pub fn commit(&mut self, checkpoint: Option<(String, serde_json::Value)>) -> Result<()> {
+        self.commit_checkpoints(checkpoint)
+    }
+
+    /// [`commit`](Self::commit) with any number of checkpoints (one per Kafka partition, say),
+    /// all published in the same manifest replacement as the files.
+    pub fn commit_checkpoints(
+        &mut self,
+        checkpoints: impl IntoIterator<Item = (String, serde_json::Value)>,
+    ) -> Result<()> {
         let keys: Vec<Key> = self.pending.keys().cloned().collect();
         for k in keys {
             self.flush_partition(&k)?;
         }
-        if self.staged.is_empty() && checkpoint.is_none() {
+        let checkpoints: Vec<_> = checkpoints.into_iter().collect();
+        let expired = self.expired_retired(now_ns());
+        if self.staged.is_empty() && checkpoints.is_empty() && expired.is_empty() {
             return Ok(());
         }
+        crate::kafka::crash_point("store-before-manifest");
         let mut next = self.manifest.clone();
         next.format = 1;
         next.version += 1;
@@ -528,12 +555,57 @@ impl StoreWriter {
                 .or_default()
                 .push(e.clone());
         }
-        if let Some((k, v)) = checkpoint {
-            next.checkpoints.insert(k, v);
-        }
+        next.checkpoints.extend(checkpoints);
+        next.retired.retain(|r| !expired.contains(&r.path));
         self.publish(next)?;
         self.staged.clear();
+        self.delete_files(&expired);
         Ok(())
+    }
+
+    /// Retired files whose grace period is over at `now`.
+    fn expired_retired(&self, now: i64) -> Vec<String> {
+        self.manifest
+            .retired
+            .iter()
+            .filter(|r| now.saturating_sub(r.retired_at) >= RETIRE_GRACE_NS)
+            .map(|r| r.path.clone())
+            .collect()
+    }
+
+    /// Deletes files that no manifest lists any more (after the manifest saying so is durable).
+    fn delete_files(&self, paths: &[String]) {
+        for rel in paths {
+            let p = self.root.join(rel);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "could not remove retired file")
+                }
+            }
+        }
+    }
+
+    /// Forgets the de-duplication IDs of all but the `keep` most recent date partitions. A
+    /// long-running consumer would otherwise hold every ID it ever wrote; a late row for a
+    /// forgotten partition reloads that partition's IDs from its files.
+    pub fn trim_ids(&mut self, keep: usize) {
+        let mut dated: Vec<Key> = self
+            .ids
+            .keys()
+            .filter(|(t, _)| *t != Table::Quarantine)
+            .cloned()
+            .collect();
+        if dated.len() <= keep {
+            return;
+        }
+        dated.sort_by(|a, b| b.1.cmp(&a.1));
+        for k in dated.into_iter().skip(keep) {
+            if !self.pending.contains_key(&k) {
+                self.ids.remove(&k);
+            }
+        }
     }
 
     fn publish(&mut self, next: Manifest) -> Result<()> {
@@ -575,13 +647,14 @@ impl StoreWriter {
                 let list = next.tables.entry(table.name().to_owned()).or_default();
                 list.retain(|f| !gone.contains(f.path.as_str()));
                 list.extend(merged);
+                // Readers that planned against the previous manifest may still be scanning
+                // these files: they are deleted by a later commit once the grace period ends.
+                let now = now_ns();
+                next.retired.extend(files.iter().map(|f| RetiredFile {
+                    path: f.path.clone(),
+                    retired_at: now,
+                }));
                 self.publish(next)?;
-                for f in &files {
-                    let p = self.root.join(&f.path);
-                    if let Err(e) = fs::remove_file(&p) {
-                        tracing::warn!(file = %p.display(), error = %e, "could not remove compacted file");
-                    }
-                }
             }
         }
         Ok((before, after))

@@ -5,4 +5,5 @@ mod common;
 mod detect;
 mod generate;
 mod ingest;
+mod kafka;
 mod query;

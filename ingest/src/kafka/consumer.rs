@@ -1,0 +1,820 @@
+//! The consumer loop. Two threads: the poll thread receives messages, parses them into Arrow
+//! columns and cuts batches (by rows, bytes or age); the writer thread appends each batch to the
+//! store and publishes it together with the partition positions it covers. Batches travel over
+//! a channel of capacity one, so memory is bounded by about two batches plus librdkafka's
+//! fetch queue (`queued.max.messages.kbytes`).
+//!
+//! Rebalances run inside `poll` (librdkafka calls back on the polling thread). A revocation cuts
+//! the open batch, waits until the writer has stored it, commits the positions of the revoked
+//! partitions to Kafka synchronously, and only then gives the partitions up: the next owner
+//! starts exactly where this node's store ends.
+
+use super::config::ClientOptions;
+use super::message::{origin, parse_message};
+use super::{KafkaError, checkpoint_key, crash_point, stored_positions};
+use crate::activity::ActivityRow;
+use crate::audit::EventRow;
+use crate::batch::{
+    Columns, activity_columns, events_columns, push_activity, push_event, push_quarantine,
+    quarantine_columns,
+};
+use crate::parse::{ParseCounts, RowSink};
+use crate::schema::Table;
+use crate::store::{StoreWriter, now_nanos};
+use datafusion::arrow::array::RecordBatch;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, ClientConfig};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+type Tp = (String, i32);
+type Positions = BTreeMap<Tp, i64>;
+
+/// Settings of `kvwatch consume`.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    pub client: ClientOptions,
+    pub topics: Vec<String>,
+    pub group: String,
+    /// A batch is cut at this many records…
+    pub batch_rows: usize,
+    /// …or this many message bytes…
+    pub batch_bytes: usize,
+    /// …or when its first message is this old.
+    pub batch_linger: Duration,
+    /// Larger message bodies (after gzip expansion) are quarantined.
+    pub max_message_bytes: usize,
+    /// Optional topic that receives a copy of every message that had quarantined content.
+    pub dead_letter_topic: Option<String>,
+    /// Interval of the progress log line and of librdkafka's lag statistics.
+    pub stats_interval: Duration,
+    /// Small files are merged this often (`None`: never).
+    pub compact_interval: Option<Duration>,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self {
+            client: ClientOptions::default(),
+            topics: Vec::new(),
+            group: "kvwatch".into(),
+            batch_rows: 100_000,
+            batch_bytes: 64 << 20,
+            batch_linger: Duration::from_secs(2),
+            max_message_bytes: 16 << 20,
+            dead_letter_topic: None,
+            stats_interval: Duration::from_secs(30),
+            compact_interval: Some(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Counters of a running consumer: one field per thing an operator asks about. Shared with
+/// the service's `/metrics` endpoint.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub messages: AtomicU64,
+    pub message_bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub events: AtomicU64,
+    pub activity: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Messages below the store's position (redelivered after a crash or rebalance), dropped.
+    pub replayed_skipped: AtomicU64,
+    pub batches: AtomicU64,
+    pub last_batch_latency_ms: AtomicU64,
+    pub max_batch_latency_ms: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dead_letter_failures: AtomicU64,
+    pub kafka_errors: AtomicU64,
+    pub rebalances: AtomicU64,
+    /// Messages skipped over by the log itself (retention), recorded in quarantine.
+    pub offset_gap_messages: AtomicU64,
+    /// Consumer lag per `topic/partition`, from librdkafka statistics (-1 = unknown).
+    pub lag: Mutex<BTreeMap<String, i64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic on another thread is already fatal for the consumer; the data is still sound.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    pub fn lag(&self) -> BTreeMap<String, i64> {
+        lock(&self.lag).clone()
+    }
+}
+
+/// What a consumer run did, printed when it stops.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsumeReport {
+    pub messages: u64,
+    pub records: u64,
+    pub events: u64,
+    pub activity: u64,
+    pub quarantined: u64,
+    pub duplicates: u64,
+    pub replayed_skipped: u64,
+    pub batches: u64,
+    pub dead_lettered: u64,
+    pub offset_gap_messages: u64,
+    pub elapsed_secs: f64,
+    pub records_per_sec: f64,
+    /// Next offset per `topic/partition` held by the store when the consumer stopped.
+    pub positions: BTreeMap<String, i64>,
+}
+
+/// Parsed rows of the open batch.
+struct Sink {
+    events: Columns,
+    activity: Columns,
+    quarantine: Columns,
+    now: i64,
+    quarantined: u64,
+    first_reason: Option<String>,
+}
+
+impl RowSink for Sink {
+    fn event(&mut self, row: &EventRow<'_>, source: &str) {
+        push_event(&mut self.events, row, source, self.now);
+    }
+    fn activity(&mut self, row: &ActivityRow, source: &str) {
+        push_activity(&mut self.activity, row, source, self.now);
+    }
+    fn quarantine(&mut self, source: &str, reason: &str, raw: &str) {
+        tracing::debug!(source, reason, "quarantined");
+        self.quarantined += 1;
+        if self.first_reason.is_none() {
+            self.first_reason = Some(reason.to_owned());
+        }
+        push_quarantine(&mut self.quarantine, source, reason, raw, self.now);
+    }
+}
+
+/// The open batch: rows plus the positions they reach.
+struct Batch {
+    sink: Sink,
+    positions: Positions,
+    counts: ParseCounts,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+/// A batch handed to the writer thread.
+struct Work {
+    batches: Vec<(Table, RecordBatch)>,
+    positions: Positions,
+    counts: ParseCounts,
+    started: Instant,
+    done: Option<mpsc::SyncSender<Result<(), String>>>,
+}
+
+struct DeadLetter {
+    topic: String,
+    producer: BaseProducer<DlqContext>,
+}
+
+struct DlqContext {
+    metrics: Arc<Metrics>,
+}
+impl ClientContext for DlqContext {}
+impl ProducerContext for DlqContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => Metrics::add(&self.metrics.dead_lettered, 1),
+            Err((e, _)) => {
+                Metrics::add(&self.metrics.dead_letter_failures, 1);
+                tracing::error!(error = %e, "dead-letter copy not delivered (the quarantine table still holds it)");
+            }
+        }
+    }
+}
+
+/// State shared by the poll loop and the rebalance callback (which runs inside `poll`).
+struct Shared {
+    batch: Mutex<Batch>,
+    /// Positions durably in the store, updated by the writer thread after each commit.
+    durable: Mutex<Positions>,
+    durable_version: AtomicU64,
+    /// Next offset expected per assigned partition, and whether it is known (from the store or
+    /// a commit) rather than "wherever the log starts". Messages below it are dropped; a
+    /// message above a known position means the log lost messages before we read them.
+    next: Mutex<HashMap<Tp, (i64, bool)>>,
+    work_tx: Mutex<Option<mpsc::SyncSender<Work>>>,
+    writer_error: Mutex<Option<String>>,
+    dead_letter: Option<DeadLetter>,
+    metrics: Arc<Metrics>,
+    opts: ConsumeOptions,
+}
+
+impl Shared {
+    fn new_sink() -> Sink {
+        Sink {
+            events: events_columns(),
+            activity: activity_columns(),
+            quarantine: quarantine_columns(),
+            now: now_nanos(),
+            quarantined: 0,
+            first_reason: None,
+        }
+    }
+
+    fn failed(&self) -> Option<String> {
+        lock(&self.writer_error).clone()
+    }
+
+    /// Parses one message into the open batch.
+    fn accept(&self, topic: &str, partition: i32, offset: i64, payload: Option<&[u8]>) {
+        let tp = (topic.to_owned(), partition);
+        let gap = {
+            let mut next = lock(&self.next);
+            let (expected, known) = next.get(&tp).copied().unwrap_or((0, false));
+            if offset < expected {
+                Metrics::add(&self.metrics.replayed_skipped, 1);
+                return;
+            }
+            next.insert(tp.clone(), (offset + 1, true));
+            (known && offset > expected).then_some(expected)
+        };
+        let m = &self.metrics;
+        let mut b = lock(&self.batch);
+        if b.started.is_none() {
+            b.started = Some(Instant::now());
+            b.sink.now = now_nanos();
+        }
+        if let Some(from) = gap {
+            // Retention removed messages before they were read (or the log was truncated):
+            // the loss is recorded in the store, where an auditor will see it.
+            let missing = offset - from;
+            Metrics::add(&m.offset_gap_messages, missing as u64);
+            tracing::error!(topic, partition, from, to = offset - 1, missing, "offset gap: messages missing from the log");
+            b.sink.quarantine(
+                &format!("kafka:{topic}/{partition}@{from}-{}", offset - 1),
+                &format!("offset gap: {missing} messages were not delivered (expired from retention or truncated before kvwatch read them)"),
+                "",
+            );
+            b.sink.first_reason = None;
+        }
+        let before = b.sink.quarantined;
+        let c = parse_message(
+            payload,
+            &origin(topic, partition, offset),
+            self.opts.max_message_bytes,
+            &mut b.sink,
+        );
+        b.counts.add(&c);
+        b.bytes += payload.map_or(0, <[u8]>::len);
+        b.positions.insert(tp, offset + 1);
+        Metrics::add(&m.messages, 1);
+        Metrics::add(&m.message_bytes, payload.map_or(0, |p| p.len() as u64));
+        if b.sink.quarantined > before {
+            let reason = b.sink.first_reason.take().unwrap_or_default();
+            tracing::warn!(topic, partition, offset, reason = %reason, "message content quarantined");
+            if let Some(d) = &self.dead_letter {
+                dead_letter(d, topic, partition, offset, payload, &reason);
+            }
+        }
+    }
+
+    fn due(&self) -> bool {
+        let b = lock(&self.batch);
+        let rows = (b.counts.records) as usize;
+        b.started.is_some_and(|s| {
+            rows >= self.opts.batch_rows
+                || b.bytes >= self.opts.batch_bytes
+                || s.elapsed() >= self.opts.batch_linger
+        })
+    }
+
+    /// Hands the open batch to the writer. With `wait`, returns once it is durable.
+    fn cut(&self, wait: bool) -> Result<(), KafkaError> {
+        if let Some(e) = self.failed() {
+            return Err(KafkaError::Writer(e));
+        }
+        let work = {
+            let mut guard = lock(&self.batch);
+            let b = &mut *guard;
+            if b.started.is_none() {
+                return Ok(());
+            }
+            let mut batches = Vec::with_capacity(3);
+            for (t, cols) in [
+                (Table::Events, &mut b.sink.events),
+                (Table::Activity, &mut b.sink.activity),
+                (Table::Quarantine, &mut b.sink.quarantine),
+            ] {
+                if !cols.is_empty() {
+                    let rb = cols
+                        .finish()
+                        .map_err(|e| KafkaError::Writer(format!("building {} batch: {e}", t.name())))?;
+                    batches.push((t, rb));
+                }
+            }
+            let started = b.started.take().unwrap_or_else(Instant::now);
+            b.sink.quarantined = 0;
+            b.bytes = 0;
+            Work {
+                batches,
+                positions: std::mem::take(&mut b.positions),
+                counts: std::mem::take(&mut b.counts),
+                started,
+                done: None,
+            }
+        };
+        if let Some(d) = &self.dead_letter {
+            // Dead-letter copies go out before the position that covers them is stored.
+            if let Err(e) = d.producer.flush(Duration::from_secs(30)) {
+                tracing::error!(error = %e, "dead-letter flush failed (the quarantine table still holds the messages)");
+            }
+        }
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let work = Work {
+            done: wait.then_some(done_tx),
+            ..work
+        };
+        crash_point("kafka-before-write");
+        let tx = lock(&self.work_tx).clone();
+        let Some(tx) = tx else {
+            return Err(KafkaError::Writer("writer already closed".into()));
+        };
+        tx.send(work).map_err(|_| {
+            KafkaError::Writer(self.failed().unwrap_or_else(|| "writer thread ended".into()))
+        })?;
+        if wait {
+            match done_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(KafkaError::Writer(e)),
+                Err(_) => {
+                    return Err(KafkaError::Writer(
+                        self.failed().unwrap_or_else(|| "writer thread ended".into()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the durable positions of `only` (or of every assigned partition) to Kafka.
+    fn commit_kafka<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        only: Option<&HashSet<Tp>>,
+        mode: CommitMode,
+    ) {
+        let assigned: HashSet<Tp> = lock(&self.next).keys().cloned().collect();
+        let durable = lock(&self.durable).clone();
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &durable {
+            let tp = (t.clone(), *p);
+            let wanted = match only {
+                Some(set) => set.contains(&tp),
+                None => assigned.contains(&tp),
+            };
+            if wanted {
+                let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // Positions live in the store; a failed Kafka commit only delays lag reporting.
+            tracing::warn!(error = %e, "kafka offset commit failed; will retry with the next batch");
+        }
+    }
+}
+
+fn dead_letter(
+    d: &DeadLetter,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: Option<&[u8]>,
+    reason: &str,
+) {
+    let part = partition.to_string();
+    let off = offset.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "kvwatch-source-topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "kvwatch-source-partition",
+            value: Some(&part),
+        })
+        .insert(Header {
+            key: "kvwatch-source-offset",
+            value: Some(&off),
+        })
+        .insert(Header {
+            key: "kvwatch-reason",
+            value: Some(reason),
+        });
+    let key = format!("{topic}/{partition}@{offset}");
+    let mut record = BaseRecord::to(&d.topic)
+        .key(&key)
+        .payload(payload.unwrap_or_default())
+        .headers(headers);
+    loop {
+        match d.producer.send(record) {
+            Ok(()) => break,
+            Err((rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ), r)) => {
+                record = r;
+                d.producer.poll(Duration::from_millis(50));
+            }
+            Err((e, _)) => {
+                Metrics::add(&d.producer.context().metrics.dead_letter_failures, 1);
+                tracing::error!(error = %e, "dead-letter copy not queued");
+                break;
+            }
+        }
+    }
+    d.producer.poll(Duration::ZERO);
+}
+
+/// librdkafka context: rebalances, statistics and logging.
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let mut lag = BTreeMap::new();
+        for (t, topic) in &s.topics {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && lock(&self.shared.next).contains_key(&(t.clone(), *p)) {
+                    lag.insert(format!("{t}/{p}"), part.consumer_lag);
+                }
+            }
+        }
+        *lock(&self.shared.metrics.lag) = lag;
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        Metrics::add(&self.shared.metrics.kafka_errors, 1);
+        tracing::warn!(error = %error, reason, "kafka client error (librdkafka retries with backoff)");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        Metrics::add(&self.shared.metrics.rebalances, 1);
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, tpl);
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "partition assignment failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, tpl);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "partition revocation failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
+                let _ = consumer.unassign();
+                lock(&self.shared.next).clear();
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Sets each assigned partition's start to max(store position, group commit).
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let durable = lock(&self.shared.durable).clone();
+        let committed: HashMap<Tp, i64> = match consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+        {
+            Ok(c) => c
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read committed offsets; starting from the store's positions");
+                HashMap::new()
+            }
+        };
+        let mut next = lock(&self.shared.next);
+        let mut starts = Vec::new();
+        for e in tpl.elements() {
+            let tp = (e.topic().to_owned(), e.partition());
+            let start = match (durable.get(&tp), committed.get(&tp)) {
+                (Some(a), Some(b)) => Some(*a.max(b)),
+                (Some(a), None) => Some(*a),
+                (None, Some(b)) => Some(*b),
+                (None, None) => None,
+            };
+            next.insert(tp.clone(), (start.unwrap_or(0), start.is_some()));
+            starts.push((tp, start));
+        }
+        drop(next);
+        for ((t, p), start) in &starts {
+            if let Some(o) = start {
+                let _ = tpl.set_partition_offset(t, *p, Offset::Offset(*o));
+            }
+            tracing::info!(topic = %t, partition = p, start = ?start, "partition assigned");
+        }
+    }
+
+    /// Drains the open batch to the store and commits before the partitions go.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let gone: HashSet<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        if let Err(e) = self.shared.cut(true) {
+            // Not stored: the positions stay where they were and the next owner re-reads.
+            tracing::error!(error = %e, "could not store the open batch before revocation");
+        }
+        self.shared.commit_kafka(consumer, Some(&gone), CommitMode::Sync);
+        let mut next = lock(&self.shared.next);
+        for tp in &gone {
+            next.remove(tp);
+            tracing::info!(topic = %tp.0, partition = tp.1, "partition revoked after draining");
+        }
+    }
+}
+
+/// Runs the writer thread: append, publish with positions, report durability.
+fn writer_loop(
+    mut writer: StoreWriter,
+    rx: mpsc::Receiver<Work>,
+    shared: Arc<Shared>,
+) -> StoreWriter {
+    let m = shared.metrics.clone();
+    let mut last_compact = Instant::now();
+    let compact_rt = tokio::runtime::Builder::new_current_thread().build();
+    loop {
+        let work = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(w) => Some(w),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(w) = work {
+            let before = writer.stats();
+            let result = (|| {
+                for (t, b) in &w.batches {
+                    writer.append(*t, b)?;
+                }
+                writer.commit_checkpoints(
+                    w.positions
+                        .iter()
+                        .map(|((t, p), o)| (checkpoint_key(t, *p), serde_json::json!(o))),
+                )
+            })();
+            match result {
+                Ok(()) => {
+                    lock(&shared.durable).extend(w.positions.clone());
+                    shared.durable_version.fetch_add(1, Ordering::Release);
+                    let after = writer.stats();
+                    Metrics::add(&m.records, w.counts.records);
+                    Metrics::add(&m.events, after.events - before.events);
+                    Metrics::add(&m.activity, after.activity - before.activity);
+                    Metrics::add(&m.quarantined, after.quarantine - before.quarantine);
+                    Metrics::add(&m.duplicates, after.duplicates - before.duplicates);
+                    Metrics::add(&m.batches, 1);
+                    let ms = w.started.elapsed().as_millis() as u64;
+                    m.last_batch_latency_ms.store(ms, Ordering::Relaxed);
+                    m.max_batch_latency_ms.fetch_max(ms, Ordering::Relaxed);
+                    crash_point("kafka-after-checkpoint");
+                    if let Some(d) = w.done {
+                        let _ = d.send(Ok(()));
+                    }
+                    writer.trim_ids(3);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::error!(error = %msg, "store write failed; the consumer stops without advancing");
+                    *lock(&shared.writer_error) = Some(msg.clone());
+                    if let Some(d) = w.done {
+                        let _ = d.send(Err(msg));
+                    }
+                    break;
+                }
+            }
+        }
+        if let (Some(every), Ok(rt)) = (shared.opts.compact_interval, &compact_rt)
+            && last_compact.elapsed() >= every
+        {
+            last_compact = Instant::now();
+            match rt.block_on(writer.compact()) {
+                Ok((b, a)) if b > 0 => tracing::info!(files_before = b, files_after = a, "compacted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+            }
+        }
+    }
+    writer
+}
+
+fn consumer_config(opts: &ConsumeOptions) -> Result<ClientConfig, KafkaError> {
+    let stats_ms = opts.stats_interval.as_millis().max(1000).to_string();
+    opts.client.client_config(&[
+        ("group.id", opts.group.clone()),
+        ("client.id", format!("kvwatch-{}", std::process::id())),
+        // Positions live in the store: no automatic commits, no automatic offset store.
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        ("enable.partition.eof", "false".into()),
+        // Event Hubs' recommended group timings.
+        ("session.timeout.ms", "30000".into()),
+        ("heartbeat.interval.ms", "3000".into()),
+        ("max.poll.interval.ms", "300000".into()),
+        // Bounds librdkafka's prefetch per partition: memory stays flat when the store is slow.
+        ("queued.max.messages.kbytes", "65536".into()),
+        ("statistics.interval.ms", stats_ms),
+    ])
+}
+
+/// Consumes until `shutdown` is set, then stores the open batch and commits. Blocking: run it
+/// on its own thread.
+pub fn consume(
+    writer: StoreWriter,
+    opts: ConsumeOptions,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<ConsumeReport, KafkaError> {
+    if opts.topics.is_empty() {
+        return Err(KafkaError::Config("no topic given (--topic)".into()));
+    }
+    let start = Instant::now();
+    let durable = stored_positions(writer.manifest());
+    let dead_letter = match &opts.dead_letter_topic {
+        Some(topic) => {
+            let cfg = opts.client.client_config(&[
+                ("client.id", format!("kvwatch-dlq-{}", std::process::id())),
+                ("linger.ms", "50".into()),
+            ])?;
+            let producer = cfg.create_with_context(DlqContext {
+                metrics: metrics.clone(),
+            })?;
+            Some(DeadLetter {
+                topic: topic.clone(),
+                producer,
+            })
+        }
+        None => None,
+    };
+    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(1);
+    let shared = Arc::new(Shared {
+        batch: Mutex::new(Batch {
+            sink: Shared::new_sink(),
+            positions: Positions::new(),
+            counts: ParseCounts::default(),
+            bytes: 0,
+            started: None,
+        }),
+        durable: Mutex::new(durable),
+        durable_version: AtomicU64::new(0),
+        next: Mutex::new(HashMap::new()),
+        work_tx: Mutex::new(Some(work_tx)),
+        writer_error: Mutex::new(None),
+        dead_letter,
+        metrics: metrics.clone(),
+        opts: opts.clone(),
+    });
+    let writer_shared = shared.clone();
+    let writer_thread = std::thread::Builder::new()
+        .name("kvwatch-kafka-writer".into())
+        .spawn(move || writer_loop(writer, work_rx, writer_shared))?;
+
+    let consumer: BaseConsumer<Ctx> = consumer_config(&opts)?.create_with_context(Ctx {
+        shared: shared.clone(),
+    })?;
+    let topics: Vec<&str> = opts.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    tracing::info!(topics = ?opts.topics, group = %opts.group, brokers = %opts.client.brokers, "consuming");
+
+    let mut committed_version = 0;
+    let mut last_log = Instant::now();
+    let mut last_records = 0u64;
+    let mut error_streak = 0u32;
+    let mut result = Ok(());
+    while !shutdown.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                error_streak = 0;
+                shared.accept(msg.topic(), msg.partition(), msg.offset(), msg.payload());
+            }
+            Some(Err(e)) => {
+                Metrics::add(&metrics.kafka_errors, 1);
+                error_streak = error_streak.saturating_add(1);
+                tracing::warn!(error = %e, "kafka poll error");
+                // librdkafka reconnects by itself; back off so a dead broker is not a busy loop.
+                std::thread::sleep(Duration::from_millis(
+                    (50u64 << error_streak.min(6)).min(2000),
+                ));
+            }
+            None => {}
+        }
+        if shared.due()
+            && let Err(e) = shared.cut(false)
+        {
+            result = Err(e);
+            break;
+        }
+        let v = shared.durable_version.load(Ordering::Acquire);
+        if v != committed_version {
+            committed_version = v;
+            shared.commit_kafka(&consumer, None, CommitMode::Async);
+        }
+        if last_log.elapsed() >= opts.stats_interval {
+            let recs = Metrics::get(&metrics.records);
+            let rate = (recs - last_records) as f64 / last_log.elapsed().as_secs_f64();
+            last_records = recs;
+            last_log = Instant::now();
+            tracing::info!(
+                records = recs,
+                records_per_sec = rate.round(),
+                quarantined = Metrics::get(&metrics.quarantined),
+                duplicates = Metrics::get(&metrics.duplicates),
+                batch_latency_ms = Metrics::get(&metrics.last_batch_latency_ms),
+                lag = ?metrics.lag(),
+                "consumer progress"
+            );
+        }
+        if let Some(e) = shared.failed() {
+            result = Err(KafkaError::Writer(e));
+            break;
+        }
+    }
+    if result.is_ok() {
+        // Graceful stop: store what was read, then tell Kafka.
+        result = shared.cut(true);
+        if result.is_ok() {
+            shared.commit_kafka(&consumer, None, CommitMode::Sync);
+        }
+    }
+    // Leaving the group revokes the partitions through the callback (nothing left to drain).
+    consumer.unsubscribe();
+    drop(consumer);
+    lock(&shared.work_tx).take();
+    let writer = writer_thread
+        .join()
+        .map_err(|_| KafkaError::Writer("writer thread panicked".into()))?;
+    result?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let m = &metrics;
+    Ok(ConsumeReport {
+        messages: Metrics::get(&m.messages),
+        records: Metrics::get(&m.records),
+        events: Metrics::get(&m.events),
+        activity: Metrics::get(&m.activity),
+        quarantined: Metrics::get(&m.quarantined),
+        duplicates: Metrics::get(&m.duplicates),
+        replayed_skipped: Metrics::get(&m.replayed_skipped),
+        batches: Metrics::get(&m.batches),
+        dead_lettered: Metrics::get(&m.dead_lettered),
+        offset_gap_messages: Metrics::get(&m.offset_gap_messages),
+        elapsed_secs: elapsed,
+        records_per_sec: Metrics::get(&m.records) as f64 / elapsed.max(1e-9),
+        positions: stored_positions(writer.manifest())
+            .into_iter()
+            .map(|((t, p), o)| (format!("{t}/{p}"), o))
+            .collect(),
+    })
+}
