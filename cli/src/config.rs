@@ -80,6 +80,7 @@ pub struct StoreConfig {
     pub row_group_rows: Option<usize>,
     pub zstd_level: Option<i32>,
     pub compact_min_files: Option<usize>,
+    pub retire_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -154,6 +154,13 @@ struct EvalArgs {
 struct DemoArgs {
     #[command(flatten)]
     gen_args: GenArgs,
+    /// Go through Kafka instead of files: publish the generated logs to this broker and
+    /// consume them into the store (use a fresh topic).
+    #[arg(long, env = "KVWATCH_DEMO_BROKERS")]
+    brokers: Option<String>,
+    /// Topic for --brokers.
+    #[arg(long, env = "KVWATCH_DEMO_TOPIC", default_value = "kvwatch-demo")]
+    topic: String,
 }
 
 #[derive(Args, Clone, Default)]
@@ -173,6 +180,9 @@ struct StoreArgs {
     /// Compact a partition once it holds this many small files.
     #[arg(long, env = "KVWATCH_STORE_COMPACT_MIN_FILES")]
     compact_min_files: Option<usize>,
+    /// Seconds that files replaced by compaction stay readable for running queries [default: 600].
+    #[arg(long, env = "KVWATCH_STORE_RETIRE_GRACE_SECS")]
+    retire_grace_secs: Option<u64>,
 }
 
 impl StoreArgs {
@@ -196,6 +206,11 @@ impl StoreArgs {
                 .compact_min_files
                 .or(c.compact_min_files)
                 .unwrap_or(d.compact_min_files),
+            retire_grace: self
+                .retire_grace_secs
+                .or(c.retire_grace_secs)
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.retire_grace),
         }
     }
 }

@@ -103,9 +103,6 @@ pub struct RetiredFile {
     pub retired_at: i64,
 }
 
-/// How long compacted-away files stay readable.
-pub const RETIRE_GRACE_NS: i64 = 10 * 60 * 1_000_000_000;
-
 impl Manifest {
     pub fn files(&self, t: Table) -> &[FileEntry] {
         self.tables.get(t.name()).map(Vec::as_slice).unwrap_or(&[])
@@ -171,6 +168,9 @@ pub struct WriteOptions {
     pub zstd_level: i32,
     /// A partition with at least this many files is compacted.
     pub compact_min_files: usize,
+    /// How long files replaced by compaction stay on disk for readers that planned against
+    /// an older manifest.
+    pub retire_grace: std::time::Duration,
 }
 
 impl Default for WriteOptions {
@@ -181,6 +181,7 @@ impl Default for WriteOptions {
             row_group_rows: 128 * 1024,
             zstd_level: 1,
             compact_min_files: 8,
+            retire_grace: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -568,7 +569,9 @@ impl StoreWriter {
         self.manifest
             .retired
             .iter()
-            .filter(|r| now.saturating_sub(r.retired_at) >= RETIRE_GRACE_NS)
+            .filter(|r| {
+                now.saturating_sub(r.retired_at) >= self.opts.retire_grace.as_nanos() as i64
+            })
             .map(|r| r.path.clone())
             .collect()
     }
@@ -657,6 +660,8 @@ impl StoreWriter {
                 self.publish(next)?;
             }
         }
+        // Files whose grace has passed (all of them with a zero grace) go now.
+        self.commit_checkpoints([])?;
         Ok((before, after))
     }
 

@@ -543,8 +543,19 @@ fn compaction_merges_small_files_without_changing_rows() {
         query(dir.path(), "SELECT event_id FROM events ORDER BY event_id"),
         ids_before
     );
+    // Replaced files stay readable for queries planned before the compaction…
+    assert_eq!(walk(&dir.path().join("events")).len(), 11);
+    assert_eq!(manifest()["retired"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        query(dir.path(), "SELECT event_id FROM events ORDER BY event_id"),
+        ids_before
+    );
+    // …and go once their grace period is over.
+    let r = run(dir.path(), &["compact", "--retire-grace-secs", "0"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let parquet_files = walk(&dir.path().join("events")).len();
     assert_eq!(parquet_files, 1, "replaced files are deleted");
+    assert!(manifest().get("retired").is_none());
     // The merged file is sorted by time.
     let times = query(dir.path(), "SELECT CAST(time AS BIGINT) AS t FROM events");
     let t: Vec<i64> = times.iter().map(|r| r["t"].as_i64().unwrap()).collect();
