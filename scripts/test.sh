@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: unit, integration (the real `kvwatch` binary on real
-# files) and property tests of every crate. Installs nothing beyond the Rust toolchain today;
-# services that later tests need are installed and started here, not by hand.
+# files and against a real Kafka-compatible broker) and property tests of every crate.
+#
+# The broker is tansu 0.6.0, a Kafka-compatible broker written in Rust, installed once per
+# machine from crates.io into a cache outside the clone (about 8-20 minutes the first time,
+# skipped afterwards). The Kafka tests start and stop their own broker processes on free
+# ports; nothing is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+tansu_root="${KVWATCH_TANSU_ROOT:-$HOME/.cache/kvwatch/tansu}"
+export KVWATCH_TANSU="${KVWATCH_TANSU:-$tansu_root/bin/tansu}"
+if [ ! -x "$KVWATCH_TANSU" ]; then
+    echo "test.sh: installing the tansu 0.6.0 broker into $tansu_root (once per machine)"
+    # dynostore gives the in-memory engine, libsql the durable sqlite engine; the default
+    # feature set has neither and fails at start.
+    cargo install tansu --version 0.6.0 --features dynostore,libsql --root "$tansu_root"
+fi
+"$KVWATCH_TANSU" --version || true
+
 cargo test --workspace --locked "$@"

@@ -99,7 +99,6 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
         thousands(g.events + g.activity),
         data.display()
     );
-    let mut writer = StoreWriter::open(data, crate::StoreArgs::default().options(cfg))?;
     // Everything the generator wrote except its ground truth.
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(logs.path())? {
@@ -111,11 +110,32 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     paths.sort();
     let (inputs, _) = kvwatch_ingest::files::expand(&paths)?;
     let n_inputs = inputs.len();
-    let report = tokio::task::block_in_place(|| {
-        kvwatch_ingest::ingest(&mut writer, inputs, &IngestOptions::default(), |_| {})
-    })?;
-    writer.compact().await?;
-    drop(writer);
+    let report = match &a.brokers {
+        None => {
+            let mut writer = StoreWriter::open(data, crate::StoreArgs::default().options(cfg))?;
+            let report = tokio::task::block_in_place(|| {
+                kvwatch_ingest::ingest(&mut writer, inputs, &IngestOptions::default(), |_| {})
+            })?;
+            writer.compact().await?;
+            report
+        }
+        Some(brokers) => {
+            eprintln!(
+                "demo: publishing to {brokers} topic {} and consuming it back",
+                a.topic
+            );
+            let (brokers, topic, cfg_store) = (
+                brokers.clone(),
+                a.topic.clone(),
+                crate::StoreArgs::default().options(cfg),
+            );
+            let data = data.to_owned();
+            tokio::task::spawn_blocking(move || {
+                crate::kafka_cmd::round_trip(&data, cfg_store, inputs, &brokers, &topic)
+            })
+            .await??
+        }
+    };
     eprintln!("demo: running the detection rules");
     let rules = crate::detect_cmd::load_rules(cfg, &Default::default(), true).await?;
     let mut alerts_store = kvwatch_detect::AlertStore::open(data)?;

@@ -1,10 +1,10 @@
 //! `kvwatch consume`, `kvwatch publish` and `kvwatch serve`: wiring of the Kafka source and
 //! publisher from `kvwatch-ingest` to flags, environment and the `[kafka]` config section.
 
+use crate::StoreArgs;
 use crate::config::{Config, KafkaConfig};
 use crate::detect_cmd::{self, Shutdown};
 use crate::output::{Format, kv_table, thousands};
-use crate::StoreArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kvwatch_ingest::files::expand;
@@ -42,7 +42,9 @@ impl KafkaClientArgs {
             .brokers
             .clone()
             .or_else(|| cfg.brokers.clone())
-            .context("no Kafka brokers: pass --brokers, set KVWATCH_KAFKA_BROKERS or [kafka] brokers")?;
+            .context(
+                "no Kafka brokers: pass --brokers, set KVWATCH_KAFKA_BROKERS or [kafka] brokers",
+            )?;
         let mut properties = Vec::new();
         for (k, v) in &cfg.properties {
             properties.push(Property {
@@ -320,8 +322,14 @@ pub async fn cmd_publish(cfg: &Config, a: PublishArgs) -> Result<ExitCode> {
                 ("inputs", thousands(report.files)),
                 ("records", thousands(report.records)),
                 ("messages", thousands(report.messages)),
-                ("sent verbatim (not records)", thousands(report.unsplittable)),
-                ("bytes", format!("{:.1} MiB", report.bytes as f64 / 1048576.0)),
+                (
+                    "sent verbatim (not records)",
+                    thousands(report.unsplittable),
+                ),
+                (
+                    "bytes",
+                    format!("{:.1} MiB", report.bytes as f64 / 1048576.0),
+                ),
                 ("elapsed", format!("{:.1} s", report.elapsed_secs)),
                 ("records/s", thousands(report.records_per_sec as u64)),
             ],
@@ -337,7 +345,14 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     let metrics = Arc::new(Metrics::default());
     let consumer = if a.consume.configured(&cfg.kafka) {
         let opts = a.consume.options(&cfg.kafka)?;
-        Some(spawn_consumer(data, cfg, &a.store, opts, metrics.clone(), stop.clone())?)
+        Some(spawn_consumer(
+            data,
+            cfg,
+            &a.store,
+            opts,
+            metrics.clone(),
+            stop.clone(),
+        )?)
     } else {
         eprintln!("serve: no Kafka source configured; running detection over the store only");
         None
@@ -356,4 +371,95 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     }
     detect?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's Kafka path: publish inputs, consume them into `data` until every published
+/// record is stored and the topic has gone quiet, and report like a file ingest.
+pub fn round_trip(
+    data: &Path,
+    store: kvwatch_ingest::WriteOptions,
+    inputs: Vec<kvwatch_ingest::Input>,
+    brokers: &str,
+    topic: &str,
+) -> Result<kvwatch_ingest::IngestReport> {
+    let started = std::time::Instant::now();
+    let client = ClientOptions {
+        brokers: brokers.to_owned(),
+        properties: Vec::new(),
+    };
+    let files = inputs.len() as u64;
+    let published = kafka::publish(
+        inputs,
+        &PublishOptions {
+            client: client.clone(),
+            topic: topic.to_owned(),
+            ..Default::default()
+        },
+        |_| {},
+    )?;
+    let opts = ConsumeOptions {
+        client,
+        topics: vec![topic.to_owned()],
+        // A group of its own: this run reads the topic from its start.
+        group: format!("kvwatch-demo-{}", kvwatch_ingest::store::now_nanos()),
+        batch_linger: Duration::from_millis(500),
+        compact_interval: None,
+        ..Default::default()
+    };
+    let writer = kvwatch_ingest::StoreWriter::open(data, store.clone())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::default());
+    let (m, s) = (metrics.clone(), stop.clone());
+    let handle = std::thread::spawn(move || kafka::consume(writer, opts, m, s));
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if handle.is_finished() {
+            break;
+        }
+        let records = metrics.records.load(Ordering::Relaxed);
+        let messages = metrics.messages.load(Ordering::Relaxed);
+        if messages != last.0 {
+            last = (messages, std::time::Instant::now());
+        }
+        if records >= published.records && last.1.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        if last.1.elapsed() >= Duration::from_secs(120) {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+            bail!(
+                "consumed {records} of {} published records, then nothing for 2 minutes",
+                published.records
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let r = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
+    let mut writer = kvwatch_ingest::StoreWriter::open(data, store)?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(writer.compact())?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(kvwatch_ingest::IngestReport {
+        files,
+        parsed: kvwatch_ingest::parse::ParseCounts {
+            records: r.records,
+            events: r.events,
+            activity: r.activity,
+            quarantined: r.quarantined,
+            ..Default::default()
+        },
+        stored: kvwatch_ingest::store::WriteStats {
+            events: r.events,
+            activity: r.activity,
+            quarantine: r.quarantined,
+            duplicates: r.duplicates,
+            files_written: r.batches,
+        },
+        elapsed_secs: elapsed,
+        records_per_sec: r.records as f64 / elapsed.max(1e-9),
+        ..Default::default()
+    })
 }

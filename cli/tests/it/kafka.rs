@@ -79,7 +79,13 @@ impl Broker {
             .unwrap();
         let child = Command::new(tansu())
             .current_dir(&self.dir)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &storage])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -167,7 +173,15 @@ fn envelopes(path: &Path, first: usize, messages: usize, k: usize) {
 /// Kafka and Event Hubs return the batch and the client skips the earlier records).
 fn publish(broker: &Broker, topic: &str, args: &[&str], paths: &[&Path]) -> Value {
     let out = bin()
-        .args(["publish", "--format", "json", "--brokers", &broker.addr(), "--topic", topic])
+        .args([
+            "publish",
+            "--format",
+            "json",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            topic,
+        ])
         .args(["-X", "batch.num.messages=1", "-X", "linger.ms=0"])
         .args(args)
         .args(paths)
@@ -182,7 +196,14 @@ fn publish(broker: &Broker, topic: &str, args: &[&str], paths: &[&Path]) -> Valu
 }
 
 /// Starts `kvwatch consume` with small batches so that crashes land between many commits.
-fn consume(data: &Path, broker: &Broker, topic: &str, group: &str, extra: &[&str], env: &[(&str, &str)]) -> Child {
+fn consume(
+    data: &Path,
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -191,11 +212,31 @@ fn consume(data: &Path, broker: &Broker, topic: &str, group: &str, extra: &[&str
     let mut c = bin();
     c.arg("--data")
         .arg(data)
-        .args(["--log", "info", "consume", "--format", "json", "--brokers", &broker.addr()])
+        .args([
+            "--log",
+            "info",
+            "consume",
+            "--format",
+            "json",
+            "--brokers",
+            &broker.addr(),
+        ])
         .args(["--topic", topic, "--group", group])
-        .args(["--batch-rows", "400", "--batch-linger-ms", "150", "--stats-interval-secs", "2"])
+        .args([
+            "--batch-rows",
+            "400",
+            "--batch-linger-ms",
+            "150",
+            "--stats-interval-secs",
+            "2",
+        ])
         // Killed members must leave the group quickly for the next run to get partitions.
-        .args(["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"])
+        .args([
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=500",
+        ])
         .args(["-X", "max.poll.interval.ms=10000"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -249,10 +290,16 @@ fn event_ids(data: &Path) -> Vec<String> {
 /// Exactly `n` events, all distinct, each from a distinct Kafka position.
 fn assert_exact(data: &Path, n: i64) {
     assert_eq!(rows(data, "events"), n);
-    assert_eq!(count(data, "SELECT count(DISTINCT event_id) FROM events"), n);
+    assert_eq!(
+        count(data, "SELECT count(DISTINCT event_id) FROM events"),
+        n
+    );
     assert_eq!(count(data, "SELECT count(DISTINCT source) FROM events"), n);
     assert_eq!(
-        count(data, "SELECT count(*) FROM events WHERE source NOT LIKE 'kafka:kv/%@%:1#%'"),
+        count(
+            data,
+            "SELECT count(*) FROM events WHERE source NOT LIKE 'kafka:kv/%@%:1#%'"
+        ),
         0
     );
 }
@@ -276,20 +323,32 @@ fn publish_then_consume_round_trips_generated_data() {
     let reference = dir.path().join("ref");
     let rr = super::common::ingest(&reference, &[&logs]);
     let expected = rr["stored"]["events"].as_i64().unwrap();
-    assert_eq!(p["records"].as_i64().unwrap(), rr["parsed"]["records"].as_i64().unwrap());
+    assert_eq!(
+        p["records"].as_i64().unwrap(),
+        rr["parsed"]["records"].as_i64().unwrap()
+    );
 
     let data = dir.path().join("store");
     let c = consume(&data, &broker, "kv", "g1", &[], &[]);
-    wait_until(Duration::from_secs(120), "all rows stored", || rows(&data, "events") >= expected);
+    wait_until(Duration::from_secs(120), "all rows stored", || {
+        rows(&data, "events") >= expected
+    });
     let report = stop(c);
     assert_eq!(report["events"].as_i64().unwrap(), expected, "{report}");
     assert_eq!(report["duplicates"], 0);
-    assert_eq!(report["positions"].as_object().unwrap().len(), 4, "{report}");
+    assert_eq!(
+        report["positions"].as_object().unwrap().len(),
+        4,
+        "{report}"
+    );
     let mut a = event_ids(&data);
     let mut b = event_ids(&reference);
     a.sort();
     b.sort();
-    assert_eq!(a, b, "the Kafka path stores exactly what file ingest stores");
+    assert_eq!(
+        a, b,
+        "the Kafka path stores exactly what file ingest stores"
+    );
     assert_eq!(rows(&data, "quarantine"), rows(&reference, "quarantine"));
 
     // A restart reads nothing twice.
@@ -320,7 +379,14 @@ fn crashes_at_every_point_neither_lose_nor_duplicate() {
         "store-before-manifest:3",
         "kafka-after-checkpoint:2",
     ] {
-        let c = consume(&data, &broker, "kv", "g", &[], &[("KVWATCH_TEST_CRASH", point)]);
+        let c = consume(
+            &data,
+            &broker,
+            "kv",
+            "g",
+            &[],
+            &[("KVWATCH_TEST_CRASH", point)],
+        );
         let out = c.wait_with_output().unwrap();
         assert!(!out.status.success(), "{point}: expected an abort");
         let stored = rows(&data, "events");
@@ -332,7 +398,9 @@ fn crashes_at_every_point_neither_lose_nor_duplicate() {
     for _ in 0..4 {
         let before = assignments(&data);
         let c = consume(&data, &broker, "kv", "g", &[], &[]);
-        wait_until(Duration::from_secs(60), "partitions assigned", || assignments(&data) > before);
+        wait_until(Duration::from_secs(60), "partitions assigned", || {
+            assignments(&data) > before
+        });
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -341,7 +409,9 @@ fn crashes_at_every_point_neither_lose_nor_duplicate() {
         let _ = c.wait_with_output();
     }
     let c = consume(&data, &broker, "kv", "g", &[], &[]);
-    wait_until(Duration::from_secs(120), "all rows stored", || rows(&data, "events") >= total);
+    wait_until(Duration::from_secs(120), "all rows stored", || {
+        rows(&data, "events") >= total
+    });
     std::thread::sleep(Duration::from_millis(500));
     let report = stop(c);
     // Started from the store's positions: nothing re-read, nothing de-duplicated.
@@ -353,7 +423,10 @@ fn crashes_at_every_point_neither_lose_nor_duplicate() {
         .values()
         .map(|v| v.as_i64().unwrap())
         .sum();
-    assert_eq!(positions, n as i64, "positions cover every message once: {report}");
+    assert_eq!(
+        positions, n as i64,
+        "positions cover every message once: {report}"
+    );
 }
 
 #[test]
@@ -369,15 +442,19 @@ fn broker_restart_mid_stream_loses_nothing() {
     publish(&broker, "kv", &["--raw"], &[&first]);
     let data = dir.path().join("store");
     let c = consume(&data, &broker, "kv", "g", &[], &[]);
-    wait_until(Duration::from_secs(60), "first half", || rows(&data, "events") >= (n * k) as i64);
+    wait_until(Duration::from_secs(60), "first half", || {
+        rows(&data, "events") >= (n * k) as i64
+    });
     broker.stop();
     std::thread::sleep(Duration::from_secs(3));
     broker.launch();
     publish(&broker, "kv", &["--raw"], &[&second]);
     let total = (2 * n * k) as i64;
-    wait_until(Duration::from_secs(120), "second half after the restart", || {
-        rows(&data, "events") >= total
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "second half after the restart",
+        || rows(&data, "events") >= total,
+    );
     std::thread::sleep(Duration::from_millis(500));
     let report = stop(c);
     assert_exact(&data, total);
@@ -404,7 +481,9 @@ fn two_consumers_split_partitions_and_one_takes_over() {
     });
     publish(&broker, "kv", &["--raw"], &[&first]);
     let half = (n * k) as i64;
-    wait_until(Duration::from_secs(60), "first half", || rows(&da, "events") + rows(&db, "events") >= half);
+    wait_until(Duration::from_secs(60), "first half", || {
+        rows(&da, "events") + rows(&db, "events") >= half
+    });
     let ra = stop(a);
     let a_parts = ra["positions"].as_object().unwrap().len();
     assert!(a_parts > 0 && a_parts < 4, "A held part of the topic: {ra}");
@@ -439,7 +518,13 @@ fn poison_messages_are_quarantined_with_offsets_and_dead_lettered() {
         "42",
         "\"just a string\"",
         &format!("{{\"records\":[{}]}}", "x".repeat(10)),
-        &format!("{{\"records\":[{}]}}", (0..40).map(|i| record(9000, i)).collect::<Vec<_>>().join(",")),
+        &format!(
+            "{{\"records\":[{}]}}",
+            (0..40)
+                .map(|i| record(9000, i))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     ];
     for m in 0..60 {
         let recs: Vec<String> = (0..k).map(|i| record(m, i)).collect();
@@ -454,7 +539,14 @@ fn poison_messages_are_quarantined_with_offsets_and_dead_lettered() {
     assert_eq!(p["messages"], 66);
     let data = dir.path().join("store");
     // 8 KiB limit: the 40-record envelope is oversized.
-    let c = consume(&data, &broker, "kv", "g", &["--max-message-kb", "8", "--dead-letter-topic", "kv-dead"], &[]);
+    let c = consume(
+        &data,
+        &broker,
+        "kv",
+        "g",
+        &["--max-message-kb", "8", "--dead-letter-topic", "kv-dead"],
+        &[],
+    );
     wait_until(Duration::from_secs(60), "good rows and poison", || {
         rows(&data, "events") >= good as i64 && rows(&data, "quarantine") >= 6
     });
@@ -462,22 +554,166 @@ fn poison_messages_are_quarantined_with_offsets_and_dead_lettered() {
     let report = stop(c);
     assert_eq!(rows(&data, "events"), good as i64);
     assert_eq!(report["dead_lettered"], 6, "{report}");
-    let q = query(&data, "SELECT source, reason FROM quarantine ORDER BY source");
+    let q = query(
+        &data,
+        "SELECT source, reason FROM quarantine ORDER BY source",
+    );
     assert_eq!(q.len(), 6, "{q:?}");
     for r in &q {
         let s = r["source"].as_str().unwrap();
         assert!(s.starts_with("kafka:kv/") && s.contains('@'), "{s}");
     }
     let reasons: Vec<&str> = q.iter().map(|r| r["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("oversized message")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("truncated JSON")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("invalid JSON")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("oversized message")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("truncated JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("invalid JSON")),
+        "{reasons:?}"
+    );
 
     // The dead-letter topic holds the six messages verbatim: consuming it quarantines them again.
     let dead = dir.path().join("dead");
-    let c = consume(&dead, &broker, "kv-dead", "g-dead", &["--max-message-kb", "8"], &[]);
-    wait_until(Duration::from_secs(60), "dead letters", || rows(&dead, "quarantine") >= 6);
+    let c = consume(
+        &dead,
+        &broker,
+        "kv-dead",
+        "g-dead",
+        &["--max-message-kb", "8"],
+        &[],
+    );
+    wait_until(Duration::from_secs(60), "dead letters", || {
+        rows(&dead, "quarantine") >= 6
+    });
     stop(c);
     assert_eq!(rows(&dead, "quarantine"), 6);
     assert_eq!(rows(&dead, "events"), 0);
+}
+
+#[test]
+fn serve_consumes_and_detects_until_stopped() {
+    let dir = scratch();
+    let broker = Broker::start(dir.path(), false);
+    broker.create_topic("kv", 2);
+    let generated = dir.path().join("gen");
+    let r = bin()
+        .args(["generate", "--out"])
+        .arg(&generated)
+        .args(["--format", "jsonl", "--days", "1", "--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    let reference = dir.path().join("ref");
+    let expected =
+        super::common::ingest(&reference, &[&generated.join("jsonl")])["stored"]["events"]
+            .as_i64()
+            .unwrap();
+    let data = dir.path().join("store");
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    // Started before anything is published: detection waits for the store to appear.
+    let serve = bin()
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--log",
+            "info",
+            "serve",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            "kv",
+        ])
+        .args(["--interval", "1", "--no-models", "--batch-linger-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    publish(&broker, "kv", &[], &[&generated.join("jsonl")]);
+    let alerts = || -> Vec<Value> {
+        let out = bin()
+            .arg("--data")
+            .arg(&data)
+            .args(["alerts", "--format", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "alerts from the consumed stream",
+        || rows(&data, "events") >= expected && !alerts().is_empty(),
+    );
+    signal(&serve, "TERM");
+    let out = serve.wait_with_output().unwrap();
+    assert!(out.status.success(), "serve exit {:?}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("detect:") && stdout.contains("new alerts"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kvwatch consume"), "{stdout}");
+    assert_eq!(rows(&data, "events"), expected);
+    let rules: HashSet<String> = alerts()
+        .iter()
+        .map(|a| a["rule_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        rules.len() >= 3,
+        "several rules fired on the streamed attacks: {rules:?}"
+    );
+}
+
+#[test]
+fn demo_runs_through_kafka() {
+    let dir = scratch();
+    let broker = Broker::start(dir.path(), false);
+    broker.create_topic("demo", 4);
+    let data = dir.path().join("store");
+    let out = bin()
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "demo",
+            "--days",
+            "2",
+            "--brokers",
+            &broker.addr(),
+            "--topic",
+            "demo",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Detection quality"), "{stdout}");
+    let labels: Value =
+        serde_json::from_slice(&std::fs::read(data.join("demo-labels.json")).unwrap()).unwrap();
+    assert!(labels.is_object() || labels.is_array());
+    // Every generated record arrived: the store matches a file ingest of the same seed.
+    let reference = dir.path().join("ref");
+    let generated = dir.path().join("gen");
+    let r = bin()
+        .args(["generate", "--out"])
+        .arg(&generated)
+        .args(["--days", "2"])
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    let rr = super::common::ingest(&reference, &[&generated]);
+    let expected = rr["stored"]["events"].as_i64().unwrap();
+    assert_eq!(rows(&data, "events"), expected);
+    assert_eq!(
+        rows(&data, "activity"),
+        rr["stored"]["activity"].as_i64().unwrap()
+    );
 }

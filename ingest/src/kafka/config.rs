@@ -22,7 +22,9 @@ impl Property {
             .ok_or_else(|| KafkaError::Config(format!("property {s:?} is not key=value")))?;
         let key = k.trim();
         if key.is_empty() {
-            return Err(KafkaError::Config(format!("property {s:?} has an empty key")));
+            return Err(KafkaError::Config(format!(
+                "property {s:?} has an empty key"
+            )));
         }
         Ok(Self {
             key: key.to_owned(),

@@ -28,7 +28,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, ClientConfig};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -263,7 +263,14 @@ impl Shared {
             // the loss is recorded in the store, where an auditor will see it.
             let missing = offset - from;
             Metrics::add(&m.offset_gap_messages, missing as u64);
-            tracing::error!(topic, partition, from, to = offset - 1, missing, "offset gap: messages missing from the log");
+            tracing::error!(
+                topic,
+                partition,
+                from,
+                to = offset - 1,
+                missing,
+                "offset gap: messages missing from the log"
+            );
             b.sink.quarantine(
                 &format!("kafka:{topic}/{partition}@{from}-{}", offset - 1),
                 &format!("offset gap: {missing} messages were not delivered (expired from retention or truncated before kvwatch read them)"),
@@ -320,9 +327,9 @@ impl Shared {
                 (Table::Quarantine, &mut b.sink.quarantine),
             ] {
                 if !cols.is_empty() {
-                    let rb = cols
-                        .finish()
-                        .map_err(|e| KafkaError::Writer(format!("building {} batch: {e}", t.name())))?;
+                    let rb = cols.finish().map_err(|e| {
+                        KafkaError::Writer(format!("building {} batch: {e}", t.name()))
+                    })?;
                     batches.push((t, rb));
                 }
             }
@@ -354,7 +361,10 @@ impl Shared {
             return Err(KafkaError::Writer("writer already closed".into()));
         };
         tx.send(work).map_err(|_| {
-            KafkaError::Writer(self.failed().unwrap_or_else(|| "writer thread ended".into()))
+            KafkaError::Writer(
+                self.failed()
+                    .unwrap_or_else(|| "writer thread ended".into()),
+            )
         })?;
         if wait {
             match done_rx.recv() {
@@ -362,7 +372,8 @@ impl Shared {
                 Ok(Err(e)) => return Err(KafkaError::Writer(e)),
                 Err(_) => {
                     return Err(KafkaError::Writer(
-                        self.failed().unwrap_or_else(|| "writer thread ended".into()),
+                        self.failed()
+                            .unwrap_or_else(|| "writer thread ended".into()),
                     ));
                 }
             }
@@ -435,9 +446,12 @@ fn dead_letter(
     loop {
         match d.producer.send(record) {
             Ok(()) => break,
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), r)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
                 record = r;
                 d.producer.poll(Duration::from_millis(50));
             }
@@ -483,7 +497,10 @@ impl ConsumerContext for Ctx {
         tpl: &mut TopicPartitionList,
     ) {
         Metrics::add(&self.shared.metrics.rebalances, 1);
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(consumer, tpl);
@@ -569,7 +586,8 @@ impl Ctx {
             // Not stored: the positions stay where they were and the next owner re-reads.
             tracing::error!(error = %e, "could not store the open batch before revocation");
         }
-        self.shared.commit_kafka(consumer, Some(&gone), CommitMode::Sync);
+        self.shared
+            .commit_kafka(consumer, Some(&gone), CommitMode::Sync);
         let mut next = lock(&self.shared.next);
         for tp in &gone {
             next.remove(tp);
@@ -641,7 +659,9 @@ fn writer_loop(
         {
             last_compact = Instant::now();
             match rt.block_on(writer.compact()) {
-                Ok((b, a)) if b > 0 => tracing::info!(files_before = b, files_after = a, "compacted"),
+                Ok((b, a)) if b > 0 => {
+                    tracing::info!(files_before = b, files_after = a, "compacted")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
             }
@@ -817,4 +837,50 @@ pub fn consume(
             .map(|((t, p), o)| (format!("{t}/{p}"), o))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            batch: Mutex::new(Batch {
+                sink: Shared::new_sink(),
+                positions: Positions::new(),
+                counts: ParseCounts::default(),
+                bytes: 0,
+                started: None,
+            }),
+            durable: Mutex::new(Positions::new()),
+            durable_version: AtomicU64::new(0),
+            next: Mutex::new(HashMap::new()),
+            work_tx: Mutex::new(None),
+            writer_error: Mutex::new(None),
+            dead_letter: None,
+            metrics: Arc::new(Metrics::default()),
+            opts: ConsumeOptions::default(),
+        }
+    }
+
+    #[test]
+    fn redeliveries_are_dropped_and_gaps_recorded() {
+        let s = shared();
+        let tp = ("kv".to_owned(), 1);
+        // Known position 10 (from the store): 7 is a redelivery, 15 means 10..=14 are gone.
+        lock(&s.next).insert(tp.clone(), (10, true));
+        s.accept("kv", 1, 7, Some(b"{}"));
+        assert_eq!(Metrics::get(&s.metrics.replayed_skipped), 1);
+        s.accept("kv", 1, 15, Some(b"not json"));
+        assert_eq!(Metrics::get(&s.metrics.offset_gap_messages), 5);
+        let b = lock(&s.batch);
+        // The gap row and the poison message's row.
+        assert_eq!(b.sink.quarantine.len(), 2);
+        assert_eq!(b.positions[&tp], 16);
+        drop(b);
+        // Unknown start (log beginning): the first offset seen is not a gap.
+        s.accept("kv", 2, 500, Some(b"{}"));
+        assert_eq!(Metrics::get(&s.metrics.offset_gap_messages), 5);
+        assert_eq!(lock(&s.next)[&("kv".to_owned(), 2)], (501, true));
+    }
 }

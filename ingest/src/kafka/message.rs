@@ -76,7 +76,12 @@ pub fn parse_message<S: RowSink>(
     parse_body(body, origin, max_bytes, sink)
 }
 
-fn parse_body<S: RowSink>(body: &[u8], origin: &str, max_bytes: usize, sink: &mut S) -> ParseCounts {
+fn parse_body<S: RowSink>(
+    body: &[u8],
+    origin: &str,
+    max_bytes: usize,
+    sink: &mut S,
+) -> ParseCounts {
     // Reading from memory cannot fail; the parser quarantines everything it cannot use.
     parse_stream(body, origin, sink, max_bytes.max(1)).unwrap_or_default()
 }
@@ -99,7 +104,8 @@ mod tests {
         }
         fn activity(&mut self, _row: &ActivityRow, _source: &str) {}
         fn quarantine(&mut self, source: &str, reason: &str, _raw: &str) {
-            self.quarantined.push((source.to_owned(), reason.to_owned()));
+            self.quarantined
+                .push((source.to_owned(), reason.to_owned()));
         }
     }
 
@@ -124,7 +130,11 @@ mod tests {
         let mut s = Rec::default();
         let c = parse_message(Some(&gz), &o, 100, &mut s);
         assert_eq!(c.quarantined, 1);
-        assert!(s.quarantined[0].1.contains("oversized"), "{:?}", s.quarantined);
+        assert!(
+            s.quarantined[0].1.contains("oversized"),
+            "{:?}",
+            s.quarantined
+        );
         let mut s = Rec::default();
         parse_message(Some(&gz[..gz.len() / 2]), &o, 1 << 20, &mut s);
         assert!(s.quarantined[0].1.contains("gzip"), "{:?}", s.quarantined);
@@ -138,7 +148,11 @@ mod tests {
             let mut s = Rec::default();
             let c = parse_message(Some(body), &o, 1 << 20, &mut s);
             assert_eq!((c.records, c.quarantined, c.events), (1, 1, 0), "{why}");
-            assert!(s.quarantined[0].1.contains(why), "{why}: {:?}", s.quarantined);
+            assert!(
+                s.quarantined[0].1.contains(why),
+                "{why}: {:?}",
+                s.quarantined
+            );
             assert!(s.quarantined[0].0.starts_with("kafka:kv/3@42"));
         }
         let mut s = Rec::default();

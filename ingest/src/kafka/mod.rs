@@ -41,7 +41,9 @@ pub enum KafkaError {
     Io(#[from] std::io::Error),
     #[error("the store writer stopped: {0}")]
     Writer(String),
-    #[error("publishing failed: {failed} of {sent} messages were not acknowledged by the broker (first error: {first})")]
+    #[error(
+        "publishing failed: {failed} of {sent} messages were not acknowledged by the broker (first error: {first})"
+    )]
     Delivery {
         sent: u64,
         failed: u64,

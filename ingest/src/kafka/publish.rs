@@ -7,9 +7,9 @@ use super::KafkaError;
 use super::config::ClientOptions;
 use crate::files::{Input, open};
 use crate::framing::{DEFAULT_MAX_FRAME, Framer};
+use rdkafka::ClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Mutex;
@@ -94,7 +94,10 @@ impl Sender {
         loop {
             match self.producer.send(rec) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     rec = r;
                     self.producer.poll(Duration::from_millis(20));
                 }
@@ -151,12 +154,18 @@ pub fn publish(
     let start = Instant::now();
     let max_msg = opts.message_bytes.max(1024);
     let cfg = opts.client.client_config(&[
-        ("client.id", format!("kvwatch-publish-{}", std::process::id())),
+        (
+            "client.id",
+            format!("kvwatch-publish-{}", std::process::id()),
+        ),
         ("acks", "all".into()),
         ("linger.ms", "20".into()),
         ("queue.buffering.max.kbytes", "131072".into()),
         // Room for one oversized record sent alone; Event Hubs rejects more than 1 MB itself.
-        ("message.max.bytes", (max_msg * 2 + 4096).max(1_000_000).to_string()),
+        (
+            "message.max.bytes",
+            (max_msg * 2 + 4096).max(1_000_000).to_string(),
+        ),
     ])?;
     let producer: BaseProducer<Delivery> = cfg.create_with_context(Delivery::default())?;
     let mut s = Sender {
@@ -172,7 +181,11 @@ pub fn publish(
         s.report.files += 1;
         let reader = open(&input)?;
         let framer = Framer::with_max(reader, DEFAULT_MAX_FRAME);
-        let mut framer = if opts.raw { framer.lines_only() } else { framer };
+        let mut framer = if opts.raw {
+            framer.lines_only()
+        } else {
+            framer
+        };
         while let Some(frame) = framer.next_frame()? {
             if opts.raw {
                 if !frame.bytes.iter().all(u8::is_ascii_whitespace) {
@@ -243,7 +256,10 @@ mod tests {
 
     #[test]
     fn records_of_every_shape() {
-        assert_eq!(records_of(r#"{"records":[{"a":1},{"b":2}]}"#).unwrap(), [r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!(
+            records_of(r#"{"records":[{"a":1},{"b":2}]}"#).unwrap(),
+            [r#"{"a":1}"#, r#"{"b":2}"#]
+        );
         assert_eq!(records_of(r#"[{"a":1}, {"b":2}]"#).unwrap().len(), 2);
         assert_eq!(records_of(r#"{"a":1}"#).unwrap(), [r#"{"a":1}"#]);
         assert_eq!(records_of(r#"{"a":1} {"b":2}"#).unwrap().len(), 2);

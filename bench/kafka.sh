@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Kafka end to end: publish ~1 M realistic records to a local tansu broker (4 partitions, on
+# the same machine), then consume them into a fresh store and print records/s and the
+# consumer lag over time. Release build; the broker is the one scripts/test.sh installs.
+#
+#   bench/kafka.sh [SCALE]      SCALE 12 ≈ 1.06 M records (a week of traffic at scale 12)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
+scale="${1:-12}"
+tansu="${KVWATCH_TANSU:-$HOME/.cache/kvwatch/tansu/bin/tansu}"
+work="${KVWATCH_BENCH_DIR:-/tmp/kvwatch-bench-kafka}"
+cargo build --release --quiet
+kv="$CARGO_TARGET_DIR/release/kvwatch"
+mkdir -p "$work"
+if [ ! -d "$work/gen-$scale/jsonl" ]; then
+    "$kv" generate --out "$work/gen-$scale" --format jsonl --days 7 --scale "$scale" --attacks none --seed 42 >/dev/null
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$work/broker.log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
+"$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions 4 kv >/dev/null
+
+echo "== publish"
+"$kv" publish --brokers "127.0.0.1:$port" --topic kv "$work/gen-$scale/jsonl" --format json \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"published {r["records"]:,} records in {r["messages"]:,} messages, {r["bytes"]/2**20:.0f} MiB, {r["elapsed_secs"]:.1f} s, {r["records_per_sec"]:,.0f} records/s")'
+
+echo "== consume (lag sampled every 2 s from librdkafka statistics)"
+rm -rf "$work/store" "$work/consume.log"
+total=$(cat "$work"/gen-"$scale"/jsonl/*.jsonl | wc -l)
+start=$(date +%s.%N)
+/usr/bin/time -v "$kv" --data "$work/store" --log info consume --brokers "127.0.0.1:$port" --topic kv \
+    --group bench --stats-interval-secs 2 --compact-interval-secs 0 --format json \
+    >"$work/consume.json" 2>"$work/consume.log" &
+consumer=$!
+# Stop once every record is stored (the manifest's row counts; no query engine in the loop).
+while :; do
+    sleep 1
+    rows=$(python3 -c "
+import json
+try:
+    m=json.load(open('$work/store/manifest.json'))
+    print(sum(f['rows'] for t in ('events','activity','quarantine') for f in m['tables'].get(t,[])))
+except Exception: print(0)")
+    # Duplicates in the input are not stored: also stop when the consumer's durable record
+    # count (logged every 2 s) reaches the input.
+    logged=$(sed 's/\x1b\[[0-9;]*m//g' "$work/consume.log" | grep -o 'records=[0-9]*' | tail -1 | cut -d= -f2)
+    if [ "$rows" -ge "$total" ] || [ "${logged:-0}" -ge "$total" ]; then break; fi
+done
+end=$(date +%s.%N)
+kill -TERM $consumer
+wait $consumer || true
+python3 - "$work" "$start" "$end" "$total" <<'EOF'
+import json, re, sys
+work, start, end, total = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+log = open(f"{work}/consume.log").read()
+ansi = re.compile(r"\x1b\[[0-9;]*m")
+print("time     records   records/s  lag (messages per partition)")
+for line in ansi.sub("", log).splitlines():
+    if "consumer progress" in line:
+        t = line[11:19]
+        rec = re.search(r"records=(\d+)", line).group(1)
+        rate = re.search(r"records_per_sec=([\d.]+)", line).group(1)
+        lag = re.search(r"lag=(\{.*\})", line)
+        print(f"{t}  {int(rec):>9,}  {float(rate):>9,.0f}  {lag.group(1) if lag else ''}")
+r = json.load(open(f"{work}/consume.json"))
+rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
+wall = end - start
+print(f"consumed {r['records']:,} records ({r['events']:,} events, {r['quarantined']:,} quarantined, "
+      f"{r['duplicates']:,} duplicates) in {r['batches']} batches")
+print(f"end to end: {total:,} records in {wall:.1f} s = {total / wall:,.0f} records/s "
+      f"(from consumer start to the last row durable, including group join)")
+if rss:
+    print(f"consumer peak RSS: {int(rss.group(1)) / 1024:.0f} MiB")
+EOF
