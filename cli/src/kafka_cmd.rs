@@ -239,7 +239,25 @@ pub async fn cmd_consume(data: &Path, cfg: &Config, a: ConsumeArgs) -> Result<Ex
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone())?;
     let metrics = Arc::new(Metrics::default());
-    let handle = spawn_consumer(data, cfg, &a.store, opts, metrics, stop)?;
+    let every = opts.stats_interval;
+    let handle = spawn_consumer(data, cfg, &a.store, opts, metrics.clone(), stop)?;
+    // People watching see progress whatever the log level.
+    tokio::spawn(async move {
+        let mut last = 0u64;
+        loop {
+            tokio::time::sleep(every).await;
+            let records = metrics.records.load(Ordering::Relaxed);
+            let lag: i64 = metrics.lag().values().filter(|l| **l > 0).sum();
+            eprintln!(
+                "consume: {} records stored ({}/s), {} quarantined, lag {} messages",
+                thousands(records),
+                thousands(((records - last) as f64 / every.as_secs_f64()) as u64),
+                thousands(metrics.quarantined.load(Ordering::Relaxed)),
+                thousands(lag as u64)
+            );
+            last = records;
+        }
+    });
     let report = tokio::task::spawn_blocking(move || handle.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
