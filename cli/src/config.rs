@@ -22,6 +22,9 @@ pub struct Config {
     /// Kafka / Event Hubs source and publisher: `[kafka]` and `[kafka.properties]`.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// The HTTP API of `kvwatch serve`.
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Behavioural models: `[models]` and `[models.weights]`.
     #[serde(default)]
     pub models: kvwatch_detect::anomaly::ModelConfig,
@@ -39,6 +42,13 @@ pub struct DetectConfig {
     pub interval_secs: Option<u64>,
     /// Event IDs kept as evidence per alert.
     pub max_evidence: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the API listens on.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

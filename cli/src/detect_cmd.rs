@@ -230,7 +230,8 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
         if a.from.is_some() || a.to.is_some() {
             bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
         }
-        follow(data, cfg, &a.common, || false).await?;
+        let mut shutdown = Shutdown::new()?;
+        follow(data, cfg, &a.common, &mut shutdown, || false).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let c = &a.common;
@@ -275,20 +276,20 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
 }
 
 /// Continuous detection: an incremental pass every interval until SIGINT/SIGTERM, or until
-/// `stop_early` says so (checked between passes). A store that does not exist yet (a fresh
+/// `stop_early` says so (checked between passes). The caller registers `shutdown` first thing,
+/// so a signal during start-up or a pass is kept until the pass ends. A store that does not exist yet (a fresh
 /// consumer has not committed) is waited for.
 pub async fn follow(
     data: &Path,
     cfg: &Config,
     a: &FollowArgs,
+    shutdown: &mut Shutdown,
     stop_early: impl Fn() -> bool,
 ) -> Result<()> {
     let rules = load_rules(cfg, &a.source, true).await?;
     let mut store = alert_store(data, cfg, a.max_evidence)?;
     let interval = a.interval.or(cfg.detect.interval_secs).unwrap_or(30).max(1);
     let models = (!a.no_models).then_some(&cfg.models);
-    // Listen from the start: a signal that arrives during a pass is kept until the pass ends.
-    let mut shutdown = Shutdown::new()?;
     loop {
         if stop_early() {
             tracing::warn!("detect.stopped_early");
@@ -481,6 +482,7 @@ pub fn cmd_alerts(data: &Path, a: AlertsArgs) -> Result<ExitCode> {
             .map(|s| Status::parse(s).with_context(|| format!("unknown status {s:?}")))
             .transpose()?,
         limit: a.limit,
+        ..Default::default()
     };
     let alerts = match open_alerts_read(data)? {
         Some(s) => s.list(&filter)?,

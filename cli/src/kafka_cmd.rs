@@ -198,6 +198,9 @@ pub struct PublishArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Address of the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long, env = "KVWATCH_LISTEN")]
+    listen: Option<String>,
     #[command(flatten)]
     consume: ConsumeFlags,
     #[command(flatten)]
@@ -359,8 +362,34 @@ pub async fn cmd_publish(cfg: &Config, a: PublishArgs) -> Result<ExitCode> {
 /// The all-in-one service: the Kafka source (when configured) and continuous detection in one
 /// process, stopped gracefully by SIGINT/SIGTERM.
 pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
+    // Before anything slow: a SIGTERM during start-up still stops the service gracefully.
+    let mut shutdown = Shutdown::new()?;
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::default());
+    let listen = a
+        .listen
+        .clone()
+        .or_else(|| cfg.api.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let keys = kvwatch_api::KeyStore::open(data)?;
+    if keys.list()?.iter().all(|k| k.revoked_at.is_some()) {
+        eprintln!(
+            "serve: no active API keys; every API call will be refused until you run `kvwatch apikey create --role reader --name NAME`"
+        );
+    }
+    eprintln!("serve: API on http://{}", listener.local_addr()?);
+    let state = Arc::new(kvwatch_api::ApiState::new(
+        data.to_owned(),
+        keys,
+        a.consume.configured(&cfg.kafka).then(|| metrics.clone()),
+    ));
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(kvwatch_api::serve(listener, state, async move {
+        let _ = api_stopped.await;
+    }));
     let consumer = if a.consume.configured(&cfg.kafka) {
         let opts = a.consume.options(&cfg.kafka)?;
         Some(spawn_consumer(
@@ -375,12 +404,14 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         eprintln!("serve: no Kafka source configured; running detection over the store only");
         None
     };
-    let detect = detect_cmd::follow(data, cfg, &a.detect, || {
+    let detect = detect_cmd::follow(data, cfg, &a.detect, &mut shutdown, || {
         // A consumer that died (store full, bad credentials at start) stops the service.
         consumer.as_ref().is_some_and(|c| c.is_finished())
     })
     .await;
     stop.store(true, Ordering::Relaxed);
+    let _ = api_stop.send(());
+    api.await?.context("HTTP API")?;
     if let Some(c) = consumer {
         let report = tokio::task::spawn_blocking(move || c.join())
             .await?
@@ -480,4 +511,75 @@ pub fn round_trip(
         records_per_sec: r.records as f64 / elapsed.max(1e-9),
         ..Default::default()
     })
+}
+
+#[derive(clap::Subcommand)]
+pub enum ApikeyCmd {
+    /// Create a key; its secret is printed once and stored only as a hash.
+    Create {
+        /// reader (alerts, reports, metrics), analyst (+ alert updates, SQL), admin (+ keys, rules).
+        #[arg(long)]
+        role: String,
+        /// A name for the key, shown in the API's logs (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+        format: Format,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
+        format: Format,
+    },
+    /// Revoke a key by name; it stops working at once.
+    Revoke { name: String },
+}
+
+pub fn cmd_apikey(data: &Path, c: ApikeyCmd) -> Result<ExitCode> {
+    let keys = kvwatch_api::KeyStore::open(data)?;
+    let mut out = std::io::stdout().lock();
+    match c {
+        ApikeyCmd::Create { role, name, format } => {
+            let role = kvwatch_api::Role::parse(&role)?;
+            let secret = keys.create(&name, role)?;
+            if format == Format::Json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"name": name, "role": role, "key": secret})
+                )?;
+            } else {
+                writeln!(out, "{secret}")?;
+                eprintln!(
+                    "apikey: created {name} ({}); the key above is shown only now",
+                    role.as_str()
+                );
+            }
+        }
+        ApikeyCmd::List { format } => {
+            let list = keys.list()?;
+            if format == Format::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                for k in list {
+                    writeln!(
+                        out,
+                        "{:<24} {:<8} {}",
+                        k.name,
+                        k.role.as_str(),
+                        if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    )?;
+                }
+            }
+        }
+        ApikeyCmd::Revoke { name } => {
+            keys.revoke(&name)?;
+            eprintln!("apikey: revoked {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

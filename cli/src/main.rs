@@ -44,8 +44,11 @@ enum Cmd {
     Consume(kafka_cmd::ConsumeArgs),
     /// Publish log files to a Kafka topic as Azure-shaped envelope messages.
     Publish(kafka_cmd::PublishArgs),
-    /// Run the service: the Kafka source (when configured) and continuous detection.
+    /// Run the service: the HTTP API, the Kafka source (when configured) and continuous detection.
     Serve(kafka_cmd::ServeArgs),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Apikey(kafka_cmd::ApikeyCmd),
     /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts` and `azure_diagnostics`.
     Query(QueryArgs),
     /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
@@ -267,6 +270,8 @@ fn init_logging(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only for people: log files and collectors get plain `key=value` text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -288,6 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Consume(a) => rt.block_on(kafka_cmd::cmd_consume(&data, &cfg, a)),
         Cmd::Publish(a) => rt.block_on(kafka_cmd::cmd_publish(&cfg, a)),
         Cmd::Serve(a) => rt.block_on(kafka_cmd::cmd_serve(&data, &cfg, a)),
+        Cmd::Apikey(c) => kafka_cmd::cmd_apikey(&data, c),
         Cmd::Query(a) => rt.block_on(cmd_query(&data, a)),
         Cmd::Detect(a) => rt.block_on(detect_cmd::cmd_detect(&data, &cfg, a)),
         Cmd::Alerts(a) => detect_cmd::cmd_alerts(&data, a),

@@ -123,6 +123,9 @@ pub struct AlertFilter {
     pub rule: Option<String>,
     pub status: Option<Status>,
     pub limit: Option<usize>,
+    /// Keyset cursor: only alerts after this `(last_seen, id)` in the listing order
+    /// (newest first), so pages stay stable while new alerts arrive.
+    pub after: Option<(i64, String)>,
 }
 
 /// The SQLite alert store.
@@ -358,6 +361,12 @@ impl AlertStore {
         if let Some(s) = f.status {
             sql.push_str(" AND status = ?");
             args.push(s.as_str().to_owned().into());
+        }
+        if let Some((t, id)) = &f.after {
+            sql.push_str(" AND (last_seen < ? OR (last_seen = ? AND id > ?))");
+            args.push((*t).into());
+            args.push((*t).into());
+            args.push(id.clone().into());
         }
         sql.push_str(" ORDER BY last_seen DESC, id");
         if let Some(l) = f.limit {

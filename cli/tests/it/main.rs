@@ -1,6 +1,7 @@
 //! End-to-end tests of the `kvwatch` binary on real files. One test binary (modules below) so
 //! DataFusion is linked once.
 
+mod api;
 mod common;
 mod detect;
 mod generate;
