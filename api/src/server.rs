@@ -135,6 +135,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}", get(get_alert))
+        .route("/api/v1/export", get(export))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Role::Reader),
             authenticate,
@@ -391,6 +392,61 @@ async fn patch_alert(
         }
         Err(kvwatch_detect::store::AlertStoreError::NoSuchAlert(_)) => {
             error(StatusCode::NOT_FOUND, "no such alert")
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportParams {
+    cursor: Option<String>,
+    format: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Pull delivery for SIEMs: alerts created or changed after `cursor`, oldest change first.
+/// An empty list means caught up; the cursor to send next is always returned (unchanged when
+/// caught up), so a poller never skips a change and never needs to remember anything else.
+async fn export(State(s): State<Shared>, Query(p): Query<ExportParams>) -> Response {
+    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => match c.parse::<i64>() {
+            Ok(v) if v >= 0 => v,
+            _ => return error(StatusCode::BAD_REQUEST, "malformed cursor"),
+        },
+    };
+    let format = p.format.as_deref().unwrap_or("native");
+    if !matches!(format, "native" | "ocsf") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown format {format:?} (native or ocsf)"),
+        );
+    }
+    let limit = p.limit.unwrap_or(500).clamp(1, 5000);
+    // Read-write open: it applies the change-sequence migration to an older alert store.
+    let store = match AlertStore::open(&s.data) {
+        Ok(st) => st,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("alert store: {e}"),
+            );
+        }
+    };
+    match store.changes(after, limit) {
+        Ok(rows) => {
+            let next = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
+            let alerts: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(_, a)| {
+                    if format == "ocsf" {
+                        a.to_ocsf()
+                    } else {
+                        serde_json::to_value(a).unwrap_or_default()
+                    }
+                })
+                .collect();
+            Json(json!({"alerts": alerts, "next_cursor": next.to_string()})).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

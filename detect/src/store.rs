@@ -35,7 +35,8 @@ pub enum AlertStoreError {
 type Result<T> = std::result::Result<T, AlertStoreError>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE alerts (
     id TEXT PRIMARY KEY,
     rule_id TEXT NOT NULL,
@@ -90,7 +91,27 @@ CREATE TABLE rule_runs (
     occurrences INTEGER NOT NULL,
     elapsed_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    // A change sequence for pull-based export: every insert or update of an alert takes the
+    // next number inside its own write transaction. SQLite has one writer at a time, so the
+    // numbers follow commit order and a reader that pages by "seq > cursor" never skips a
+    // change, whichever process (detection, an analyst's update) made it. Timestamps could:
+    // a transaction may commit after a later-stamped one.
+    r#"
+ALTER TABLE alerts ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE alerts SET change_seq = rowid;
+CREATE INDEX alerts_by_change ON alerts (change_seq);
+CREATE TRIGGER alerts_change_on_insert AFTER INSERT ON alerts BEGIN
+    UPDATE alerts SET change_seq = (SELECT coalesce(max(change_seq), 0) + 1 FROM alerts)
+    WHERE id = NEW.id;
+END;
+CREATE TRIGGER alerts_change_on_update AFTER UPDATE OF status, severity, last_seen, event_count,
+    occurrences, summary, evidence, updated_at ON alerts BEGIN
+    UPDATE alerts SET change_seq = (SELECT coalesce(max(change_seq), 0) + 1 FROM alerts)
+    WHERE id = NEW.id;
+END;
+"#,
+];
 
 /// What applying one evaluation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -377,6 +398,23 @@ impl AlertStore {
         rows.map(|r| {
             r.map_err(AlertStoreError::from)
                 .and_then(RawAlert::into_alert)
+        })
+        .collect()
+    }
+
+    /// Alerts created or changed after change number `after`, in change order, with their
+    /// change numbers: the pull-export feed. An alert changed twice appears once, at its
+    /// latest change.
+    pub fn changes(&self, after: i64, limit: usize) -> Result<Vec<(i64, Alert)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM alerts WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?2")?;
+        let rows = st.query_map(params![after, limit as i64], |r| {
+            Ok((r.get::<_, i64>("change_seq")?, row_to_raw(r)?))
+        })?;
+        rows.map(|r| {
+            let (seq, raw) = r.map_err(AlertStoreError::from)?;
+            Ok((seq, raw.into_alert()?))
         })
         .collect()
     }

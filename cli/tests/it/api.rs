@@ -87,14 +87,10 @@ fn patch(url: &str, key: &str, body: Value) -> (u16, Value) {
 fn api_keys_roles_alert_listing_and_updates() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
-    let generated = dir.path().join("gen");
-    let r = bin()
-        .args(["generate", "--out"])
-        .arg(&generated)
-        .args(["--format", "jsonl", "--days", "1", "--seed", "3"])
-        .output()
-        .unwrap();
-    assert!(r.status.success());
+    let generated = super::common::generate(
+        &dir.path().join("gen"),
+        &["--format", "jsonl", "--days", "1", "--seed", "3"],
+    );
     ingest(&data, &[&generated.join("jsonl")]);
     let r = run(&data, &["detect", "--no-models"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -185,6 +181,47 @@ fn api_keys_roles_alert_listing_and_updates() {
     );
     assert_eq!(run(&data, &["apikey", "revoke", "soc-alice"]).code, 0);
     assert_eq!(patch(&one, &analyst, json!({"status": "resolved"})).0, 401);
+
+    // Pull export: everything once from an empty cursor, then only what changed.
+    let export = format!("{base}/api/v1/export");
+    let mut cursor = String::new();
+    let mut exported = HashSet::new();
+    loop {
+        let (code, page) = get(&format!("{export}?limit=4&cursor={cursor}"), Some(&reader));
+        assert_eq!(code, 200, "{page}");
+        let batch = page["alerts"].as_array().unwrap();
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+        if batch.is_empty() {
+            break;
+        }
+        for a in batch {
+            exported.insert(a["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(exported.len(), all.len());
+    let (_, caught_up) = get(&format!("{export}?cursor={cursor}"), Some(&reader));
+    assert_eq!(caught_up["alerts"].as_array().unwrap().len(), 0);
+    assert_eq!(caught_up["next_cursor"].as_str(), Some(cursor.as_str()));
+    let other = all[1]["id"].as_str().unwrap();
+    let closer = key(&data, "analyst", "soc-bob");
+    assert_eq!(
+        patch(
+            &format!("{alerts}/{other}"),
+            &closer,
+            json!({"status": "resolved"})
+        )
+        .0,
+        200
+    );
+    let (_, changed) = get(
+        &format!("{export}?cursor={cursor}&format=ocsf"),
+        Some(&reader),
+    );
+    let changed = changed["alerts"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0]["class_uid"], 2004, "OCSF Detection Finding");
+    assert_eq!(get(&format!("{export}?format=cef"), Some(&reader)).0, 400);
+    assert_eq!(get(&format!("{export}?cursor=-3"), Some(&reader)).0, 400);
 
     let (code, m) = get(&format!("{base}/metrics"), Some(&reader));
     assert_eq!(code, 200);

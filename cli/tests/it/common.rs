@@ -100,3 +100,19 @@ pub fn gzip(src: &Path, dst: &Path) {
     enc.write_all(&data).unwrap();
     enc.finish().unwrap();
 }
+
+/// `kvwatch generate --out DIR ARGS...`, asserting success; returns DIR.
+pub fn generate(out: &Path, args: &[&str]) -> PathBuf {
+    let r = bin()
+        .args(["generate", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("run kvwatch generate");
+    assert!(
+        r.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    out.to_owned()
+}

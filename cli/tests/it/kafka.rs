@@ -309,14 +309,10 @@ fn publish_then_consume_round_trips_generated_data() {
     let dir = scratch();
     let broker = Broker::start(dir.path(), false);
     broker.create_topic("kv", 4);
-    let generated = dir.path().join("gen");
-    let r = bin()
-        .args(["generate", "--out"])
-        .arg(&generated)
-        .args(["--format", "jsonl", "--days", "1", "--seed", "11"])
-        .output()
-        .unwrap();
-    assert!(r.status.success());
+    let generated = super::common::generate(
+        &dir.path().join("gen"),
+        &["--format", "jsonl", "--days", "1", "--seed", "11"],
+    );
     let logs = generated.join("jsonl");
     let p = publish(&broker, "kv", &["--message-kb", "256"], &[&logs]);
     assert!(p["messages"].as_u64().unwrap() > 4, "{p}");
@@ -600,14 +596,10 @@ fn serve_consumes_and_detects_until_stopped() {
     let dir = scratch();
     let broker = Broker::start(dir.path(), false);
     broker.create_topic("kv", 2);
-    let generated = dir.path().join("gen");
-    let r = bin()
-        .args(["generate", "--out"])
-        .arg(&generated)
-        .args(["--format", "jsonl", "--days", "1", "--seed", "3"])
-        .output()
-        .unwrap();
-    assert!(r.status.success());
+    let generated = super::common::generate(
+        &dir.path().join("gen"),
+        &["--format", "jsonl", "--days", "1", "--seed", "3"],
+    );
     let reference = dir.path().join("ref");
     let expected =
         super::common::ingest(&reference, &[&generated.join("jsonl")])["stored"]["events"]
@@ -701,14 +693,7 @@ fn demo_runs_through_kafka() {
     assert!(labels.is_object() || labels.is_array());
     // Every generated record arrived: the store matches a file ingest of the same seed.
     let reference = dir.path().join("ref");
-    let generated = dir.path().join("gen");
-    let r = bin()
-        .args(["generate", "--out"])
-        .arg(&generated)
-        .args(["--days", "2"])
-        .output()
-        .unwrap();
-    assert!(r.status.success());
+    let generated = super::common::generate(&dir.path().join("gen"), &["--days", "2"]);
     let rr = super::common::ingest(&reference, &[&generated]);
     let expected = rr["stored"]["events"].as_i64().unwrap();
     assert_eq!(rows(&data, "events"), expected);

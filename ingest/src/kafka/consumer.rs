@@ -175,6 +175,18 @@ struct Batch {
     started: Option<Instant>,
 }
 
+impl Batch {
+    fn empty() -> Batch {
+        Batch {
+            sink: Shared::new_sink(),
+            positions: Positions::new(),
+            counts: ParseCounts::default(),
+            bytes: 0,
+            started: None,
+        }
+    }
+}
+
 /// A batch handed to the writer thread.
 struct Work {
     batches: Vec<(Table, RecordBatch)>,
@@ -721,13 +733,7 @@ pub fn consume(
     };
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(1);
     let shared = Arc::new(Shared {
-        batch: Mutex::new(Batch {
-            sink: Shared::new_sink(),
-            positions: Positions::new(),
-            counts: ParseCounts::default(),
-            bytes: 0,
-            started: None,
-        }),
+        batch: Mutex::new(Batch::empty()),
         durable: Mutex::new(durable),
         durable_version: AtomicU64::new(0),
         next: Mutex::new(HashMap::new()),
@@ -845,13 +851,7 @@ mod tests {
 
     fn shared() -> Shared {
         Shared {
-            batch: Mutex::new(Batch {
-                sink: Shared::new_sink(),
-                positions: Positions::new(),
-                counts: ParseCounts::default(),
-                bytes: 0,
-                started: None,
-            }),
+            batch: Mutex::new(Batch::empty()),
             durable: Mutex::new(Positions::new()),
             durable_version: AtomicU64::new(0),
             next: Mutex::new(HashMap::new()),
