@@ -28,6 +28,8 @@ pub struct ApiState {
     pub keys: KeyStore,
     /// The Kafka consumer's counters, when this process runs one.
     pub kafka: Option<Arc<KafkaMetrics>>,
+    /// The rules this service evaluates, as `Rule::detail` documents.
+    pub rules: Vec<serde_json::Value>,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     denied: AtomicU64,
 }
@@ -38,6 +40,7 @@ impl ApiState {
             data,
             keys,
             kafka,
+            rules: Vec::new(),
             requests: Mutex::new(BTreeMap::new()),
             denied: AtomicU64::new(0),
         }
@@ -122,9 +125,12 @@ async fn authenticate(
 
 /// A low-cardinality label for a path: IDs are replaced by `{id}`.
 fn route_family(path: &str) -> String {
-    match path.strip_prefix("/api/v1/alerts/") {
-        Some(_) => "/api/v1/alerts/{id}".into(),
-        None => path.to_owned(),
+    if path.starts_with("/api/v1/alerts/") {
+        "/api/v1/alerts/{id}".into()
+    } else if path.starts_with("/api/v1/rules/") {
+        "/api/v1/rules/{id}".into()
+    } else {
+        path.to_owned()
     }
 }
 
@@ -136,6 +142,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}", get(get_alert))
         .route("/api/v1/export", get(export))
+        .route("/api/v1/rules", get(list_rules))
+        .route("/api/v1/rules/{id}", get(get_rule))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Role::Reader),
             authenticate,
@@ -449,5 +457,39 @@ async fn export(State(s): State<Shared>, Query(p): Query<ExportParams>) -> Respo
             Json(json!({"alerts": alerts, "next_cursor": next.to_string()})).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Summaries of the rules (the detail without description and parameters).
+async fn list_rules(State(s): State<Shared>) -> Response {
+    let keep = [
+        "id",
+        "title",
+        "severity",
+        "window",
+        "suppression",
+        "tactics",
+        "techniques",
+        "tests",
+        "enabled",
+        "file",
+    ];
+    let rules: Vec<serde_json::Value> = s
+        .rules
+        .iter()
+        .map(|r| {
+            keep.iter()
+                .filter_map(|k| r.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    Json(json!({"rules": rules})).into_response()
+}
+
+async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    match s.rules.iter().find(|r| r["id"] == id.as_str()) {
+        Some(r) => Json(r.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such rule"),
     }
 }

@@ -43,7 +43,7 @@ pub struct DetectArgs {
 #[derive(Args, Clone)]
 pub struct FollowArgs {
     #[command(flatten)]
-    source: RulesSource,
+    pub source: RulesSource,
     /// Seconds between passes with --follow [default: 30].
     #[arg(long, env = "KVWATCH_DETECT_INTERVAL_SECS")]
     interval: Option<u64>,
@@ -591,17 +591,7 @@ pub async fn cmd_rules(data: &Path, cfg: &Config, cmd: RulesCmd) -> Result<ExitC
         RulesCmd::List { source, format } => {
             let rules = load_rules(cfg, &source, false).await?;
             if format == Format::Json {
-                let v: Vec<_> = rules
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "id": r.id(), "title": r.doc.title, "severity": r.doc.severity,
-                            "window": r.doc.window, "suppression": r.doc.suppression,
-                            "tactics": r.doc.tactics, "techniques": r.doc.techniques,
-                            "tests": r.doc.tests.len(), "enabled": r.doc.enabled, "file": r.file,
-                        })
-                    })
-                    .collect();
+                let v: Vec<_> = rules.iter().map(|r| r.summary()).collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 writeln!(

@@ -381,11 +381,17 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         );
     }
     eprintln!("serve: API on http://{}", listener.local_addr()?);
-    let state = Arc::new(kvwatch_api::ApiState::new(
+    let mut state = kvwatch_api::ApiState::new(
         data.to_owned(),
         keys,
         a.consume.configured(&cfg.kafka).then(|| metrics.clone()),
-    ));
+    );
+    state.rules = detect_cmd::load_rules(cfg, &a.detect.source, true)
+        .await?
+        .iter()
+        .map(|r| r.detail())
+        .collect();
+    let state = Arc::new(state);
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(kvwatch_api::serve(listener, state, async move {
         let _ = api_stopped.await;

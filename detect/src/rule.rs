@@ -410,6 +410,33 @@ pub const REQUIRED_COLUMNS: &[&str] = &[
 pub const BUILTINS: &[&str] = &["window", "lookback", "history", "data_start"];
 
 impl Rule {
+    /// The rule as listed (CLI `rules list --format json`, API `GET /rules`).
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id(), "title": self.doc.title, "severity": self.doc.severity,
+            "window": self.doc.window, "suppression": self.doc.suppression,
+            "tactics": self.doc.tactics, "techniques": self.doc.techniques,
+            "tests": self.doc.tests.len(), "enabled": self.doc.enabled, "file": self.file,
+        })
+    }
+
+    /// The summary plus what an analyst needs to judge an alert: the description, the dedup
+    /// key, lookback and history, and the effective parameters as SQL literals.
+    pub fn detail(&self) -> serde_json::Value {
+        let mut v = self.summary();
+        let params: BTreeMap<&str, String> = self
+            .params
+            .iter()
+            .map(|(k, p)| (k.as_str(), p.sql()))
+            .collect();
+        v["description"] = self.doc.description.trim().into();
+        v["dedup"] = serde_json::json!(self.doc.dedup);
+        v["lookback"] = String::from(self.lookback()).into();
+        v["history"] = String::from(self.history()).into();
+        v["params"] = serde_json::json!(params);
+        v
+    }
+
     pub fn id(&self) -> &str {
         &self.doc.id
     }

@@ -182,6 +182,26 @@ fn api_keys_roles_alert_listing_and_updates() {
     assert_eq!(run(&data, &["apikey", "revoke", "soc-alice"]).code, 0);
     assert_eq!(patch(&one, &analyst, json!({"status": "resolved"})).0, 401);
 
+    // The rules the service evaluates.
+    let (code, rules) = get(&format!("{base}/api/v1/rules"), Some(&reader));
+    assert_eq!(code, 200);
+    let rules = rules["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 27, "the built-in pack");
+    let rid = all[0]["rule_id"].as_str().unwrap();
+    let (code, rule) = get(&format!("{base}/api/v1/rules/{rid}"), Some(&reader));
+    assert_eq!(code, 200);
+    assert_eq!(rule["id"].as_str(), Some(rid));
+    assert!(
+        rule["description"].as_str().is_some_and(|d| !d.is_empty()),
+        "{rule}"
+    );
+    assert!(rule["params"].is_object(), "{rule}");
+    assert_eq!(
+        get(&format!("{base}/api/v1/rules/nope"), Some(&reader)).0,
+        404
+    );
+    assert_eq!(get(&format!("{base}/api/v1/rules"), None).0, 401);
+
     // Pull export: everything once from an empty cursor, then only what changed.
     let export = format!("{base}/api/v1/export");
     let mut cursor = String::new();
