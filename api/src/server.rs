@@ -125,7 +125,9 @@ async fn authenticate(
 
 /// A low-cardinality label for a path: IDs are replaced by `{id}`.
 fn route_family(path: &str) -> String {
-    if path.starts_with("/api/v1/alerts/") {
+    if path.starts_with("/api/v1/alerts/") && path.ends_with("/events") {
+        "/api/v1/alerts/{id}/events".into()
+    } else if path.starts_with("/api/v1/alerts/") {
         "/api/v1/alerts/{id}".into()
     } else if path.starts_with("/api/v1/rules/") {
         "/api/v1/rules/{id}".into()
@@ -141,6 +143,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}", get(get_alert))
+        .route("/api/v1/alerts/{id}/events", get(alert_events))
         .route("/api/v1/export", get(export))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/rules/{id}", get(get_rule))
@@ -491,5 +494,58 @@ async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Resp
     match s.rules.iter().find(|r| r["id"] == id.as_str()) {
         Some(r) => Json(r.clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, "no such rule"),
+    }
+}
+
+/// The evidence events of an alert (the IDs it keeps, up to its evidence cap), oldest first,
+/// as `events` rows.
+async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let alert = match open_store(&s) {
+        Ok(Some(st)) => match st.get(&id) {
+            Ok(Some(a)) => a,
+            Ok(None) => return error(StatusCode::NOT_FOUND, "no such alert"),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such alert"),
+        Err(r) => return *r,
+    };
+    // Event IDs are our own hex hashes; anything else is not put into SQL.
+    let ids: Vec<&String> = alert
+        .evidence
+        .iter()
+        .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    if ids.is_empty() || !s.data.join(kvwatch_ingest::store::MANIFEST).exists() {
+        return Json(json!([])).into_response();
+    }
+    let list = ids
+        .iter()
+        .map(|e| format!("'{e}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!("SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id");
+    let result = async {
+        let ctx = kvwatch_ingest::query::open_session(&s.data).await?;
+        let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql).await?;
+        let batches = df.collect().await?;
+        let mut buf = Vec::new();
+        {
+            let mut w = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
+            for b in &batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        if buf.is_empty() {
+            buf.extend_from_slice(b"[]");
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(buf)
+    }
+    .await;
+    match result {
+        Ok(buf) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")),
     }
 }
