@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// What a key may do. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Alerts, reports, metrics.
@@ -54,19 +54,27 @@ pub enum AuthError {
 }
 
 /// A key as listed: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     pub name: String,
     pub role: Role,
+    /// Nanoseconds since the Unix epoch.
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// Refreshed at most once a minute.
     pub last_used_at: Option<i64>,
 }
 
 /// The key store (`DATA/auth.db`).
 pub struct KeyStore {
     conn: Mutex<Connection>,
+    /// When `last_used_at` was last written per key: it is refreshed at most once a minute,
+    /// so authenticating a request is a read, not a disk write.
+    last_written: Mutex<std::collections::HashMap<String, i64>>,
 }
+
+/// How stale `last_used_at` may be.
+const LAST_USED_RESOLUTION_NS: i64 = 60_000_000_000;
 
 const PREFIX: &str = "kvw_";
 
@@ -86,6 +94,7 @@ impl KeyStore {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA busy_timeout=5000;
+             PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS api_keys (
                  name TEXT PRIMARY KEY,
                  role TEXT NOT NULL,
@@ -97,6 +106,7 @@ impl KeyStore {
         )?;
         Ok(KeyStore {
             conn: Mutex::new(conn),
+            last_written: Mutex::new(Default::default()),
         })
     }
 
@@ -190,10 +200,22 @@ impl KeyStore {
         let Some((name, role)) = found else {
             return Ok(None);
         };
-        conn.execute(
-            "UPDATE api_keys SET last_used_at = ?2 WHERE name = ?1",
-            params![name, now()],
-        )?;
+        let t = now();
+        let due = {
+            let mut seen = self.last_written.lock().unwrap_or_else(|p| p.into_inner());
+            let last = seen.entry(name.clone()).or_insert(i64::MIN);
+            let due = t.saturating_sub(*last) >= LAST_USED_RESOLUTION_NS;
+            if due {
+                *last = t;
+            }
+            due
+        };
+        if due {
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = ?2 WHERE name = ?1",
+                params![name, t],
+            )?;
+        }
         Ok(Some((name, Role::parse(&role)?)))
     }
 }

@@ -1,19 +1,20 @@
 //! The axum router. Authentication is on for everything except the liveness and readiness
-//! probes: a request carries `Authorization: Bearer <key>`, the key's role must cover the
-//! route, and every authenticated call is logged with the key's name (never the key).
+//! probes and the OpenAPI document: a request carries `Authorization: Bearer <key>`, the
+//! key's role must cover the route, and every authenticated call is logged with the key's
+//! name (never the key).
 
 use crate::auth::{KeyStore, Role};
-use axum::extract::{Path as UrlPath, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use crate::forward::SinkStatus;
+use crate::handlers;
+use crate::sql::SqlLimits;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use kvwatch_detect::alert::Status;
-use kvwatch_detect::rule::Severity;
-use kvwatch_detect::store::{AlertFilter, AlertStore};
+use kvwatch_detect::store::{AlertStore, AlertStoreError};
 use kvwatch_ingest::kafka::Metrics as KafkaMetrics;
-use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,8 +31,14 @@ pub struct ApiState {
     pub kafka: Option<Arc<KafkaMetrics>>,
     /// The rules this service evaluates, as `Rule::detail` documents.
     pub rules: Vec<serde_json::Value>,
+    /// The push forwarders this process runs.
+    pub sinks: Vec<Arc<SinkStatus>>,
+    /// Bounds of analyst SQL.
+    pub sql_limits: SqlLimits,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     denied: AtomicU64,
+    /// Idle read-only alert-store connections, reused across requests.
+    readers: Mutex<Vec<AlertStore>>,
 }
 
 impl ApiState {
@@ -41,22 +48,84 @@ impl ApiState {
             keys,
             kafka,
             rules: Vec::new(),
+            sinks: Vec::new(),
+            sql_limits: SqlLimits::default(),
             requests: Mutex::new(BTreeMap::new()),
             denied: AtomicU64::new(0),
+            readers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a pooled read-only alert-store connection, off the async workers.
+    /// `Ok(None)`: there is no alert store yet.
+    pub(crate) async fn read_alerts<T, F>(self: &Arc<Self>, f: F) -> Result<Option<T>, Response>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AlertStore) -> Result<T, AlertStoreError> + Send + 'static,
+    {
+        let s = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let pooled = s.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let store = match pooled {
+                Some(st) => st,
+                None => match AlertStore::open_read_only(&s.data)? {
+                    Some(st) => st,
+                    None => return Ok(None),
+                },
+            };
+            let out = f(&store);
+            let mut pool = s.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < 16 {
+                pool.push(store);
+            }
+            out.map(Some)
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("alert store: {e}"),
+            )),
+            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    }
+
+    /// Runs `f` on a read-write alert-store connection, off the async workers.
+    pub(crate) async fn write_alerts<T, F>(self: &Arc<Self>, f: F) -> Result<T, Response>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AlertStore) -> Result<T, AlertStoreError> + Send + 'static,
+    {
+        let data = self.data.clone();
+        let r = tokio::task::spawn_blocking(move || f(&AlertStore::open(&data)?)).await;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(AlertStoreError::NoSuchAlert(_))) => {
+                Err(error(StatusCode::NOT_FOUND, "no such alert"))
+            }
+            Ok(Err(e)) => Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("alert store: {e}"),
+            )),
+            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         }
     }
 }
 
-type Shared = Arc<ApiState>;
+/// A per-sink metric: name, type, help, and how to read it.
+type SinkFamily = (&'static str, &'static str, &'static str, fn(&SinkStatus) -> i64);
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub type Shared = Arc<ApiState>;
+
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({"error": msg.into()}))).into_response()
 }
 
 /// The caller, put into request extensions by the auth layer.
 #[derive(Clone)]
-struct Caller {
-    name: String,
+pub struct Caller {
+    pub name: String,
 }
 
 async fn authenticate(
@@ -123,45 +192,68 @@ async fn authenticate(
     resp
 }
 
-/// A low-cardinality label for a path: IDs are replaced by `{id}`.
+/// A low-cardinality label for a path: IDs are replaced by `{id}` / `{name}`.
 fn route_family(path: &str) -> String {
-    if path.starts_with("/api/v1/alerts/") && path.ends_with("/events") {
-        "/api/v1/alerts/{id}/events".into()
-    } else if path.starts_with("/api/v1/alerts/") {
-        "/api/v1/alerts/{id}".into()
-    } else if path.starts_with("/api/v1/rules/") {
-        "/api/v1/rules/{id}".into()
-    } else {
-        path.to_owned()
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["", "api", "v1", "alerts", _, "events"] => "/api/v1/alerts/{id}/events".into(),
+        ["", "api", "v1", "alerts", _] => "/api/v1/alerts/{id}".into(),
+        ["", "api", "v1", "rules", _] => "/api/v1/rules/{id}".into(),
+        ["", "api", "v1", "keys", _] => "/api/v1/keys/{name}".into(),
+        ["", "api", "v1", "sinks", _, rest @ ..] => {
+            format!("/api/v1/sinks/{{name}}/{}", rest.join("/"))
+        }
+        _ => path.to_owned(),
     }
 }
 
-/// The router: `/healthz` and `/readyz` open; `/metrics` and `GET` alert endpoints for
-/// readers; alert updates for analysts.
+/// The router: probes and the OpenAPI document open; reading for `reader`, triage and SQL
+/// for `analyst`, keys and dead-letter retries for `admin`.
 pub fn router(state: Shared) -> Router {
+    let layer = |role| middleware::from_fn_with_state((state.clone(), role), authenticate);
     let reader = Router::new()
         .route("/metrics", get(metrics))
-        .route("/api/v1/alerts", get(list_alerts))
-        .route("/api/v1/alerts/{id}", get(get_alert))
-        .route("/api/v1/alerts/{id}/events", get(alert_events))
-        .route("/api/v1/export", get(export))
-        .route("/api/v1/rules", get(list_rules))
-        .route("/api/v1/rules/{id}", get(get_rule))
-        .route_layer(middleware::from_fn_with_state(
-            (state.clone(), Role::Reader),
-            authenticate,
-        ));
+        .route("/api/v1/alerts", get(handlers::list_alerts))
+        .route("/api/v1/alerts/{id}", get(handlers::get_alert))
+        .route("/api/v1/alerts/{id}/events", get(handlers::alert_events))
+        .route("/api/v1/export", get(handlers::export))
+        .route("/api/v1/rules", get(handlers::list_rules))
+        .route("/api/v1/rules/{id}", get(handlers::get_rule))
+        .route("/api/v1/stats", get(handlers::stats))
+        .route("/api/v1/sinks", get(handlers::list_sinks))
+        .route(
+            "/api/v1/sinks/{name}/dead-letters",
+            get(handlers::dead_letters),
+        )
+        .route_layer(layer(Role::Reader));
     let analyst = Router::new()
-        .route("/api/v1/alerts/{id}", axum::routing::patch(patch_alert))
-        .route_layer(middleware::from_fn_with_state(
-            (state.clone(), Role::Analyst),
-            authenticate,
-        ));
+        .route(
+            "/api/v1/alerts/{id}",
+            axum::routing::patch(handlers::patch_alert),
+        )
+        .route("/api/v1/query", post(handlers::query))
+        .route_layer(layer(Role::Analyst));
+    let admin = Router::new()
+        .route(
+            "/api/v1/keys",
+            get(handlers::list_keys).post(handlers::create_key),
+        )
+        .route(
+            "/api/v1/keys/{name}",
+            axum::routing::delete(handlers::revoke_key),
+        )
+        .route(
+            "/api/v1/sinks/{name}/dead-letters/retry",
+            post(handlers::retry_dead_letters),
+        )
+        .route_layer(layer(Role::Admin));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/api/v1/openapi.json", get(handlers::openapi))
         .merge(reader)
         .merge(analyst)
+        .merge(admin)
         .with_state(state)
 }
 
@@ -177,9 +269,9 @@ pub async fn serve(
 }
 
 async fn ready(State(s): State<Shared>) -> Response {
-    match AlertStore::open(&s.data) {
+    match s.read_alerts(|st| st.head_seq()).await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("alert store: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "alert store unavailable"),
     }
 }
 
@@ -258,294 +350,89 @@ async fn metrics(State(s): State<Shared>) -> Response {
             );
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-#[derive(Deserialize)]
-struct ListParams {
-    /// Minimum severity.
-    severity: Option<String>,
-    status: Option<String>,
-    rule: Option<String>,
-    /// RFC 3339: alerts last seen at or after.
-    since: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
-fn open_store(s: &ApiState) -> Result<Option<AlertStore>, Box<Response>> {
-    AlertStore::open_read_only(&s.data).map_err(|e| {
-        Box::new(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("alert store: {e}"),
-        ))
-    })
-}
-
-fn encode_cursor(last_seen: i64, id: &str) -> String {
-    format!("{last_seen}.{id}")
-}
-
-fn decode_cursor(c: &str) -> Option<(i64, String)> {
-    let (t, id) = c.split_once('.')?;
-    Some((t.parse().ok()?, id.to_owned()))
-}
-
-async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -> Response {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
-    let mut f = AlertFilter::default();
-    if let Some(v) = &p.severity {
-        match Severity::parse(v) {
-            Some(x) => f.min_severity = Some(x),
-            None => return bad(format!("unknown severity {v:?}")),
-        }
-    }
-    if let Some(v) = &p.status {
-        match Status::parse(v) {
-            Some(x) => f.status = Some(x),
-            None => return bad(format!("unknown status {v:?}")),
-        }
-    }
-    if let Some(v) = &p.since {
-        match chrono::DateTime::parse_from_rfc3339(v) {
-            Ok(t) => f.since = t.timestamp_nanos_opt(),
-            Err(e) => return bad(format!("since: {e} (RFC 3339 expected)")),
-        }
-    }
-    if let Some(c) = &p.cursor {
-        match decode_cursor(c) {
-            Some(x) => f.after = Some(x),
-            None => return bad("malformed cursor".into()),
-        }
-    }
-    f.rule = p.rule.clone();
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    f.limit = Some(limit);
-    let store = match open_store(&s) {
-        Ok(Some(st)) => st,
-        Ok(None) => return Json(json!({"alerts": [], "next_cursor": null})).into_response(),
-        Err(r) => return *r,
-    };
-    match store.list(&f) {
-        Ok(alerts) => {
-            let next = (alerts.len() == limit)
-                .then(|| alerts.last().map(|a| encode_cursor(a.last_seen, &a.id)))
-                .flatten();
-            Json(json!({"alerts": alerts, "next_cursor": next})).into_response()
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn get_alert(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
-    let store = match open_store(&s) {
-        Ok(Some(st)) => st,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no such alert"),
-        Err(r) => return *r,
-    };
-    match store.get(&id) {
-        Ok(Some(a)) => Json(a).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no such alert"),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Patch {
-    status: String,
-}
-
-async fn patch_alert(
-    State(s): State<Shared>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-    req: Request,
-) -> Response {
-    let caller = req
-        .extensions()
-        .get::<Caller>()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send application/json");
-    }
-    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
-    };
-    let patch: Patch = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
-    };
-    let Some(status) = Status::parse(&patch.status) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown status {:?}", patch.status),
-        );
-    };
-    let store = match AlertStore::open(&s.data) {
-        Ok(st) => st,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let now = kvwatch_ingest::store::now_nanos();
-    match store.set_status(&id, status, now) {
-        Ok(()) => {
-            tracing::info!(alert = %id, status = status.as_str(), key = %caller, "api.alert_updated");
-            match store.get(&id) {
-                Ok(Some(a)) => Json(a).into_response(),
-                _ => error(StatusCode::NOT_FOUND, "no such alert"),
-            }
-        }
-        Err(kvwatch_detect::store::AlertStoreError::NoSuchAlert(_)) => {
-            error(StatusCode::NOT_FOUND, "no such alert")
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-#[derive(Deserialize)]
-struct ExportParams {
-    cursor: Option<String>,
-    format: Option<String>,
-    limit: Option<usize>,
-}
-
-/// Pull delivery for SIEMs: alerts created or changed after `cursor`, oldest change first.
-/// An empty list means caught up; the cursor to send next is always returned (unchanged when
-/// caught up), so a poller never skips a change and never needs to remember anything else.
-async fn export(State(s): State<Shared>, Query(p): Query<ExportParams>) -> Response {
-    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => 0,
-        Some(c) => match c.parse::<i64>() {
-            Ok(v) if v >= 0 => v,
-            _ => return error(StatusCode::BAD_REQUEST, "malformed cursor"),
-        },
-    };
-    let format = p.format.as_deref().unwrap_or("native");
-    if !matches!(format, "native" | "ocsf") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown format {format:?} (native or ocsf)"),
-        );
-    }
-    let limit = p.limit.unwrap_or(500).clamp(1, 5000);
-    // Read-write open: it applies the change-sequence migration to an older alert store.
-    let store = match AlertStore::open(&s.data) {
-        Ok(st) => st,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("alert store: {e}"),
+    if !s.sinks.is_empty() {
+        let head = s
+            .read_alerts(|st| st.head_seq())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let dead: BTreeMap<String, i64> = s
+            .read_alerts(|st| st.dead_letter_counts())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let families: [SinkFamily; 9] = [
+            ("sink_delivered_total", "counter", "alerts delivered", |x| {
+                x.delivered.load(Ordering::Relaxed) as i64
+            }),
+            ("sink_requests_total", "counter", "delivery attempts", |x| {
+                x.requests.load(Ordering::Relaxed) as i64
+            }),
+            (
+                "sink_retries_total",
+                "counter",
+                "failed attempts retried",
+                |x| x.retries.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "sink_dead_lettered_total",
+                "counter",
+                "alerts refused for good",
+                |x| x.dead_lettered.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "sink_skipped_total",
+                "counter",
+                "alerts below min_severity",
+                |x| x.skipped.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "sink_truncated_total",
+                "counter",
+                "UDP syslog messages cut",
+                |x| x.truncated.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "sink_cursor",
+                "gauge",
+                "last change delivered or dead-lettered",
+                |x| x.cursor.load(Ordering::Relaxed),
+            ),
+            (
+                "sink_last_success_timestamp_seconds",
+                "gauge",
+                "time of the last delivery",
+                |x| x.last_success.load(Ordering::Relaxed),
+            ),
+            ("sink_up", "gauge", "1 while the sink thread runs", |x| {
+                i64::from(!x.stopped.load(Ordering::Relaxed))
+            }),
+        ];
+        for (name, kind, help, get) in families {
+            let _ = writeln!(
+                out,
+                "# HELP kvwatch_{name} {help}\n# TYPE kvwatch_{name} {kind}"
             );
-        }
-    };
-    match store.changes(after, limit) {
-        Ok(rows) => {
-            let next = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
-            let alerts: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(_, a)| {
-                    if format == "ocsf" {
-                        a.to_ocsf()
-                    } else {
-                        serde_json::to_value(a).unwrap_or_default()
-                    }
-                })
-                .collect();
-            Json(json!({"alerts": alerts, "next_cursor": next.to_string()})).into_response()
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// Summaries of the rules (the detail without description and parameters).
-async fn list_rules(State(s): State<Shared>) -> Response {
-    let keep = [
-        "id",
-        "title",
-        "severity",
-        "window",
-        "suppression",
-        "tactics",
-        "techniques",
-        "tests",
-        "enabled",
-        "file",
-    ];
-    let rules: Vec<serde_json::Value> = s
-        .rules
-        .iter()
-        .map(|r| {
-            keep.iter()
-                .filter_map(|k| r.get(*k).map(|v| ((*k).to_owned(), v.clone())))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
-        })
-        .collect();
-    Json(json!({"rules": rules})).into_response()
-}
-
-async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
-    match s.rules.iter().find(|r| r["id"] == id.as_str()) {
-        Some(r) => Json(r.clone()).into_response(),
-        None => error(StatusCode::NOT_FOUND, "no such rule"),
-    }
-}
-
-/// The evidence events of an alert (the IDs it keeps, up to its evidence cap), oldest first,
-/// as `events` rows.
-async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
-    let alert = match open_store(&s) {
-        Ok(Some(st)) => match st.get(&id) {
-            Ok(Some(a)) => a,
-            Ok(None) => return error(StatusCode::NOT_FOUND, "no such alert"),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no such alert"),
-        Err(r) => return *r,
-    };
-    // Event IDs are our own hex hashes; anything else is not put into SQL.
-    let ids: Vec<&String> = alert
-        .evidence
-        .iter()
-        .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
-        .collect();
-    if ids.is_empty() || !s.data.join(kvwatch_ingest::store::MANIFEST).exists() {
-        return Json(json!([])).into_response();
-    }
-    let list = ids
-        .iter()
-        .map(|e| format!("'{e}'"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let sql = format!("SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id");
-    let result = async {
-        let ctx = kvwatch_ingest::query::open_session(&s.data).await?;
-        let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql).await?;
-        let batches = df.collect().await?;
-        let mut buf = Vec::new();
-        {
-            let mut w = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
-            for b in &batches {
-                w.write(b)?;
+            for x in &s.sinks {
+                let _ = writeln!(out, "kvwatch_{name}{{sink=\"{}\"}} {}", x.name, get(x));
             }
-            w.finish()?;
         }
-        if buf.is_empty() {
-            buf.extend_from_slice(b"[]");
+        out.push_str(
+            "# HELP kvwatch_sink_lag changes not yet delivered\n# TYPE kvwatch_sink_lag gauge\n",
+        );
+        for x in &s.sinks {
+            let lag = (head - x.cursor.load(Ordering::Relaxed)).max(0);
+            let _ = writeln!(out, "kvwatch_sink_lag{{sink=\"{}\"}} {lag}", x.name);
         }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(buf)
+        out.push_str("# HELP kvwatch_sink_dead_letters alerts on the dead-letter list\n# TYPE kvwatch_sink_dead_letters gauge\n");
+        for x in &s.sinks {
+            let n = dead.get(&x.name).copied().unwrap_or(0);
+            let _ = writeln!(out, "kvwatch_sink_dead_letters{{sink=\"{}\"}} {n}", x.name);
+        }
     }
-    .await;
-    match result {
-        Ok(buf) => ([(header::CONTENT_TYPE, "application/json")], buf).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")),
-    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -31,6 +31,20 @@ pub struct Config {
     /// Per-rule settings: `[rules.<rule-id>]` with `enabled` and a `params` table.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleConfig>,
+    /// SIEM forwarders of `kvwatch serve`: `[[sinks]]` tables, checked by
+    /// `kvwatch_api::forward::parse_sink`.
+    #[serde(default)]
+    pub sinks: Vec<toml::Value>,
+}
+
+impl Config {
+    /// The `[[sinks]]` tables as JSON values, for the forwarder's parser.
+    pub fn sinks_json(&self) -> Result<Vec<serde_json::Value>> {
+        self.sinks
+            .iter()
+            .map(|v| serde_json::to_value(v).context("[[sinks]] entry"))
+            .collect()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +63,12 @@ pub struct DetectConfig {
 pub struct ApiConfig {
     /// Address the API listens on.
     pub listen: Option<String>,
+    /// Rows an analyst query returns at most.
+    pub sql_max_rows: Option<usize>,
+    /// Seconds an analyst query may run.
+    pub sql_timeout_secs: Option<u64>,
+    /// Memory an analyst query may hold, in MiB.
+    pub sql_memory_mb: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

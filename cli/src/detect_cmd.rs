@@ -512,7 +512,11 @@ pub fn cmd_alert(data: &Path, a: AlertArgs) -> Result<ExitCode> {
     };
     if let Some(s) = &a.set_status {
         let st = Status::parse(s).with_context(|| format!("unknown status {s:?}"))?;
-        store.set_status(&alert.id, st, kvwatch_ingest::store::now_nanos())?;
+        let actor = format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        );
+        store.set_status(&alert.id, st, &actor, kvwatch_ingest::store::now_nanos())?;
         tracing::info!(alert = %alert.id, status = st.as_str(), "alert.status_changed");
     }
     let alert = store.get(&alert.id)?.context("alert vanished")?;

@@ -3,7 +3,7 @@
 
 use crate::StoreArgs;
 use crate::config::{Config, KafkaConfig};
-use crate::detect_cmd::{self, Shutdown};
+use crate::detect_cmd::Shutdown;
 use crate::output::{Format, kv_table, thousands};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -98,11 +98,11 @@ pub struct ConsumeFlags {
 
 impl ConsumeFlags {
     /// Whether any Kafka source is configured (for `serve`).
-    fn configured(&self, cfg: &KafkaConfig) -> bool {
+    pub(crate) fn configured(&self, cfg: &KafkaConfig) -> bool {
         self.client.brokers.is_some() || cfg.brokers.is_some()
     }
 
-    fn options(&self, cfg: &KafkaConfig) -> Result<ConsumeOptions> {
+    pub(crate) fn options(&self, cfg: &KafkaConfig) -> Result<ConsumeOptions> {
         let d = ConsumeOptions::default();
         let topics = if self.topics.is_empty() {
             cfg.topics.clone()
@@ -196,21 +196,8 @@ pub struct PublishArgs {
     format: Format,
 }
 
-#[derive(Args)]
-pub struct ServeArgs {
-    /// Address of the HTTP API [default: 127.0.0.1:8080].
-    #[arg(long, env = "KVWATCH_LISTEN")]
-    listen: Option<String>,
-    #[command(flatten)]
-    consume: ConsumeFlags,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    detect: detect_cmd::FollowArgs,
-}
-
 /// Starts the consumer on its own thread; `stop` ends it gracefully.
-fn spawn_consumer(
+pub(crate) fn spawn_consumer(
     data: &Path,
     cfg: &Config,
     store: &StoreArgs,
@@ -268,7 +255,7 @@ pub async fn cmd_consume(data: &Path, cfg: &Config, a: ConsumeArgs) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_consume_report(r: &ConsumeReport, format: Format) -> Result<()> {
+pub(crate) fn print_consume_report(r: &ConsumeReport, format: Format) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if format == Format::Json {
         writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
@@ -356,75 +343,6 @@ pub async fn cmd_publish(cfg: &Config, a: PublishArgs) -> Result<ExitCode> {
             ],
         )?;
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The all-in-one service: the Kafka source (when configured) and continuous detection in one
-/// process, stopped gracefully by SIGINT/SIGTERM.
-pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
-    // Before anything slow: a SIGTERM during start-up still stops the service gracefully.
-    let mut shutdown = Shutdown::new()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::default());
-    let listen = a
-        .listen
-        .clone()
-        .or_else(|| cfg.api.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let keys = kvwatch_api::KeyStore::open(data)?;
-    if keys.list()?.iter().all(|k| k.revoked_at.is_some()) {
-        eprintln!(
-            "serve: no active API keys; every API call will be refused until you run `kvwatch apikey create --role reader --name NAME`"
-        );
-    }
-    eprintln!("serve: API on http://{}", listener.local_addr()?);
-    let mut state = kvwatch_api::ApiState::new(
-        data.to_owned(),
-        keys,
-        a.consume.configured(&cfg.kafka).then(|| metrics.clone()),
-    );
-    state.rules = detect_cmd::load_rules(cfg, &a.detect.source, true)
-        .await?
-        .iter()
-        .map(|r| r.detail())
-        .collect();
-    let state = Arc::new(state);
-    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(kvwatch_api::serve(listener, state, async move {
-        let _ = api_stopped.await;
-    }));
-    let consumer = if a.consume.configured(&cfg.kafka) {
-        let opts = a.consume.options(&cfg.kafka)?;
-        Some(spawn_consumer(
-            data,
-            cfg,
-            &a.store,
-            opts,
-            metrics.clone(),
-            stop.clone(),
-        )?)
-    } else {
-        eprintln!("serve: no Kafka source configured; running detection over the store only");
-        None
-    };
-    let detect = detect_cmd::follow(data, cfg, &a.detect, &mut shutdown, || {
-        // A consumer that died (store full, bad credentials at start) stops the service.
-        consumer.as_ref().is_some_and(|c| c.is_finished())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let _ = api_stop.send(());
-    api.await?.context("HTTP API")?;
-    if let Some(c) = consumer {
-        let report = tokio::task::spawn_blocking(move || c.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
-        print_consume_report(&report, Format::Table)?;
-    }
-    detect?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -517,75 +435,4 @@ pub fn round_trip(
         records_per_sec: r.records as f64 / elapsed.max(1e-9),
         ..Default::default()
     })
-}
-
-#[derive(clap::Subcommand)]
-pub enum ApikeyCmd {
-    /// Create a key; its secret is printed once and stored only as a hash.
-    Create {
-        /// reader (alerts, reports, metrics), analyst (+ alert updates, SQL), admin (+ keys, rules).
-        #[arg(long)]
-        role: String,
-        /// A name for the key, shown in the API's logs (letters, digits, '-', '_', '.').
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
-        format: Format,
-    },
-    /// List keys (never their secrets).
-    List {
-        #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
-        format: Format,
-    },
-    /// Revoke a key by name; it stops working at once.
-    Revoke { name: String },
-}
-
-pub fn cmd_apikey(data: &Path, c: ApikeyCmd) -> Result<ExitCode> {
-    let keys = kvwatch_api::KeyStore::open(data)?;
-    let mut out = std::io::stdout().lock();
-    match c {
-        ApikeyCmd::Create { role, name, format } => {
-            let role = kvwatch_api::Role::parse(&role)?;
-            let secret = keys.create(&name, role)?;
-            if format == Format::Json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"name": name, "role": role, "key": secret})
-                )?;
-            } else {
-                writeln!(out, "{secret}")?;
-                eprintln!(
-                    "apikey: created {name} ({}); the key above is shown only now",
-                    role.as_str()
-                );
-            }
-        }
-        ApikeyCmd::List { format } => {
-            let list = keys.list()?;
-            if format == Format::Json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
-            } else {
-                for k in list {
-                    writeln!(
-                        out,
-                        "{:<24} {:<8} {}",
-                        k.name,
-                        k.role.as_str(),
-                        if k.revoked_at.is_some() {
-                            "revoked"
-                        } else {
-                            "active"
-                        }
-                    )?;
-                }
-            }
-        }
-        ApikeyCmd::Revoke { name } => {
-            keys.revoke(&name)?;
-            eprintln!("apikey: revoked {name}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ mod demo;
 mod detect_cmd;
 mod kafka_cmd;
 mod output;
+mod serve_cmd;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -45,10 +46,15 @@ enum Cmd {
     /// Publish log files to a Kafka topic as Azure-shaped envelope messages.
     Publish(kafka_cmd::PublishArgs),
     /// Run the service: the HTTP API, the Kafka source (when configured) and continuous detection.
-    Serve(kafka_cmd::ServeArgs),
+    Serve(serve_cmd::ServeArgs),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
-    Apikey(kafka_cmd::ApikeyCmd),
+    Apikey(serve_cmd::ApikeyCmd),
+    /// The SIEM forwarders of the config file: cursors, lag, dead letters, retries.
+    #[command(subcommand)]
+    Sinks(serve_cmd::SinksCmd),
+    /// Print the OpenAPI 3.1 document of the HTTP API.
+    Openapi,
     /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts` and `azure_diagnostics`.
     Query(QueryArgs),
     /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
@@ -292,8 +298,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ingest(a) => rt.block_on(cmd_ingest(&data, &cfg, a)),
         Cmd::Consume(a) => rt.block_on(kafka_cmd::cmd_consume(&data, &cfg, a)),
         Cmd::Publish(a) => rt.block_on(kafka_cmd::cmd_publish(&cfg, a)),
-        Cmd::Serve(a) => rt.block_on(kafka_cmd::cmd_serve(&data, &cfg, a)),
-        Cmd::Apikey(c) => kafka_cmd::cmd_apikey(&data, c),
+        Cmd::Serve(a) => rt.block_on(serve_cmd::cmd_serve(&data, &cfg, a)),
+        Cmd::Apikey(c) => serve_cmd::cmd_apikey(&data, c),
+        Cmd::Sinks(c) => serve_cmd::cmd_sinks(&data, &cfg, c),
+        Cmd::Openapi => {
+            println!("{}", kvwatch_api::handlers::openapi_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Query(a) => rt.block_on(cmd_query(&data, a)),
         Cmd::Detect(a) => rt.block_on(detect_cmd::cmd_detect(&data, &cfg, a)),
         Cmd::Alerts(a) => detect_cmd::cmd_alerts(&data, a),

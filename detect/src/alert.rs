@@ -9,7 +9,19 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// A principal named by an alert.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Principal {
     #[serde(default)]
     pub oid: Option<String>,
@@ -70,7 +82,7 @@ pub struct Occurrence {
 }
 
 /// Alert workflow state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     New,
@@ -110,7 +122,7 @@ impl Status {
     }
 }
 
-fn ts<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts<S: serde::Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_ns(*v))
 }
 
@@ -121,7 +133,7 @@ fn de_ts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 }
 
 /// An alert as stored and as printed by `kvwatch alerts --format json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     pub id: String,
     pub rule_id: String,
@@ -129,12 +141,16 @@ pub struct Alert {
     pub severity: Severity,
     pub status: Status,
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
+    #[schema(value_type = String, format = DateTime)]
     pub first_seen: i64,
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
+    #[schema(value_type = String, format = DateTime)]
     pub last_seen: i64,
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
     pub event_count: i64,
     /// How many rule windows folded into this alert (1 = not folded).
@@ -151,6 +167,9 @@ pub struct Alert {
     /// Event IDs behind the alert (capped; see `evidence_truncated`).
     pub evidence: Vec<String>,
     pub evidence_truncated: bool,
+    /// The analyst the alert is assigned to.
+    #[serde(default)]
+    pub assignee: Option<String>,
 }
 
 impl Alert {

@@ -19,4 +19,7 @@ pub mod udf;
 pub use alert::{Alert, Occurrence, Principal, Status};
 pub use engine::{Engine, EngineError};
 pub use rule::{Param, Rule, RuleError, Severity};
-pub use store::{AlertFilter, AlertStore, AlertStoreError, ApplyStats};
+pub use store::{
+    AlertCounts, AlertFilter, AlertSort, AlertStore, AlertStoreError, AlertUpdate, ApplyStats,
+    DeadLetter, HistoryEntry,
+};

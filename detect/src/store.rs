@@ -111,7 +111,92 @@ CREATE TRIGGER alerts_change_on_update AFTER UPDATE OF status, severity, last_se
     WHERE id = NEW.id;
 END;
 "#,
+    // Triage and delivery state. `assignee` and the `alert_history` audit trail record who
+    // changed what; `sink_cursors` holds each forwarder's last delivered change number and
+    // `sink_dead_letters` the alerts a sink refused for good (never counted as delivered).
+    r#"
+ALTER TABLE alerts ADD COLUMN assignee TEXT;
+CREATE INDEX alerts_by_time_id ON alerts (last_seen, id);
+DROP TRIGGER alerts_change_on_update;
+CREATE TRIGGER alerts_change_on_update AFTER UPDATE OF status, assignee, severity, last_seen,
+    event_count, occurrences, summary, evidence, updated_at ON alerts BEGIN
+    UPDATE alerts SET change_seq = (SELECT coalesce(max(change_seq), 0) + 1 FROM alerts)
+    WHERE id = NEW.id;
+END;
+CREATE TABLE alert_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    old TEXT,
+    new TEXT
+);
+CREATE INDEX alert_history_by_alert ON alert_history (alert_id, seq);
+CREATE TABLE sink_cursors (
+    sink TEXT PRIMARY KEY,
+    change_seq INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE sink_dead_letters (
+    sink TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    change_seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    http_status INTEGER,
+    error TEXT NOT NULL,
+    retry INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sink, alert_id)
+);
+"#,
 ];
+
+/// One entry of an alert's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct HistoryEntry {
+    #[serde(serialize_with = "crate::alert::ts")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: i64,
+    /// The API key name (or `cli:<user>`) that made the change.
+    pub actor: String,
+    /// `status`, `assignee` or `comment`.
+    pub action: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// An analyst's change to an alert; `None` fields are left alone.
+#[derive(Debug, Clone, Default)]
+pub struct AlertUpdate {
+    pub status: Option<Status>,
+    /// `Some(None)` clears the assignee.
+    pub assignee: Option<Option<String>>,
+    pub comment: Option<String>,
+}
+
+/// An alert a sink refused permanently.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub sink: String,
+    pub alert_id: String,
+    pub change_seq: i64,
+    #[serde(serialize_with = "crate::alert::ts")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: i64,
+    pub http_status: Option<i64>,
+    pub error: String,
+    /// An operator asked for it to be sent again.
+    pub retry: bool,
+}
+
+/// Counts for `/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AlertCounts {
+    pub by_severity: std::collections::BTreeMap<String, i64>,
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    pub by_rule: std::collections::BTreeMap<String, i64>,
+    pub total: i64,
+}
 
 /// What applying one evaluation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -144,9 +229,75 @@ pub struct AlertFilter {
     pub rule: Option<String>,
     pub status: Option<Status>,
     pub limit: Option<usize>,
-    /// Keyset cursor: only alerts after this `(last_seen, id)` in the listing order
-    /// (newest first), so pages stay stable while new alerts arrive.
+    /// Keyset cursor: only alerts after this `(sort value, id)` in the listing order, so
+    /// pages stay stable while new alerts arrive.
     pub after: Option<(i64, String)>,
+    /// Alerts whose `last_seen` is before this time (ns).
+    pub until: Option<i64>,
+    /// Alerts naming this vault (case-insensitive).
+    pub vault: Option<String>,
+    /// Alerts naming this principal by UPN, object ID or app ID (case-insensitive).
+    pub principal: Option<String>,
+    /// Alerts naming this caller IP.
+    pub ip: Option<String>,
+    /// Substring of title, summary, description or dedup key (case-insensitive).
+    pub text: Option<String>,
+    pub assignee: Option<String>,
+    /// Listing order; the default is newest `last_seen` first.
+    pub sort: AlertSort,
+}
+
+/// The orders alerts can be listed in. Every order ends with the alert ID so that keyset
+/// pagination is total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AlertSort {
+    #[default]
+    LastSeenDesc,
+    LastSeenAsc,
+    CreatedDesc,
+    CreatedAsc,
+    SeverityDesc,
+    SeverityAsc,
+    EventsDesc,
+    EventsAsc,
+}
+
+impl AlertSort {
+    pub const ALL: [(&'static str, AlertSort); 8] = [
+        ("-last_seen", AlertSort::LastSeenDesc),
+        ("last_seen", AlertSort::LastSeenAsc),
+        ("-created_at", AlertSort::CreatedDesc),
+        ("created_at", AlertSort::CreatedAsc),
+        ("-severity", AlertSort::SeverityDesc),
+        ("severity", AlertSort::SeverityAsc),
+        ("-event_count", AlertSort::EventsDesc),
+        ("event_count", AlertSort::EventsAsc),
+    ];
+    pub fn parse(s: &str) -> Option<AlertSort> {
+        Self::ALL.iter().find(|(n, _)| *n == s.trim()).map(|x| x.1)
+    }
+    /// Column and direction.
+    fn column(self) -> (&'static str, bool) {
+        match self {
+            AlertSort::LastSeenDesc => ("last_seen", true),
+            AlertSort::LastSeenAsc => ("last_seen", false),
+            AlertSort::CreatedDesc => ("created_at", true),
+            AlertSort::CreatedAsc => ("created_at", false),
+            AlertSort::SeverityDesc => ("severity_rank", true),
+            AlertSort::SeverityAsc => ("severity_rank", false),
+            AlertSort::EventsDesc => ("event_count", true),
+            AlertSort::EventsAsc => ("event_count", false),
+        }
+    }
+    /// The value of the sort column for `a` (the keyset cursor's first half).
+    pub fn key(self, a: &Alert) -> i64 {
+        match self {
+            AlertSort::LastSeenDesc | AlertSort::LastSeenAsc => a.last_seen,
+            AlertSort::CreatedDesc | AlertSort::CreatedAsc => a.created_at,
+            AlertSort::SeverityDesc | AlertSort::SeverityAsc => rank(a.severity),
+            AlertSort::EventsDesc | AlertSort::EventsAsc => a.event_count,
+        }
+    }
 }
 
 /// The SQLite alert store.
@@ -363,35 +514,68 @@ impl AlertStore {
         Ok(())
     }
 
-    /// Lists alerts, most recent `last_seen` first.
+    /// Lists alerts in `f.sort` order (most recent `last_seen` first by default).
     pub fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
         let mut sql = String::from("SELECT * FROM alerts WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        // Binds a value and returns its numbered placeholder, so a value can be used twice.
+        let mut bind = |v: rusqlite::types::Value| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
         if let Some(s) = f.since {
-            sql.push_str(" AND last_seen >= ?");
-            args.push(s.into());
+            sql += &format!(" AND last_seen >= {}", bind(s.into()));
+        }
+        if let Some(s) = f.until {
+            sql += &format!(" AND last_seen < {}", bind(s.into()));
         }
         if let Some(s) = f.min_severity {
-            sql.push_str(" AND severity_rank >= ?");
-            args.push(rank(s).into());
+            sql += &format!(" AND severity_rank >= {}", bind(rank(s).into()));
         }
         if let Some(r) = &f.rule {
-            sql.push_str(" AND rule_id = ?");
-            args.push(r.clone().into());
+            sql += &format!(" AND rule_id = {}", bind(r.clone().into()));
         }
         if let Some(s) = f.status {
-            sql.push_str(" AND status = ?");
-            args.push(s.as_str().to_owned().into());
+            sql += &format!(" AND status = {}", bind(s.as_str().to_owned().into()));
         }
-        if let Some((t, id)) = &f.after {
-            sql.push_str(" AND (last_seen < ? OR (last_seen = ? AND id > ?))");
-            args.push((*t).into());
-            args.push((*t).into());
-            args.push(id.clone().into());
+        if let Some(a) = &f.assignee {
+            sql += &format!(" AND assignee = {}", bind(a.clone().into()));
         }
-        sql.push_str(" ORDER BY last_seen DESC, id");
+        if let Some(v) = &f.vault {
+            let p = bind(v.to_lowercase().into());
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM json_each(alerts.vaults) WHERE lower(value) = {p})"
+            );
+        }
+        if let Some(ip) = &f.ip {
+            let p = bind(ip.clone().into());
+            sql += &format!(" AND EXISTS (SELECT 1 FROM json_each(alerts.ips) WHERE value = {p})");
+        }
+        if let Some(who) = &f.principal {
+            let p = bind(who.to_lowercase().into());
+            sql += &format!(
+                " AND EXISTS (SELECT 1 FROM json_each(alerts.principals) AS p WHERE \
+                 lower(p.value ->> '$.upn') = {p} OR lower(p.value ->> '$.oid') = {p} \
+                 OR lower(p.value ->> '$.appid') = {p})"
+            );
+        }
+        if let Some(t) = &f.text {
+            let p = bind(t.to_lowercase().into());
+            sql += &format!(
+                " AND (instr(lower(title), {p}) > 0 OR instr(lower(summary), {p}) > 0 \
+                 OR instr(lower(description), {p}) > 0 OR instr(lower(dedup_key), {p}) > 0)"
+            );
+        }
+        let (column, desc) = f.sort.column();
+        if let Some((v, id)) = &f.after {
+            let (pv, pid) = (bind((*v).into()), bind(id.clone().into()));
+            let cmp = if desc { "<" } else { ">" };
+            sql += &format!(" AND ({column} {cmp} {pv} OR ({column} = {pv} AND id > {pid}))");
+        }
+        let dir = if desc { "DESC" } else { "ASC" };
+        sql += &format!(" ORDER BY {column} {dir}, id");
         if let Some(l) = f.limit {
-            sql.push_str(&format!(" LIMIT {l}"));
+            sql += &format!(" LIMIT {l}");
         }
         let mut st = self.conn.prepare(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(args), row_to_raw)?;
@@ -432,15 +616,225 @@ impl AlertStore {
             .transpose()
     }
 
-    /// Changes an alert's workflow status.
-    pub fn set_status(&self, id: &str, status: Status, now: i64) -> Result<()> {
-        let n = self.conn.execute(
-            "UPDATE alerts SET status = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, status.as_str(), now],
-        )?;
-        if n == 0 {
+    /// Changes an alert's workflow status (recorded in its history as `actor`).
+    pub fn set_status(&self, id: &str, status: Status, actor: &str, now: i64) -> Result<()> {
+        let update = AlertUpdate {
+            status: Some(status),
+            ..Default::default()
+        };
+        self.update(id, &update, actor, now)
+    }
+
+    /// Applies an analyst's update in one transaction, with one history entry per field
+    /// that changed (and one per comment).
+    pub fn update(&self, id: &str, u: &AlertUpdate, actor: &str, now: i64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let current: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT status, assignee FROM alerts WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((old_status, old_assignee)) = current else {
             return Err(AlertStoreError::NoSuchAlert(id.to_owned()));
+        };
+        let history = |action: &str, old: Option<&str>, new: Option<&str>| {
+            tx.execute(
+                "INSERT INTO alert_history (alert_id, at, actor, action, old, new) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, now, actor, action, old, new],
+            )
+        };
+        let mut changed = false;
+        if let Some(s) = u.status.filter(|s| s.as_str() != old_status) {
+            history("status", Some(&old_status), Some(s.as_str()))?;
+            changed = true;
         }
+        if let Some(a) = u.assignee.as_ref().filter(|a| **a != old_assignee) {
+            history("assignee", old_assignee.as_deref(), a.as_deref())?;
+            changed = true;
+        }
+        if let Some(c) = &u.comment {
+            history("comment", None, Some(c))?;
+            changed = true;
+        }
+        if changed {
+            tx.execute(
+                "UPDATE alerts SET status = ?2, assignee = ?3, updated_at = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    u.status.map(Status::as_str).unwrap_or(&old_status),
+                    u.assignee.clone().unwrap_or(old_assignee),
+                    now
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The audit trail of one alert, oldest first.
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT at, actor, action, old, new FROM alert_history WHERE alert_id = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map(params![id], |r| {
+            Ok(HistoryEntry {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                old: r.get(3)?,
+                new: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The newest change number (0 for an empty store).
+    pub fn head_seq(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(change_seq), 0) FROM alerts", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Alert counts by severity, status and rule, for alerts last seen in `[from, to)`.
+    pub fn counts(&self, from: i64, to: i64) -> Result<AlertCounts> {
+        let mut c = AlertCounts::default();
+        for (col, map) in [
+            ("severity", &mut c.by_severity),
+            ("status", &mut c.by_status),
+            ("rule_id", &mut c.by_rule),
+        ] {
+            let mut st = self.conn.prepare(&format!(
+                "SELECT {col}, count(*) FROM alerts WHERE last_seen >= ?1 AND last_seen < ?2 GROUP BY {col}"
+            ))?;
+            let rows = st.query_map(params![from, to], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            for r in rows {
+                let (k, n) = r?;
+                map.insert(k, n);
+            }
+        }
+        c.total = c.by_status.values().sum();
+        Ok(c)
+    }
+
+    /// The last change number delivered to `sink` (0 when it has delivered nothing).
+    pub fn sink_cursor(&self, sink: &str) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT change_seq FROM sink_cursors WHERE sink = ?1",
+                params![sink],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Records that `sink` has everything up to change `seq`. Never moves a cursor back.
+    pub fn set_sink_cursor(&self, sink: &str, seq: i64, now: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO sink_cursors (sink, change_seq, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (sink) DO UPDATE SET change_seq = max(change_seq, ?2), updated_at = ?3",
+            params![sink, seq, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records alerts a sink refused for good. A later refusal of the same alert replaces
+    /// the earlier entry.
+    pub fn add_dead_letters(
+        &self,
+        sink: &str,
+        alerts: &[(i64, &str)],
+        http_status: Option<u16>,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut st = tx.prepare(
+                "INSERT OR REPLACE INTO sink_dead_letters \
+                 (sink, alert_id, change_seq, at, http_status, error, retry) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+            )?;
+            for (seq, id) in alerts {
+                st.execute(params![sink, id, seq, now, http_status, error])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Dead letters, newest first; all sinks when `sink` is `None`.
+    pub fn dead_letters(&self, sink: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut st = self.conn.prepare(
+            "SELECT sink, alert_id, change_seq, at, http_status, error, retry FROM sink_dead_letters \
+             WHERE ?1 IS NULL OR sink = ?1 ORDER BY at DESC, alert_id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![sink, limit as i64], |r| {
+            Ok(DeadLetter {
+                sink: r.get(0)?,
+                alert_id: r.get(1)?,
+                change_seq: r.get(2)?,
+                at: r.get(3)?,
+                http_status: r.get(4)?,
+                error: r.get(5)?,
+                retry: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Dead-letter counts per sink.
+    pub fn dead_letter_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT sink, count(*) FROM sink_dead_letters GROUP BY sink ORDER BY sink")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a sink's dead letters for another delivery attempt; returns how many.
+    pub fn retry_dead_letters(&self, sink: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE sink_dead_letters SET retry = 1 WHERE sink = ?1 AND retry = 0",
+            params![sink],
+        )?)
+    }
+
+    /// The alerts of `sink`'s dead letters that are marked for retry, with their current
+    /// change numbers.
+    pub fn retry_queue(&self, sink: &str, limit: usize) -> Result<Vec<(i64, Alert)>> {
+        let mut st = self.conn.prepare(
+            "SELECT a.* FROM sink_dead_letters d JOIN alerts a ON a.id = d.alert_id \
+             WHERE d.sink = ?1 AND d.retry = 1 ORDER BY a.change_seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![sink, limit as i64], |r| {
+            Ok((r.get::<_, i64>("change_seq")?, row_to_raw(r)?))
+        })?;
+        rows.map(|r| {
+            let (seq, raw) = r.map_err(AlertStoreError::from)?;
+            Ok((seq, raw.into_alert()?))
+        })
+        .collect()
+    }
+
+    /// Removes dead letters that have now been delivered.
+    pub fn remove_dead_letters(&self, sink: &str, alert_ids: &[&str]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        for id in alert_ids {
+            tx.execute(
+                "DELETE FROM sink_dead_letters WHERE sink = ?1 AND alert_id = ?2",
+                params![sink, id],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -554,6 +948,7 @@ struct RawAlert {
     summary: String,
     evidence: String,
     evidence_truncated: bool,
+    assignee: Option<String>,
 }
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAlert> {
@@ -580,6 +975,7 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAlert> {
         summary: r.get("summary")?,
         evidence: r.get("evidence")?,
         evidence_truncated: r.get("evidence_truncated")?,
+        assignee: r.get("assignee")?,
     })
 }
 
@@ -608,6 +1004,7 @@ impl RawAlert {
             occurrences: self.occurrences,
             summary: self.summary,
             evidence_truncated: self.evidence_truncated,
+            assignee: self.assignee,
         })
     }
 }

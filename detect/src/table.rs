@@ -29,6 +29,7 @@ pub fn alerts_schema() -> SchemaRef {
         s("title"),
         s("severity"),
         s("status"),
+        Field::new("assignee", DataType::Utf8, true),
         t("first_seen"),
         t("last_seen"),
         t("created_at"),
@@ -77,6 +78,9 @@ pub fn alerts_batch(a: &[Alert]) -> RecordBatch {
         strings(a.iter().map(|x| x.title.as_str())),
         strings(a.iter().map(|x| x.severity.as_str())),
         strings(a.iter().map(|x| x.status.as_str())),
+        Arc::new(StringArray::from_iter(
+            a.iter().map(|x| x.assignee.as_deref()),
+        )),
         times(a.iter().map(|x| x.first_seen)),
         times(a.iter().map(|x| x.last_seen)),
         times(a.iter().map(|x| x.created_at)),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -16,7 +16,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn key(data: &Path, role: &str, name: &str) -> String {
+pub fn key(data: &Path, role: &str, name: &str) -> String {
     let r = run(
         data,
         &[
@@ -30,14 +30,27 @@ fn key(data: &Path, role: &str, name: &str) -> String {
 
 /// Starts `serve` on a free port (no Kafka) and returns it with its base URL; the caller
 /// stops it and waits for it.
-#[allow(clippy::zombie_processes)]
 fn serve(data: &Path) -> (Child, String) {
-    let log = data.join("serve.log");
+    serve_with(data, &[], "serve.log")
+}
+
+/// `serve` with extra global arguments (e.g. `--config`), logging to `data/<log>`.
+#[allow(clippy::zombie_processes)]
+pub fn serve_with(data: &Path, global: &[&str], log: &str) -> (Child, String) {
+    let log = data.join(log);
+    std::fs::create_dir_all(data).unwrap();
     let mut child = bin()
         .arg("--data")
         .arg(data)
+        .args(global)
         .args(["--log", "info", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--interval", "3600", "--no-models"])
+        .args([
+            "--interval",
+            "3600",
+            "--no-models",
+            "--sql-timeout-secs",
+            "3",
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -58,7 +71,7 @@ fn serve(data: &Path) -> (Child, String) {
     }
 }
 
-fn get(url: &str, key: Option<&str>) -> (u16, Value) {
+pub fn get(url: &str, key: Option<&str>) -> (u16, Value) {
     let mut req = agent().get(url);
     if let Some(k) = key {
         req = req.header("Authorization", &format!("Bearer {k}"));
@@ -72,15 +85,29 @@ fn get(url: &str, key: Option<&str>) -> (u16, Value) {
     )
 }
 
-fn patch(url: &str, key: &str, body: Value) -> (u16, Value) {
-    let mut r = agent()
-        .patch(url)
+pub fn patch(url: &str, key: &str, body: Value) -> (u16, Value) {
+    send("PATCH", url, key, body)
+}
+
+pub fn post(url: &str, key: &str, body: Value) -> (u16, Value) {
+    send("POST", url, key, body)
+}
+
+fn send(method: &str, url: &str, key: &str, body: Value) -> (u16, Value) {
+    let req = match method {
+        "POST" => agent().post(url),
+        _ => agent().patch(url),
+    };
+    let mut r = req
         .header("Authorization", &format!("Bearer {key}"))
         .send_json(body)
         .unwrap();
     let status = r.status().as_u16();
-    let v = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
-    (status, v)
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[test]
@@ -240,8 +267,20 @@ fn api_keys_roles_alert_listing_and_updates() {
     let changed = changed["alerts"].as_array().unwrap();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0]["class_uid"], 2004, "OCSF Detection Finding");
-    assert_eq!(get(&format!("{export}?format=cef"), Some(&reader)).0, 400);
+    let (code, cef) = get(&format!("{export}?format=cef&limit=2"), Some(&reader));
+    assert_eq!(code, 200);
+    assert!(
+        cef["alerts"][0]
+            .as_str()
+            .is_some_and(|c| c.starts_with("CEF:0|kvwatch|kvwatch|")),
+        "{cef}"
+    );
+    assert_eq!(get(&format!("{export}?format=leef"), Some(&reader)).0, 400);
     assert_eq!(get(&format!("{export}?cursor=-3"), Some(&reader)).0, 400);
+
+    triage_filters_and_audit_trail(&base, &reader, &data, &all);
+    analyst_sql(&base, &reader, &data);
+    stats_openapi_and_admin(&base, &reader, &data);
 
     let (code, m) = get(&format!("{base}/metrics"), Some(&reader));
     assert_eq!(code, 200);
@@ -271,4 +310,318 @@ fn api_keys_roles_alert_listing_and_updates() {
     );
     let listed = run(&data, &["apikey", "list", "--format", "json"]).stdout;
     assert!(!listed.contains(&reader), "secrets are never listed");
+}
+
+/// PATCH with assignee and comment leaves an audit trail naming the key; list filters and
+/// sorting narrow and order as asked.
+fn triage_filters_and_audit_trail(base: &str, reader: &str, data: &Path, all: &[Value]) {
+    let alerts = format!("{base}/api/v1/alerts");
+    let carol = key(data, "analyst", "soc-carol");
+    let a = &all[2];
+    let id = a["id"].as_str().unwrap();
+    let one = format!("{alerts}/{id}");
+    assert_eq!(patch(&one, &carol, json!({})).0, 400, "an empty patch");
+    assert_eq!(
+        patch(&one, &carol, json!({"owner": "x"})).0,
+        400,
+        "unknown field"
+    );
+    let (code, v) = patch(
+        &one,
+        &carol,
+        json!({"status": "acknowledged", "assignee": "carol", "comment": "looking = into it | now"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["assignee"], "carol");
+    let (code, v) = patch(&one, &carol, json!({"assignee": null}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["assignee"], Value::Null);
+    let history = v["history"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = history
+        .iter()
+        .map(|h| (h["action"].as_str().unwrap(), h["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("status", "soc-carol"),
+            ("assignee", "soc-carol"),
+            ("comment", "soc-carol"),
+            ("assignee", "soc-carol")
+        ],
+        "{history:?}"
+    );
+    assert_eq!(history[0]["old"], "new");
+    assert_eq!(history[2]["new"], "looking = into it | now");
+    assert!(
+        v["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "the alert's evidence events come with it"
+    );
+
+    let ids = |url: &str| -> Vec<String> {
+        let (code, page) = get(url, Some(reader));
+        assert_eq!(code, 200, "{url}: {page}");
+        page["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expect = |pred: &dyn Fn(&Value) -> bool| -> HashSet<String> {
+        all.iter()
+            .filter(|a| pred(a))
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let vault = a["vaults"][0].as_str().unwrap();
+    let got: HashSet<String> = ids(&format!(
+        "{alerts}?limit=1000&vault={}",
+        vault.to_uppercase()
+    ))
+    .into_iter()
+    .collect();
+    assert_eq!(
+        got,
+        expect(&|x| x["vaults"].as_array().unwrap().iter().any(|v| v == vault))
+    );
+    if let Some(ip) = all
+        .iter()
+        .find_map(|x| x["ips"].as_array().and_then(|i| i.first()).cloned())
+    {
+        let ip = ip.as_str().unwrap();
+        let got: HashSet<String> = ids(&format!("{alerts}?limit=1000&ip={ip}"))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            got,
+            expect(&|x| x["ips"].as_array().unwrap().iter().any(|v| v == ip))
+        );
+    }
+    let who = all
+        .iter()
+        .find_map(|x| x["principals"][0]["upn"].as_str())
+        .expect("an alert names a user");
+    let got: HashSet<String> = ids(&format!("{alerts}?limit=1000&principal={who}"))
+        .into_iter()
+        .collect();
+    assert!(!got.is_empty());
+    assert_eq!(
+        got,
+        expect(&|x| x["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["upn"] == who))
+    );
+    let word = a["title"].as_str().unwrap().split(' ').next().unwrap();
+    let got: HashSet<String> = ids(&format!("{alerts}?limit=1000&q={}", word.to_lowercase()))
+        .into_iter()
+        .collect();
+    assert!(got.contains(id), "text search finds the alert by its title");
+    assert_eq!(ids(&format!("{alerts}?assignee=carol")).len(), 0);
+    // Sorting by severity, walked with the cursor, is ordered and complete.
+    let mut walked = Vec::new();
+    let mut url = format!("{alerts}?sort=-severity&limit=2");
+    loop {
+        let (_, page) = get(&url, Some(reader));
+        for x in page["alerts"].as_array().unwrap() {
+            walked.push(x.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => url = format!("{alerts}?sort=-severity&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(walked.len(), all.len());
+    let rank = |s: &str| {
+        ["informational", "low", "medium", "high", "critical"]
+            .iter()
+            .position(|x| *x == s)
+            .unwrap()
+    };
+    assert!(
+        walked
+            .windows(2)
+            .all(|w| rank(w[0]["severity"].as_str().unwrap())
+                >= rank(w[1]["severity"].as_str().unwrap()))
+    );
+    assert_eq!(get(&format!("{alerts}?sort=colour"), Some(reader)).0, 400);
+    assert_eq!(
+        get(&format!("{alerts}?until=yesterday"), Some(reader)).0,
+        400
+    );
+}
+
+/// POST /query: analysts only, SELECT only, nothing outside the store, bounded.
+fn analyst_sql(base: &str, reader: &str, data: &Path) {
+    let url = format!("{base}/api/v1/query");
+    let dave = key(data, "analyst", "soc-dave");
+    assert_eq!(post(&url, reader, json!({"sql": "SELECT 1"})).0, 403);
+    let (code, v) = post(
+        &url,
+        &dave,
+        json!({"sql": "SELECT vault, count(*) AS n FROM events GROUP BY vault ORDER BY n DESC"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["columns"], json!(["vault", "n"]));
+    let total: i64 = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        super::common::count(data, "SELECT count(*) FROM events")
+    );
+    let (code, v) = post(
+        &url,
+        &dave,
+        json!({"sql": "SELECT a.id, count(e.event_id) AS n FROM alerts a JOIN events e ON array_has(a.evidence, e.event_id) GROUP BY a.id"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(v["row_count"].as_u64().unwrap() > 0, "{v}");
+    // CSV.
+    let mut r = agent()
+        .post(&url)
+        .header("Authorization", &format!("Bearer {dave}"))
+        .send_json(json!({"sql": "SELECT operation, count(*) AS n FROM events GROUP BY 1 ORDER BY 1 LIMIT 3", "format": "csv"}))
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let csv = r.body_mut().read_to_string().unwrap();
+    assert!(csv.starts_with("operation,n\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    // Guards: every one refused with a 4xx and a reason.
+    for (sql, status, why) in [
+        ("COPY events TO '/tmp/kvwatch-stolen.csv'", 400, "COPY"),
+        (
+            "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'",
+            400,
+            "EXTERNAL",
+        ),
+        ("SELECT * FROM '/etc/passwd'", 400, "passwd"),
+        ("SELECT * FROM read_csv('/etc/passwd')", 400, "read_csv"),
+        ("SELECT * FROM quarantine", 400, "quarantine"),
+        ("DELETE FROM events", 400, "SELECT"),
+        ("SELECT 1; DROP TABLE events", 400, "one statement"),
+        (
+            "SELECT count(*) FROM generate_series(1, 100000000000)",
+            408,
+            "cancelled",
+        ),
+    ] {
+        let (code, v) = post(&url, &dave, json!({"sql": sql}));
+        assert_eq!(code, status, "{sql}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{sql}: {v}"
+        );
+    }
+    assert!(!Path::new("/tmp/kvwatch-stolen.csv").exists());
+    let (code, v) = post(
+        &url,
+        &dave,
+        json!({"sql": "SELECT * FROM generate_series(1, 50000000)", "max_rows": 50}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["row_count"].as_u64(), v["truncated"].as_bool()),
+        (Some(50), Some(true))
+    );
+}
+
+/// /stats, the OpenAPI document, and admin-only key management.
+fn stats_openapi_and_admin(base: &str, reader: &str, data: &Path) {
+    let (code, v) = get(
+        &format!("{base}/api/v1/stats?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
+        Some(reader),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["events_total"].as_i64().unwrap(),
+        super::common::count(data, "SELECT count(*) FROM events")
+    );
+    let by_hour = v["events_per_vault_hour"].as_array().unwrap();
+    assert!(by_hour.len() > 24, "{}", by_hour.len());
+    let alerts_total = v["alerts"]["total"].as_i64().unwrap();
+    assert_eq!(
+        alerts_total,
+        v["alerts"]["by_severity"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_i64().unwrap())
+            .sum::<i64>()
+    );
+    assert_eq!(
+        get(&format!("{base}/api/v1/stats?from=x"), Some(reader)).0,
+        400
+    );
+
+    let (code, doc) = get(&format!("{base}/api/v1/openapi.json"), None);
+    assert_eq!(code, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/api/v1/alerts",
+        "/api/v1/alerts/{id}",
+        "/api/v1/query",
+        "/api/v1/export",
+        "/api/v1/stats",
+        "/api/v1/sinks/{name}/dead-letters/retry",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} undocumented");
+    }
+    let printed: Value =
+        serde_json::from_str(&super::common::run(data, &["openapi"]).stdout).unwrap();
+    assert_eq!(
+        printed, doc,
+        "`kvwatch openapi` prints what the server serves"
+    );
+
+    let keys = format!("{base}/api/v1/keys");
+    let admin = key(data, "admin", "ops-root");
+    assert_eq!(get(&keys, Some(reader)).0, 403);
+    let (code, created) = post(
+        &keys,
+        &admin,
+        json!({"name": "siem-pull", "role": "reader"}),
+    );
+    assert_eq!(code, 201, "{created}");
+    let new_key = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&format!("{base}/api/v1/alerts?limit=1"), Some(&new_key)).0,
+        200
+    );
+    assert_eq!(
+        post(
+            &keys,
+            &admin,
+            json!({"name": "siem-pull", "role": "reader"})
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        post(&keys, &admin, json!({"name": "x", "role": "root"})).0,
+        400
+    );
+    let mut r = agent()
+        .delete(&format!("{keys}/siem-pull"))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        204,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    assert_eq!(
+        get(&format!("{base}/api/v1/alerts?limit=1"), Some(&new_key)).0,
+        401
+    );
+    let (code, listed) = get(&keys, Some(&admin));
+    assert_eq!(code, 200);
+    assert!(!listed.to_string().contains(&new_key));
 }

@@ -1,0 +1,842 @@
+//! Push forwarding of alerts to SIEMs: Microsoft Sentinel (Logs Ingestion API), Splunk HEC,
+//! syslog (RFC 5424 with CEF over TCP, TLS or UDP) and signed webhooks.
+//!
+//! Each sink runs on its own thread and reads the alert store's change feed
+//! (`AlertStore::changes`) from its own durable cursor (`sink_cursors`). The cursor moves only
+//! after every alert of a batch has been either delivered (a 2xx, an acknowledged HEC event,
+//! a written syslog frame) or recorded as a dead letter, so a crash or restart redelivers
+//! rather than loses: delivery is at least once. Transient failures (connection errors,
+//! timeouts, 408, 429, 5xx) are retried for ever with exponential backoff and jitter, honouring
+//! `Retry-After`; permanent refusals (other 4xx) go to `sink_dead_letters`, visible in the API
+//! and metrics and never counted as delivered, until an operator asks for a retry.
+
+pub mod format;
+mod transport;
+
+use kvwatch_detect::{Alert, AlertStore, AlertStoreError, Severity};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("sink {sink}: {msg}")]
+    Config { sink: String, msg: String },
+    #[error(transparent)]
+    Store(#[from] AlertStoreError),
+}
+
+/// A credential from the config file, resolved from `${env:NAME}` / `${file:PATH}` when it
+/// has that form. Its Debug output is redacted so it never reaches a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn resolve_secret(sink: &str, field: &str, raw: &str) -> Result<Secret, ForwardError> {
+    let p = kvwatch_ingest::kafka::config::Property {
+        key: format!("sinks.{sink}.{field}"),
+        value: raw.to_owned(),
+    };
+    p.resolve().map(Secret).map_err(|e| ForwardError::Config {
+        sink: sink.to_owned(),
+        msg: e.to_string(),
+    })
+}
+
+/// Syslog transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogTransport {
+    Tcp,
+    Tls,
+    Udp,
+}
+
+/// The payload format of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    Native,
+    Ocsf,
+    Cef,
+}
+
+impl PayloadFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Self::Native),
+            "ocsf" => Some(Self::Ocsf),
+            "cef" => Some(Self::Cef),
+            _ => None,
+        }
+    }
+
+    /// One alert in this format.
+    pub fn render(self, a: &Alert) -> Value {
+        match self {
+            Self::Native => serde_json::to_value(a).unwrap_or_default(),
+            Self::Ocsf => a.to_ocsf(),
+            Self::Cef => Value::String(format::to_cef(a)),
+        }
+    }
+}
+
+/// What a sink delivers to.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    Sentinel {
+        /// Data collection endpoint, e.g. `https://my-dce.westeurope-1.ingest.monitor.azure.com`.
+        endpoint: String,
+        dcr_immutable_id: String,
+        stream: String,
+        tenant_id: String,
+        client_id: String,
+        client_secret: Secret,
+        /// Entra ID authority host.
+        authority: String,
+        scope: String,
+    },
+    SplunkHec {
+        /// Base URL, e.g. `https://splunk:8088`.
+        url: String,
+        token: Secret,
+        index: Option<String>,
+        source: String,
+        sourcetype: String,
+        host: String,
+        /// Wait for indexer acknowledgement before counting an event delivered.
+        ack: bool,
+        channel: String,
+        ack_timeout: Duration,
+    },
+    Syslog {
+        /// `host:port`.
+        address: String,
+        transport: SyslogTransport,
+        /// PEM file of the CA that signed the receiver's certificate (TLS); the system roots
+        /// otherwise.
+        ca_file: Option<PathBuf>,
+        /// Name checked against the receiver's certificate [default: the address's host].
+        server_name: Option<String>,
+        facility: u8,
+        hostname: String,
+        app_name: String,
+        /// UDP datagrams are cut to this size (counted as truncated).
+        max_message_bytes: usize,
+    },
+    Webhook {
+        url: String,
+        /// HMAC-SHA256 key; the signature goes in `X-Kvwatch-Signature`.
+        secret: Option<Secret>,
+        format: PayloadFormat,
+    },
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Sentinel { .. } => "sentinel",
+            SinkKind::SplunkHec { .. } => "splunk_hec",
+            SinkKind::Syslog { .. } => "syslog",
+            SinkKind::Webhook { .. } => "webhook",
+        }
+    }
+
+    /// Where the sink delivers to, without credentials.
+    pub fn target(&self) -> String {
+        match self {
+            SinkKind::Sentinel {
+                endpoint, stream, ..
+            } => format!("{endpoint} ({stream})"),
+            SinkKind::SplunkHec { url, .. } => url.clone(),
+            SinkKind::Syslog {
+                address, transport, ..
+            } => format!("{transport:?}://{address}").to_lowercase(),
+            SinkKind::Webhook { url, .. } => url.clone(),
+        }
+    }
+}
+
+/// One configured sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Unique name; also the key of the durable cursor.
+    pub name: String,
+    pub kind: SinkKind,
+    /// Alerts read from the change feed per round.
+    pub batch_size: usize,
+    /// Largest request body (HTTP sinks).
+    pub max_batch_bytes: usize,
+    /// Alerts below this severity are skipped (counted, never sent).
+    pub min_severity: Option<Severity>,
+    /// Pause when caught up.
+    pub poll_interval: Duration,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+const COMMON: &[&str] = &[
+    "name",
+    "type",
+    "batch_size",
+    "max_batch_kb",
+    "min_severity",
+    "poll_interval_ms",
+    "max_backoff_secs",
+    "timeout_secs",
+];
+
+/// The raw `[[sinks]]` table; which keys apply depends on `type`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    batch_size: Option<usize>,
+    max_batch_kb: Option<usize>,
+    min_severity: Option<String>,
+    poll_interval_ms: Option<u64>,
+    max_backoff_secs: Option<u64>,
+    timeout_secs: Option<u64>,
+    endpoint: Option<String>,
+    dcr_immutable_id: Option<String>,
+    stream: Option<String>,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    authority: Option<String>,
+    scope: Option<String>,
+    url: Option<String>,
+    token: Option<String>,
+    index: Option<String>,
+    source: Option<String>,
+    sourcetype: Option<String>,
+    host: Option<String>,
+    ack: Option<bool>,
+    channel: Option<String>,
+    ack_timeout_secs: Option<u64>,
+    address: Option<String>,
+    transport: Option<String>,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    facility: Option<String>,
+    hostname: Option<String>,
+    app_name: Option<String>,
+    max_message_bytes: Option<usize>,
+    secret: Option<String>,
+    format: Option<String>,
+}
+
+/// Syslog facility by name or number.
+fn facility(s: &str) -> Option<u8> {
+    const NAMES: [&str; 24] = [
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+        "authpriv", "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2",
+        "local3", "local4", "local5", "local6", "local7",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(s))
+        .map(|i| i as u8)
+        .or_else(|| s.parse::<u8>().ok().filter(|n| *n < 24))
+}
+
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kvwatch".into())
+}
+
+/// Parses one `[[sinks]]` entry (given as JSON, converted from the TOML config).
+pub fn parse_sink(v: &Value) -> Result<SinkConfig, ForwardError> {
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)")
+        .to_owned();
+    let err = |msg: String| ForwardError::Config {
+        sink: name.clone(),
+        msg,
+    };
+    let raw: RawSink = serde_json::from_value(v.clone()).map_err(|e| err(e.to_string()))?;
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(err("name must be letters, digits, '-' or '_'".into()));
+    }
+    let own: &[&str] = match raw.kind.as_str() {
+        "sentinel" => &[
+            "endpoint",
+            "dcr_immutable_id",
+            "stream",
+            "tenant_id",
+            "client_id",
+            "client_secret",
+            "authority",
+            "scope",
+        ],
+        "splunk_hec" => &[
+            "url",
+            "token",
+            "index",
+            "source",
+            "sourcetype",
+            "host",
+            "ack",
+            "channel",
+            "ack_timeout_secs",
+        ],
+        "syslog" => &[
+            "address",
+            "transport",
+            "ca_file",
+            "server_name",
+            "facility",
+            "hostname",
+            "app_name",
+            "max_message_bytes",
+        ],
+        "webhook" => &["url", "secret", "format"],
+        other => {
+            return Err(err(format!(
+                "unknown type {other:?} (sentinel, splunk_hec, syslog or webhook)"
+            )));
+        }
+    };
+    if let Some(map) = v.as_object() {
+        for k in map.keys() {
+            if !COMMON.contains(&k.as_str()) && !own.contains(&k.as_str()) {
+                return Err(err(format!("{k} does not apply to type {}", raw.kind)));
+            }
+        }
+    }
+    let need = |field: &str, v: &Option<String>| -> Result<String, ForwardError> {
+        v.clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| err(format!("{field} is required for type {}", raw.kind)))
+    };
+    let url = |field: &str, v: &Option<String>| -> Result<String, ForwardError> {
+        let u = need(field, v)?;
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(err(format!("{field} must be an http(s) URL")));
+        }
+        Ok(u.trim_end_matches('/').to_owned())
+    };
+    let kind = match raw.kind.as_str() {
+        "sentinel" => SinkKind::Sentinel {
+            endpoint: url("endpoint", &raw.endpoint)?,
+            dcr_immutable_id: need("dcr_immutable_id", &raw.dcr_immutable_id)?,
+            stream: need("stream", &raw.stream)?,
+            tenant_id: need("tenant_id", &raw.tenant_id)?,
+            client_id: need("client_id", &raw.client_id)?,
+            client_secret: resolve_secret(
+                &name,
+                "client_secret",
+                &need("client_secret", &raw.client_secret)?,
+            )?,
+            authority: raw
+                .authority
+                .clone()
+                .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            scope: raw
+                .scope
+                .clone()
+                .unwrap_or_else(|| "https://monitor.azure.com/.default".into()),
+        },
+        "splunk_hec" => SinkKind::SplunkHec {
+            url: url("url", &raw.url)?,
+            token: resolve_secret(&name, "token", &need("token", &raw.token)?)?,
+            index: raw.index.clone(),
+            source: raw.source.clone().unwrap_or_else(|| "kvwatch".into()),
+            sourcetype: raw
+                .sourcetype
+                .clone()
+                .unwrap_or_else(|| "kvwatch:alert".into()),
+            host: raw.host.clone().unwrap_or_else(local_hostname),
+            ack: raw.ack.unwrap_or(false),
+            channel: raw.channel.clone().unwrap_or_else(|| {
+                // A stable channel per sink name, in the GUID form HEC requires.
+                let h = blake3::hash(name.as_bytes()).to_hex();
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[0..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..32]
+                )
+            }),
+            ack_timeout: Duration::from_secs(raw.ack_timeout_secs.unwrap_or(60)),
+        },
+        "syslog" => {
+            let transport = match raw.transport.as_deref().unwrap_or("tcp") {
+                "tcp" => SyslogTransport::Tcp,
+                "tls" => SyslogTransport::Tls,
+                "udp" => SyslogTransport::Udp,
+                other => return Err(err(format!("transport {other:?} (tcp, tls or udp)"))),
+            };
+            let address = need("address", &raw.address)?;
+            if !address.contains(':') {
+                return Err(err("address must be host:port".into()));
+            }
+            SinkKind::Syslog {
+                address,
+                transport,
+                ca_file: raw.ca_file.clone(),
+                server_name: raw.server_name.clone(),
+                facility: match raw.facility.as_deref() {
+                    None => 20,
+                    Some(f) => {
+                        facility(f).ok_or_else(|| err(format!("unknown syslog facility {f:?}")))?
+                    }
+                },
+                hostname: raw.hostname.clone().unwrap_or_else(local_hostname),
+                app_name: raw.app_name.clone().unwrap_or_else(|| "kvwatch".into()),
+                max_message_bytes: raw.max_message_bytes.unwrap_or(8192).max(480),
+            }
+        }
+        _ => SinkKind::Webhook {
+            url: url("url", &raw.url)?,
+            secret: raw
+                .secret
+                .as_deref()
+                .map(|s| resolve_secret(&name, "secret", s))
+                .transpose()?,
+            format: match raw.format.as_deref() {
+                None => PayloadFormat::Native,
+                Some(f) => PayloadFormat::parse(f)
+                    .ok_or_else(|| err(format!("format {f:?} (native, ocsf or cef)")))?,
+            },
+        },
+    };
+    let default_kb = match kind {
+        // The Logs Ingestion API refuses calls over 1 MB.
+        SinkKind::Sentinel { .. } => 1000,
+        _ => 4096,
+    };
+    Ok(SinkConfig {
+        batch_size: raw.batch_size.unwrap_or(500).clamp(1, 10_000),
+        max_batch_bytes: raw.max_batch_kb.unwrap_or(default_kb).max(1) * 1024,
+        min_severity: raw
+            .min_severity
+            .as_deref()
+            .map(|s| Severity::parse(s).ok_or_else(|| err(format!("unknown severity {s:?}"))))
+            .transpose()?,
+        poll_interval: Duration::from_millis(raw.poll_interval_ms.unwrap_or(1000).max(10)),
+        max_backoff: Duration::from_secs(raw.max_backoff_secs.unwrap_or(60).max(1)),
+        timeout: Duration::from_secs(raw.timeout_secs.unwrap_or(30).max(1)),
+        name,
+        kind,
+    })
+}
+
+/// Parses every sink and checks that names are unique.
+pub fn parse_sinks(values: &[Value]) -> Result<Vec<SinkConfig>, ForwardError> {
+    let sinks = values
+        .iter()
+        .map(parse_sink)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut seen = BTreeSet::new();
+    for s in &sinks {
+        if !seen.insert(s.name.clone()) {
+            return Err(ForwardError::Config {
+                sink: s.name.clone(),
+                msg: "two sinks have this name".into(),
+            });
+        }
+    }
+    Ok(sinks)
+}
+
+/// Live counters of one sink (Vector-style: one struct, read by `/metrics` and `/sinks`).
+#[derive(Debug, Default)]
+pub struct SinkStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub target: String,
+    /// Alerts delivered (a 2xx, an acknowledged HEC event, a written syslog frame).
+    pub delivered: AtomicU64,
+    /// Requests or connections that failed and were retried.
+    pub retries: AtomicU64,
+    /// Alerts refused permanently and put on the dead-letter list.
+    pub dead_lettered: AtomicU64,
+    /// Alerts below the sink's `min_severity`.
+    pub skipped: AtomicU64,
+    /// Syslog UDP messages cut to the datagram limit.
+    pub truncated: AtomicU64,
+    /// Requests sent (successful or not).
+    pub requests: AtomicU64,
+    /// The durable cursor: every change up to here is delivered or dead-lettered.
+    pub cursor: AtomicI64,
+    /// Unix seconds of the last delivery.
+    pub last_success: AtomicI64,
+    pub last_error: Mutex<Option<String>>,
+    /// The sink thread has stopped (on shutdown or a fatal store error).
+    pub stopped: AtomicBool,
+}
+
+impl SinkStatus {
+    pub fn new(cfg: &SinkConfig) -> Self {
+        Self {
+            name: cfg.name.clone(),
+            kind: cfg.kind.type_name(),
+            target: cfg.kind.target(),
+            ..Default::default()
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+}
+
+/// How one send failed.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Worth retrying: connection trouble, timeouts, 408, 429, 5xx.
+    Transient {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        msg: String,
+    },
+    /// The receiver refused the content for good (4xx other than 408/429).
+    Permanent { status: Option<u16>, msg: String },
+    /// 413: smaller batches may pass.
+    TooLarge { msg: String },
+}
+
+/// A delivery channel: renders one alert as an item and sends a batch of items.
+pub(crate) trait Transport: Send {
+    fn item(&self, seq: i64, a: &Alert) -> Vec<u8>;
+    fn send(&mut self, items: &[Vec<u8>], status: &SinkStatus) -> Result<(), SendError>;
+}
+
+/// Starts a sink's thread.
+pub fn spawn(
+    data: &Path,
+    cfg: SinkConfig,
+    status: Arc<SinkStatus>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<(), ForwardError>> {
+    let data = data.to_owned();
+    std::thread::Builder::new()
+        .name(format!("sink-{}", cfg.name))
+        .spawn(move || {
+            let r = run(&data, &cfg, &status, &stop);
+            if let Err(e) = &r {
+                tracing::error!(sink = %cfg.name, error = %e, "sink.stopped_on_error");
+                status.set_error(Some(e.to_string()));
+            }
+            status.stopped.store(true, Ordering::Relaxed);
+            r
+        })
+        .expect("spawning a thread")
+}
+
+/// Sleeps up to `d`, waking early when `stop` is set; returns whether it was.
+fn nap(d: Duration, stop: &AtomicBool) -> bool {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep((end - std::time::Instant::now()).min(Duration::from_millis(50)));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+fn now_nanos() -> i64 {
+    kvwatch_ingest::store::now_nanos()
+}
+
+/// The sink loop: dead letters an operator asked to retry first, then the change feed.
+fn run(
+    data: &Path,
+    cfg: &SinkConfig,
+    status: &SinkStatus,
+    stop: &AtomicBool,
+) -> Result<(), ForwardError> {
+    let store = AlertStore::open(data)?;
+    let mut transport = transport::build(cfg)?;
+    let mut cursor = store.sink_cursor(&cfg.name)?;
+    status.cursor.store(cursor, Ordering::Relaxed);
+    tracing::info!(sink = %cfg.name, kind = cfg.kind.type_name(), target = %cfg.kind.target(), cursor, "sink.started");
+    while !stop.load(Ordering::Relaxed) {
+        let retry = store.retry_queue(&cfg.name, cfg.batch_size)?;
+        if !retry.is_empty() {
+            let Some(out) = deliver(cfg, &mut *transport, &store, status, stop, &retry)? else {
+                break;
+            };
+            let ok: Vec<&str> = out.delivered.iter().map(|s| s.as_str()).collect();
+            store.remove_dead_letters(&cfg.name, &ok)?;
+            tracing::info!(sink = %cfg.name, redelivered = ok.len(), dead = out.dead, "sink.dead_letters_retried");
+            continue;
+        }
+        let rows = store.changes(cursor, cfg.batch_size)?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            if nap(cfg.poll_interval, stop) {
+                break;
+            }
+            continue;
+        };
+        let (send, skip): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|(_, a)| cfg.min_severity.is_none_or(|m| a.severity >= m));
+        status
+            .skipped
+            .fetch_add(skip.len() as u64, Ordering::Relaxed);
+        if !send.is_empty() && deliver(cfg, &mut *transport, &store, status, stop, &send)?.is_none()
+        {
+            break;
+        }
+        store.set_sink_cursor(&cfg.name, last, now_nanos())?;
+        cursor = last;
+        status.cursor.store(cursor, Ordering::Relaxed);
+    }
+    tracing::info!(sink = %cfg.name, cursor, "sink.stopped");
+    Ok(())
+}
+
+/// What became of a batch.
+struct Delivered {
+    /// IDs of alerts delivered.
+    delivered: Vec<String>,
+    /// Alerts dead-lettered.
+    dead: usize,
+}
+
+/// Sends `rows` in chunks of at most `max_batch_bytes`, retrying transient failures until
+/// they pass or `stop` is set (then `None`: nothing after the last delivered chunk counts).
+fn deliver(
+    cfg: &SinkConfig,
+    t: &mut dyn Transport,
+    store: &AlertStore,
+    status: &SinkStatus,
+    stop: &AtomicBool,
+    rows: &[(i64, Alert)],
+) -> Result<Option<Delivered>, ForwardError> {
+    let items: Vec<Vec<u8>> = rows.iter().map(|(s, a)| t.item(*s, a)).collect();
+    // Chunks as index ranges, cut by size; a 413 splits a chunk in two.
+    let mut queue: std::collections::VecDeque<std::ops::Range<usize>> = Default::default();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, it) in items.iter().enumerate() {
+        if i > start && size + it.len() + 1 > cfg.max_batch_bytes {
+            queue.push_back(start..i);
+            start = i;
+            size = 0;
+        }
+        size += it.len() + 1;
+    }
+    queue.push_back(start..items.len());
+    let mut out = Delivered {
+        delivered: Vec::new(),
+        dead: 0,
+    };
+    while let Some(range) = queue.pop_front() {
+        let mut attempt = 0u32;
+        loop {
+            status.requests.fetch_add(1, Ordering::Relaxed);
+            match t.send(&items[range.clone()], status) {
+                Ok(()) => {
+                    let n = range.len() as u64;
+                    status.delivered.fetch_add(n, Ordering::Relaxed);
+                    status
+                        .last_success
+                        .store(now_nanos() / 1_000_000_000, Ordering::Relaxed);
+                    status.set_error(None);
+                    out.delivered
+                        .extend(rows[range.clone()].iter().map(|(_, a)| a.id.clone()));
+                    break;
+                }
+                Err(SendError::TooLarge { msg }) if range.len() > 1 => {
+                    let mid = range.start + range.len() / 2;
+                    tracing::warn!(sink = %cfg.name, alerts = range.len(), error = %msg, "sink.batch_too_large_splitting");
+                    queue.push_front(mid..range.end);
+                    queue.push_front(range.start..mid);
+                    break;
+                }
+                Err(SendError::TooLarge { msg }) => {
+                    dead_letter(cfg, store, status, &rows[range.clone()], Some(413), &msg)?;
+                    out.dead += range.len();
+                    break;
+                }
+                Err(SendError::Permanent { status: code, msg }) => {
+                    dead_letter(cfg, store, status, &rows[range.clone()], code, &msg)?;
+                    out.dead += range.len();
+                    break;
+                }
+                Err(SendError::Transient {
+                    status: code,
+                    retry_after,
+                    msg,
+                }) => {
+                    status.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = retry_after
+                        .map(|d| d.min(Duration::from_secs(600)))
+                        .unwrap_or_else(|| backoff(attempt, cfg.max_backoff));
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(sink = %cfg.name, status = ?code, attempt, wait_ms = wait.as_millis() as u64, error = %msg, "sink.retrying");
+                    status.set_error(Some(match code {
+                        Some(c) => format!("HTTP {c}: {msg}"),
+                        None => msg,
+                    }));
+                    if nap(wait, stop) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+fn dead_letter(
+    cfg: &SinkConfig,
+    store: &AlertStore,
+    status: &SinkStatus,
+    rows: &[(i64, Alert)],
+    code: Option<u16>,
+    msg: &str,
+) -> Result<(), ForwardError> {
+    let ids: Vec<(i64, &str)> = rows.iter().map(|(s, a)| (*s, a.id.as_str())).collect();
+    store.add_dead_letters(&cfg.name, &ids, code, msg, now_nanos())?;
+    status
+        .dead_lettered
+        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    status.set_error(Some(match code {
+        Some(c) => format!("HTTP {c}: {msg}"),
+        None => msg.to_owned(),
+    }));
+    tracing::error!(sink = %cfg.name, status = ?code, alerts = rows.len(), error = %msg, "sink.dead_lettered");
+    Ok(())
+}
+
+/// Exponential backoff from 250 ms, capped, with "equal jitter" (half fixed, half random) so
+/// that many sinks recovering together do not retry in step.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(250)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max);
+    let half = base / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sinks_parse_with_defaults_and_reject_mistakes() {
+        // SAFETY: test-only variable, set before any thread reads it.
+        unsafe { std::env::set_var("KVWATCH_TEST_HEC_TOKEN", "abc-123") };
+        let s = parse_sink(&json!({
+            "name": "splunk", "type": "splunk_hec", "url": "https://splunk:8088/",
+            "token": "${env:KVWATCH_TEST_HEC_TOKEN}", "ack": true
+        }))
+        .unwrap();
+        match &s.kind {
+            SinkKind::SplunkHec {
+                url,
+                token,
+                channel,
+                ..
+            } => {
+                assert_eq!(url, "https://splunk:8088");
+                assert_eq!(token.expose(), "abc-123");
+                assert_eq!(channel.len(), 36);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{s:?}").contains("abc-123"), "secret in Debug");
+        assert_eq!(s.batch_size, 500);
+        let sentinel = parse_sink(&json!({
+            "name": "sentinel", "type": "sentinel", "endpoint": "https://dce.example",
+            "dcr_immutable_id": "dcr-1", "stream": "Custom-KvwatchAlerts_CL",
+            "tenant_id": "t", "client_id": "c", "client_secret": "s"
+        }))
+        .unwrap();
+        assert_eq!(sentinel.max_batch_bytes, 1000 * 1024);
+        for (bad, why) in [
+            (json!({"name": "x", "type": "kafka"}), "unknown type"),
+            (
+                json!({"name": "x", "type": "webhook", "url": "https://h", "token": "t"}),
+                "does not apply",
+            ),
+            (json!({"name": "x", "type": "webhook"}), "url is required"),
+            (
+                json!({"name": "x", "type": "webhook", "url": "ftp://h"}),
+                "http(s) URL",
+            ),
+            (
+                json!({"name": "x y", "type": "webhook", "url": "https://h"}),
+                "name must be",
+            ),
+            (
+                json!({"name": "x", "type": "syslog", "address": "h:514", "transport": "sctp"}),
+                "transport",
+            ),
+            (
+                json!({"name": "x", "type": "syslog", "address": "h:514", "facility": "local9"}),
+                "facility",
+            ),
+            (
+                json!({"name": "x", "type": "webhook", "url": "https://h", "colour": 1}),
+                "unknown field",
+            ),
+            (
+                json!({"name": "x", "type": "webhook", "url": "https://h", "secret": "${env:KVWATCH_NOT_SET_ANYWHERE}"}),
+                "not set",
+            ),
+        ] {
+            let e = parse_sink(&bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let dup = parse_sinks(&[
+            json!({"name": "a", "type": "webhook", "url": "https://h"}),
+            json!({"name": "a", "type": "webhook", "url": "https://i"}),
+        ]);
+        assert!(dup.is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(10);
+        let first = backoff(0, max);
+        assert!(first >= Duration::from_millis(125) && first <= Duration::from_millis(250));
+        let late = backoff(30, max);
+        assert!(late >= Duration::from_secs(5) && late <= max, "{late:?}");
+    }
+}

@@ -1,0 +1,916 @@
+//! The `/api/v1` handlers. Each carries its OpenAPI description (`utoipa::path`), and
+//! [`ApiDoc`] collects them into the document served at `/api/v1/openapi.json`, so the
+//! document cannot drift from the routes.
+
+// Handlers short-circuit with a ready `Response` as the error; boxing it buys nothing here.
+#![allow(clippy::result_large_err)]
+
+use crate::auth::{AuthError, KeyInfo, Role};
+use crate::server::{Caller, Shared, error};
+use crate::sql::{self, SqlError};
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kvwatch_detect::store::{AlertCounts, AlertFilter, AlertSort, AlertUpdate, DeadLetter};
+use kvwatch_detect::{Alert, HistoryEntry, Severity, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::Path;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// An error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Query parameters of `GET /alerts`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Minimum severity (informational, low, medium, high, critical).
+    severity: Option<String>,
+    /// new, acknowledged, resolved or suppressed.
+    status: Option<String>,
+    /// Rule ID.
+    rule: Option<String>,
+    /// Vault name (case-insensitive).
+    vault: Option<String>,
+    /// Principal UPN, object ID or application ID (case-insensitive).
+    principal: Option<String>,
+    /// Caller IP address.
+    ip: Option<String>,
+    /// Assignee.
+    assignee: Option<String>,
+    /// Substring of title, summary, description or dedup key (case-insensitive).
+    q: Option<String>,
+    /// RFC 3339: alerts last seen at or after.
+    since: Option<String>,
+    /// RFC 3339: alerts last seen before.
+    until: Option<String>,
+    /// -last_seen (default), last_seen, -created_at, created_at, -severity, severity,
+    /// -event_count or event_count.
+    sort: Option<String>,
+    /// Page size, 1 to 1000 [default 100].
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of alerts.
+#[derive(Serialize, ToSchema)]
+pub struct AlertPage {
+    alerts: Vec<Alert>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(key: i64, id: &str) -> String {
+    format!("{key}.{id}")
+}
+
+fn decode_cursor(c: &str) -> Option<(i64, String)> {
+    let (t, id) = c.split_once('.')?;
+    Some((t.parse().ok()?, id.to_owned()))
+}
+
+fn rfc3339(name: &str, v: &str) -> Result<i64, Response> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: {v:?} is not an RFC 3339 time"),
+            )
+        })
+}
+
+fn bad(m: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, m)
+}
+
+/// List alerts with filters, sorting and cursor pagination.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(ListParams),
+    responses((status = 200, body = AlertPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -> Response {
+    let mut f = AlertFilter::default();
+    if let Some(v) = &p.severity {
+        match Severity::parse(v) {
+            Some(x) => f.min_severity = Some(x),
+            None => return bad(format!("unknown severity {v:?}")),
+        }
+    }
+    if let Some(v) = &p.status {
+        match Status::parse(v) {
+            Some(x) => f.status = Some(x),
+            None => return bad(format!("unknown status {v:?}")),
+        }
+    }
+    if let Some(v) = &p.sort {
+        match AlertSort::parse(v) {
+            Some(x) => f.sort = x,
+            None => return bad(format!("unknown sort {v:?}")),
+        }
+    }
+    for (name, value, slot) in [
+        ("since", &p.since, &mut f.since),
+        ("until", &p.until, &mut f.until),
+    ] {
+        if let Some(v) = value {
+            match rfc3339(name, v) {
+                Ok(t) => *slot = Some(t),
+                Err(r) => return r,
+            }
+        }
+    }
+    if let Some(c) = &p.cursor {
+        match decode_cursor(c) {
+            Some(x) => f.after = Some(x),
+            None => return bad("malformed cursor"),
+        }
+    }
+    f.rule = p.rule;
+    f.vault = p.vault;
+    f.principal = p.principal;
+    f.ip = p.ip;
+    f.assignee = p.assignee;
+    f.text = p.q.filter(|t| !t.is_empty());
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    f.limit = Some(limit);
+    let sort = f.sort;
+    match s.read_alerts(move |st| st.list(&f)).await {
+        Ok(alerts) => {
+            let alerts = alerts.unwrap_or_default();
+            let next_cursor = (alerts.len() == limit)
+                .then(|| alerts.last().map(|a| encode_cursor(sort.key(a), &a.id)))
+                .flatten();
+            Json(AlertPage {
+                alerts,
+                next_cursor,
+            })
+            .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// An alert with its audit trail and evidence events.
+#[derive(Serialize, ToSchema)]
+pub struct AlertDetail {
+    #[serde(flatten)]
+    alert: Alert,
+    /// Who changed what, oldest first.
+    history: Vec<HistoryEntry>,
+    /// The evidence events (`events` rows), oldest first.
+    #[schema(value_type = Vec<Object>)]
+    events: Value,
+}
+
+/// One alert with its history and evidence events.
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "Alert ID")),
+    responses((status = 200, body = AlertDetail), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_alert(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let found = s
+        .read_alerts(move |st| {
+            Ok(match st.get(&id)? {
+                Some(a) => Some((st.history(&a.id)?, a)),
+                None => None,
+            })
+        })
+        .await;
+    let (history, alert) = match found {
+        Ok(Some(Some(x))) => x,
+        Ok(_) => return error(StatusCode::NOT_FOUND, "no such alert"),
+        Err(r) => return r,
+    };
+    let events = match evidence_events(&s.data, &alert.evidence).await {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")),
+    };
+    Json(AlertDetail {
+        alert,
+        history,
+        events,
+    })
+    .into_response()
+}
+
+/// An analyst's change: any of the fields.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertPatch {
+    /// new, acknowledged, resolved or suppressed.
+    status: Option<String>,
+    /// Analyst to assign; an empty string or null unassigns.
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<String>)]
+    assignee: Option<Option<String>>,
+    /// A note for the audit trail (at most 4000 characters).
+    comment: Option<String>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit null (`Some(None)`).
+fn some_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(d)?))
+}
+
+/// Change an alert's status, assignee, or add a comment; every change is recorded with the
+/// caller's key name.
+#[utoipa::path(patch, path = "/api/v1/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "Alert ID")),
+    request_body = AlertPatch,
+    responses((status = 200, body = AlertDetail), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn patch_alert(
+    State(s): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let patch: AlertPatch = match json_body(req, 64 * 1024).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut update = AlertUpdate::default();
+    if let Some(v) = &patch.status {
+        match Status::parse(v) {
+            Some(st) => update.status = Some(st),
+            None => return bad(format!("unknown status {v:?}")),
+        }
+    }
+    if let Some(a) = patch.assignee {
+        let a = a.map(|x| x.trim().to_owned()).filter(|x| !x.is_empty());
+        if a.as_ref().is_some_and(|x| x.chars().count() > 200) {
+            return bad("assignee over 200 characters");
+        }
+        update.assignee = Some(a);
+    }
+    if let Some(c) = patch.comment {
+        if c.trim().is_empty() || c.chars().count() > 4000 {
+            return bad("comment must be 1 to 4000 characters");
+        }
+        update.comment = Some(c);
+    }
+    if update.status.is_none() && update.assignee.is_none() && update.comment.is_none() {
+        return bad("nothing to change: give status, assignee or comment");
+    }
+    let now = kvwatch_ingest::store::now_nanos();
+    let actor = caller.name.clone();
+    let (aid, who) = (id.clone(), actor.clone());
+    if let Err(r) = s
+        .write_alerts(move |st| st.update(&aid, &update, &who, now))
+        .await
+    {
+        return r;
+    }
+    tracing::info!(alert = %id, key = %actor, status = ?patch.status, "api.alert_updated");
+    get_alert(State(s), UrlPath(id)).await
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request,
+    limit: usize,
+) -> Result<T, Response> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send application/json",
+        ));
+    }
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {} KiB", limit / 1024),
+            )
+        })?;
+    serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))
+}
+
+/// The evidence events of an alert (`events` rows), oldest first.
+#[utoipa::path(get, path = "/api/v1/alerts/{id}/events", tag = "alerts",
+    params(("id" = String, Path, description = "Alert ID")),
+    responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let alert = match s.read_alerts(move |st| st.get(&id)).await {
+        Ok(Some(Some(a))) => a,
+        Ok(_) => return error(StatusCode::NOT_FOUND, "no such alert"),
+        Err(r) => return r,
+    };
+    match evidence_events(&s.data, &alert.evidence).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")),
+    }
+}
+
+/// `events` rows with the given IDs as a JSON array.
+async fn evidence_events(
+    data: &Path,
+    evidence: &[String],
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    // Event IDs are our own hex hashes; anything else is not put into SQL.
+    let ids: Vec<&String> = evidence
+        .iter()
+        .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    if ids.is_empty() || !data.join(kvwatch_ingest::store::MANIFEST).exists() {
+        return Ok(json!([]));
+    }
+    let list = ids
+        .iter()
+        .map(|e| format!("'{e}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!("SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id");
+    let ctx = kvwatch_ingest::query::open_session(data).await?;
+    let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql).await?;
+    let batches = df.collect().await?;
+    Ok(serde_json::from_slice(&batches_json(&batches)?)?)
+}
+
+/// Record batches as one JSON array of objects (nulls explicit).
+fn batches_json(
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        buf.extend_from_slice(b"[]");
+    }
+    Ok(buf)
+}
+
+/// Query parameters of `GET /export`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// `next_cursor` of the previous call; empty or absent starts from the beginning.
+    cursor: Option<String>,
+    /// native (default), ocsf (Detection Finding 2004) or cef (strings).
+    format: Option<String>,
+    /// At most this many alerts, 1 to 5000 [default 500].
+    limit: Option<usize>,
+}
+
+/// A page of the change feed.
+#[derive(Serialize, ToSchema)]
+pub struct ExportPage {
+    /// Alerts in change order: objects (native, ocsf) or strings (cef).
+    #[schema(value_type = Vec<Object>)]
+    alerts: Vec<Value>,
+    /// Send this next; unchanged when caught up.
+    next_cursor: String,
+}
+
+/// Pull delivery for SIEMs: alerts created or changed after `cursor`, oldest change first.
+/// An empty list means caught up; the cursor to send next is always returned (unchanged when
+/// caught up), so a poller never skips a change and needs to remember nothing else.
+#[utoipa::path(get, path = "/api/v1/export", tag = "export", params(ExportParams),
+    responses((status = 200, body = ExportPage), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn export(State(s): State<Shared>, Query(p): Query<ExportParams>) -> Response {
+    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => match c.parse::<i64>() {
+            Ok(v) if v >= 0 => v,
+            _ => return bad("malformed cursor"),
+        },
+    };
+    let Some(format) =
+        crate::forward::PayloadFormat::parse(p.format.as_deref().unwrap_or("native"))
+    else {
+        return bad("unknown format (native, ocsf or cef)");
+    };
+    let limit = p.limit.unwrap_or(500).clamp(1, 5000);
+    match s.read_alerts(move |st| st.changes(after, limit)).await {
+        Ok(rows) => {
+            let rows = rows.unwrap_or_default();
+            let next = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
+            let alerts = rows.iter().map(|(_, a)| format.render(a)).collect();
+            Json(ExportPage {
+                alerts,
+                next_cursor: next.to_string(),
+            })
+            .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The rules this service evaluates (summaries).
+#[utoipa::path(get, path = "/api/v1/rules", tag = "rules",
+    responses((status = 200, body = Object, description = "{\"rules\": [...]}")),
+    security(("bearer" = [])))]
+pub async fn list_rules(State(s): State<Shared>) -> Response {
+    let keep = [
+        "id",
+        "title",
+        "severity",
+        "window",
+        "suppression",
+        "tactics",
+        "techniques",
+        "tests",
+        "enabled",
+        "file",
+    ];
+    let rules: Vec<Value> = s
+        .rules
+        .iter()
+        .map(|r| {
+            keep.iter()
+                .filter_map(|k| r.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    Json(json!({"rules": rules})).into_response()
+}
+
+/// One rule: metadata, parameters and SQL.
+#[utoipa::path(get, path = "/api/v1/rules/{id}", tag = "rules",
+    params(("id" = String, Path, description = "Rule ID")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    match s.rules.iter().find(|r| r["id"] == id.as_str()) {
+        Some(r) => Json(r.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such rule"),
+    }
+}
+
+/// An analyst query.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One SELECT over `events`, `activity`, `alerts` or `azure_diagnostics`.
+    sql: String,
+    /// json (default) or csv.
+    format: Option<String>,
+    /// Row limit, up to the server's (smaller wins).
+    max_rows: Option<usize>,
+}
+
+/// Rows of an analyst query.
+#[derive(Serialize, ToSchema)]
+pub struct QueryResponse {
+    columns: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
+    rows: Value,
+    row_count: usize,
+    /// More rows existed than the limit.
+    truncated: bool,
+    elapsed_ms: u64,
+}
+
+/// Read-only SQL for analysts: one SELECT, with a row limit, a timeout and a memory limit;
+/// nothing outside the event and alert stores can be named.
+#[utoipa::path(post, path = "/api/v1/query", tag = "query", request_body = QueryRequest,
+    responses((status = 200, body = QueryResponse, description = "JSON, or text/csv when format is csv"),
+        (status = 400, body = ErrorBody, description = "Refused or failed statement"),
+        (status = 408, body = ErrorBody, description = "Timed out")),
+    security(("bearer" = [])))]
+pub async fn query(
+    State(s): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let q: QueryRequest = match json_body(req, 256 * 1024).await {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(f) => return bad(format!("unknown format {f:?} (json or csv)")),
+    };
+    let mut limits = s.sql_limits;
+    if let Some(m) = q.max_rows {
+        limits.max_rows = limits.max_rows.min(m.max(1));
+    }
+    // The statement is logged (it is the analyst's own text), never its results.
+    let r = sql::run(&s.data, &q.sql, limits).await;
+    match &r {
+        Ok(res) => {
+            tracing::info!(key = %caller.name, rows = res.rows, truncated = res.truncated, elapsed_ms = res.elapsed.as_millis() as u64, sql = %q.sql, "api.query")
+        }
+        Err(e) => tracing::warn!(key = %caller.name, error = %e, sql = %q.sql, "api.query_refused"),
+    }
+    let res = match r {
+        Ok(res) => res,
+        Err(e @ SqlError::Timeout(_)) => return error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Err(e @ (SqlError::Refused(_) | SqlError::Query(_))) => return bad(e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if csv {
+        let mut buf = Vec::new();
+        {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut buf);
+            for b in &res.batches {
+                if let Err(e) = w.write(b) {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
+            }
+        }
+        return (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (
+                    header::HeaderName::from_static("x-kvwatch-truncated"),
+                    res.truncated.to_string(),
+                ),
+            ],
+            buf,
+        )
+            .into_response();
+    }
+    let columns = res
+        .batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows = match batches_json(&res.batches)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    Json(QueryResponse {
+        columns,
+        rows,
+        row_count: res.rows,
+        truncated: res.truncated,
+        elapsed_ms: res.elapsed.as_millis() as u64,
+    })
+    .into_response()
+}
+
+/// Query parameters of `GET /stats`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// RFC 3339 start [default: 24 hours before `to`].
+    from: Option<String>,
+    /// RFC 3339 end [default: now].
+    to: Option<String>,
+    /// Only this vault's events.
+    vault: Option<String>,
+}
+
+/// Event and alert counts for a period.
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    #[schema(value_type = String, format = DateTime)]
+    from: String,
+    #[schema(value_type = String, format = DateTime)]
+    to: String,
+    /// `{vault, hour, events, failed}` rows, by hour and vault.
+    #[schema(value_type = Vec<Object>)]
+    events_per_vault_hour: Value,
+    events_total: i64,
+    alerts: AlertCounts,
+}
+
+/// Events per vault and hour, and alerts by severity, status and rule, for a period.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "stats", params(StatsParams),
+    responses((status = 200, body = Stats), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stats(State(s): State<Shared>, Query(p): Query<StatsParams>) -> Response {
+    let to = match p.to.as_deref().map(|v| rfc3339("to", v)).transpose() {
+        Ok(t) => t.unwrap_or_else(kvwatch_ingest::store::now_nanos),
+        Err(r) => return r,
+    };
+    let from = match p.from.as_deref().map(|v| rfc3339("from", v)).transpose() {
+        Ok(t) => t.unwrap_or(to - 24 * 3_600_000_000_000),
+        Err(r) => return r,
+    };
+    if from >= to {
+        return bad("from must be before to");
+    }
+    if let Some(v) = &p.vault
+        && !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return bad("vault names are letters, digits and '-'");
+    }
+    let ts = |ns: i64| kvwatch_ingest::time::format_ns(ns);
+    let vault_filter = p
+        .vault
+        .as_deref()
+        .map(|v| format!(" AND vault = '{}'", v.to_lowercase()))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT vault, date_trunc('hour', time) AS hour, count(*) AS events, \
+         count(*) FILTER (WHERE http_status >= 400 AND http_status <> 401) AS failed \
+         FROM events WHERE time >= to_timestamp_nanos({from}) AND time < to_timestamp_nanos({to}){vault_filter} \
+         GROUP BY 1, 2 ORDER BY 2, 1"
+    );
+    let limits = sql::SqlLimits {
+        max_rows: 100_000,
+        ..s.sql_limits
+    };
+    let rows = match sql::run(&s.data, &sql, limits).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let per_hour: Value = match batches_json(&rows.batches)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let total = per_hour
+        .as_array()
+        .map(|a| a.iter().map(|r| r["events"].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    let alerts = match s.read_alerts(move |st| st.counts(from, to)).await {
+        Ok(c) => c.unwrap_or_default(),
+        Err(r) => return r,
+    };
+    Json(Stats {
+        from: ts(from),
+        to: ts(to),
+        events_per_vault_hour: per_hour,
+        events_total: total,
+        alerts,
+    })
+    .into_response()
+}
+
+/// A push forwarder and where it stands.
+#[derive(Serialize, ToSchema)]
+pub struct SinkInfo {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    /// Where it delivers (no credentials).
+    target: String,
+    /// Every change up to this number is delivered or dead-lettered.
+    cursor: i64,
+    /// Changes not yet delivered.
+    lag: i64,
+    delivered: u64,
+    retries: u64,
+    dead_letters: i64,
+    skipped: u64,
+    running: bool,
+    last_error: Option<String>,
+    /// Unix seconds of the last delivery (0: none yet).
+    last_success: i64,
+}
+
+/// The push forwarders of this service.
+#[utoipa::path(get, path = "/api/v1/sinks", tag = "sinks",
+    responses((status = 200, body = Vec<SinkInfo>)), security(("bearer" = [])))]
+pub async fn list_sinks(State(s): State<Shared>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (head, dead) = match s
+        .read_alerts(|st| Ok((st.head_seq()?, st.dead_letter_counts()?)))
+        .await
+    {
+        Ok(v) => v.unwrap_or_default(),
+        Err(r) => return r,
+    };
+    let out: Vec<SinkInfo> = s
+        .sinks
+        .iter()
+        .map(|x| SinkInfo {
+            name: x.name.clone(),
+            kind: x.kind.to_owned(),
+            target: x.target.clone(),
+            cursor: x.cursor.load(Relaxed),
+            lag: (head - x.cursor.load(Relaxed)).max(0),
+            delivered: x.delivered.load(Relaxed),
+            retries: x.retries.load(Relaxed),
+            dead_letters: dead
+                .iter()
+                .find(|(n, _)| *n == x.name)
+                .map(|d| d.1)
+                .unwrap_or(0),
+            skipped: x.skipped.load(Relaxed),
+            running: !x.stopped.load(Relaxed),
+            last_error: x.last_error(),
+            last_success: x.last_success.load(Relaxed),
+        })
+        .collect();
+    Json(out).into_response()
+}
+
+fn known_sink(s: &Shared, name: &str) -> Result<(), Response> {
+    if s.sinks.iter().any(|x| x.name == name) {
+        Ok(())
+    } else {
+        Err(error(StatusCode::NOT_FOUND, "no such sink"))
+    }
+}
+
+/// Alerts a sink refused for good, newest first.
+#[utoipa::path(get, path = "/api/v1/sinks/{name}/dead-letters", tag = "sinks",
+    params(("name" = String, Path, description = "Sink name")),
+    responses((status = 200, body = Vec<DeadLetter>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn dead_letters(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+    if let Err(r) = known_sink(&s, &name) {
+        return r;
+    }
+    match s
+        .read_alerts(move |st| st.dead_letters(Some(&name), 10_000))
+        .await
+    {
+        Ok(v) => Json(v.unwrap_or_default()).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Queue a sink's dead letters for another delivery (after fixing the cause).
+#[utoipa::path(post, path = "/api/v1/sinks/{name}/dead-letters/retry", tag = "sinks",
+    params(("name" = String, Path, description = "Sink name")),
+    responses((status = 200, body = Object, description = "{\"queued\": n}"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn retry_dead_letters(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(r) = known_sink(&s, &name) {
+        return r;
+    }
+    let n = name.clone();
+    match s.write_alerts(move |st| st.retry_dead_letters(&n)).await {
+        Ok(queued) => {
+            tracing::info!(sink = %name, queued, key = %caller.name, "api.dead_letters_requeued");
+            Json(json!({"queued": queued})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// API keys (never their secrets).
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
+    responses((status = 200, body = Vec<KeyInfo>)), security(("bearer" = [])))]
+pub async fn list_keys(State(s): State<Shared>) -> Response {
+    match s.keys.list() {
+        Ok(k) => Json(k).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A new key's name and role.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    name: String,
+    /// reader, analyst or admin.
+    role: String,
+}
+
+/// The created key; its secret is shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    name: String,
+    role: Role,
+    key: String,
+}
+
+/// Create an API key.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = NewKey,
+    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    State(s): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let k: NewKey = match json_body(req, 4096).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let role = match Role::parse(&k.role) {
+        Ok(r) => r,
+        Err(e) => return bad(e.to_string()),
+    };
+    match s.keys.create(&k.name, role) {
+        Ok(key) => {
+            tracing::info!(created = %k.name, role = role.as_str(), key = %caller.name, "api.key_created");
+            (
+                StatusCode::CREATED,
+                Json(CreatedKey {
+                    name: k.name,
+                    role,
+                    key,
+                }),
+            )
+                .into_response()
+        }
+        Err(e @ AuthError::Exists(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ AuthError::BadName) => bad(e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Revoke an API key (effective immediately).
+#[utoipa::path(delete, path = "/api/v1/keys/{name}", tag = "keys",
+    params(("name" = String, Path, description = "Key name")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_key(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    match s.keys.revoke(&name) {
+        Ok(()) => {
+            tracing::info!(revoked = %name, key = %caller.name, "api.key_revoked");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e @ AuthError::NoSuchKey(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("kvw_ API key")
+                        .description(Some(
+                            "Create keys with `kvwatch apikey create --role R --name N`.",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kvwatch", description = "Azure Key Vault audit-log detections: alerts, triage, analyst SQL, SIEM export."),
+    paths(list_alerts, get_alert, patch_alert, alert_events, export, list_rules, get_rule, query, stats,
+        list_sinks, dead_letters, retry_dead_letters, list_keys, create_key, revoke_key),
+    components(schemas(Alert, AlertPage, AlertDetail, AlertPatch, HistoryEntry, ExportPage, QueryRequest,
+        QueryResponse, Stats, AlertCounts, SinkInfo, DeadLetter, KeyInfo, NewKey, CreatedKey, Role, ErrorBody,
+        Severity, Status, kvwatch_detect::Principal)),
+    modifiers(&BearerAuth),
+    tags((name = "alerts", description = "List, inspect and triage alerts"),
+        (name = "export", description = "Pull delivery for SIEMs"),
+        (name = "query", description = "Read-only analyst SQL"),
+        (name = "rules"), (name = "stats"), (name = "sinks", description = "Push forwarders"),
+        (name = "keys", description = "API keys (admin)"))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+/// The OpenAPI document (open: it holds no data).
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
