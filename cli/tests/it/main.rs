@@ -8,3 +8,4 @@ mod generate;
 mod ingest;
 mod kafka;
 mod query;
+mod sinks;
