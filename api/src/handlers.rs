@@ -43,7 +43,8 @@ pub struct ListParams {
     ip: Option<String>,
     /// Assignee.
     assignee: Option<String>,
-    /// Substring of title, summary, description or dedup key (case-insensitive).
+    /// Substring (3 characters or more) of title, summary, description or dedup key
+    /// (case-insensitive).
     q: Option<String>,
     /// RFC 3339: alerts last seen at or after.
     since: Option<String>,
@@ -138,6 +139,9 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
     f.ip = p.ip;
     f.assignee = p.assignee;
     f.text = p.q.filter(|t| !t.is_empty());
+    if f.text.as_ref().is_some_and(|t| t.chars().count() < 3) {
+        return bad("q needs at least 3 characters");
+    }
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     f.limit = Some(limit);
     let sort = f.sort;

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod forward;
 pub mod handlers;
+pub mod report;
 pub mod server;
 pub mod sql;
 

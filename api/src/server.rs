@@ -31,6 +31,8 @@ pub struct ApiState {
     pub kafka: Option<Arc<KafkaMetrics>>,
     /// The rules this service evaluates, as `Rule::detail` documents.
     pub rules: Vec<serde_json::Value>,
+    /// The detection loop's counters, when this process runs one.
+    pub detect: Option<Arc<kvwatch_detect::run::PassMetrics>>,
     /// The push forwarders this process runs.
     pub sinks: Vec<Arc<SinkStatus>>,
     /// Bounds of analyst SQL.
@@ -48,6 +50,7 @@ impl ApiState {
             keys,
             kafka,
             rules: Vec::new(),
+            detect: None,
             sinks: Vec::new(),
             sql_limits: SqlLimits::default(),
             requests: Mutex::new(BTreeMap::new()),
@@ -114,7 +117,12 @@ impl ApiState {
 }
 
 /// A per-sink metric: name, type, help, and how to read it.
-type SinkFamily = (&'static str, &'static str, &'static str, fn(&SinkStatus) -> i64);
+type SinkFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SinkStatus) -> i64,
+);
 
 pub type Shared = Arc<ApiState>;
 
@@ -347,6 +355,61 @@ async fn metrics(State(s): State<Shared>) -> Response {
             let _ = writeln!(
                 out,
                 "kvwatch_kafka_consumer_lag{{partition=\"{tp}\"}} {lag}"
+            );
+        }
+    }
+    if let Some(d) = &s.detect {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, v, help) in [
+            (
+                "detect_passes_total",
+                g(&d.passes),
+                "detection passes completed",
+            ),
+            (
+                "detect_pass_failures_total",
+                g(&d.failures),
+                "passes that failed (retried)",
+            ),
+            (
+                "detect_alerts_created_total",
+                g(&d.created),
+                "alerts opened",
+            ),
+            (
+                "detect_alerts_updated_total",
+                g(&d.updated),
+                "occurrences updated by late or longer activity",
+            ),
+            (
+                "detect_alerts_folded_total",
+                g(&d.folded),
+                "occurrences folded into open alerts",
+            ),
+            (
+                "detect_files_total",
+                g(&d.new_files),
+                "store files evaluated",
+            ),
+            (
+                "detect_last_pass_ms",
+                g(&d.last_pass_ms),
+                "duration of the last pass",
+            ),
+            (
+                "detect_last_pass_timestamp_seconds",
+                g(&d.last_pass_end),
+                "end of the last pass",
+            ),
+        ] {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP kvwatch_{name} {help}\n# TYPE kvwatch_{name} {kind}\nkvwatch_{name} {v}"
             );
         }
     }

@@ -25,6 +25,9 @@ pub struct Config {
     /// The HTTP API of `kvwatch serve`.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Report thresholds: `[report]`.
+    #[serde(default)]
+    pub report: ReportConfig,
     /// Behavioural models: `[models]` and `[models.weights]`.
     #[serde(default)]
     pub models: kvwatch_detect::anomaly::ModelConfig,
@@ -56,6 +59,18 @@ pub struct DetectConfig {
     pub interval_secs: Option<u64>,
     /// Event IDs kept as evidence per alert.
     pub max_evidence: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    pub prod_pattern: Option<String>,
+    pub nonprod_pattern: Option<String>,
+    pub stale_days: Option<u32>,
+    pub top_n: Option<usize>,
+    pub cache_threshold: Option<u32>,
+    pub gap_hours: Option<u32>,
+    pub max_rows: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

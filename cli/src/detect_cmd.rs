@@ -231,7 +231,8 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
             bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
         }
         let mut shutdown = Shutdown::new()?;
-        follow(data, cfg, &a.common, &mut shutdown, || false).await?;
+        let metrics = kvwatch_detect::run::PassMetrics::default();
+        follow(data, cfg, &a.common, &mut shutdown, &metrics, || false).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let c = &a.common;
@@ -284,8 +285,10 @@ pub async fn follow(
     cfg: &Config,
     a: &FollowArgs,
     shutdown: &mut Shutdown,
+    metrics: &kvwatch_detect::run::PassMetrics,
     stop_early: impl Fn() -> bool,
 ) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
     let rules = load_rules(cfg, &a.source, true).await?;
     let mut store = alert_store(data, cfg, a.max_evidence)?;
     let interval = a.interval.or(cfg.detect.interval_secs).unwrap_or(30).max(1);
@@ -302,10 +305,23 @@ pub async fn follow(
             }
         } else {
             match incremental(data, &rules, models, &mut store, &mut progress(true)).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    metrics.passes.fetch_add(1, Relaxed);
+                    metrics.created.fetch_add(r.totals.created, Relaxed);
+                    metrics.updated.fetch_add(r.totals.updated, Relaxed);
+                    metrics.folded.fetch_add(r.totals.folded, Relaxed);
+                    metrics.new_files.fetch_add(r.new_files as u64, Relaxed);
+                    metrics.last_pass_ms.store(r.elapsed_ms, Relaxed);
+                    metrics.last_pass_end.store(
+                        (kvwatch_ingest::store::now_nanos() / 1_000_000_000) as u64,
+                        Relaxed,
+                    );
+                    r
+                }
                 // A long-running pass survives transient failures: nothing was marked
                 // covered, so the next pass evaluates the same data again.
                 Err(e) => {
+                    metrics.failures.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "detect.pass_failed");
                     eprintln!("detect: pass failed, retrying in {interval} s: {e}");
                     DetectReport {

@@ -5,6 +5,7 @@ mod demo;
 mod detect_cmd;
 mod kafka_cmd;
 mod output;
+mod report_cmd;
 mod serve_cmd;
 
 use anyhow::{Context, Result, bail};
@@ -55,6 +56,9 @@ enum Cmd {
     Sinks(serve_cmd::SinksCmd),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
+    /// Compliance and blast-radius reports (HTML with charts, CSV or JSON); every number comes
+    /// with the SQL that reproduces it.
+    Report(report_cmd::ReportArgs),
     /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts` and `azure_diagnostics`.
     Query(QueryArgs),
     /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
@@ -301,6 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Serve(a) => rt.block_on(serve_cmd::cmd_serve(&data, &cfg, a)),
         Cmd::Apikey(c) => serve_cmd::cmd_apikey(&data, c),
         Cmd::Sinks(c) => serve_cmd::cmd_sinks(&data, &cfg, c),
+        Cmd::Report(a) => rt.block_on(report_cmd::cmd_report(&data, &cfg, a)),
         Cmd::Openapi => {
             println!("{}", kvwatch_api::handlers::openapi_json());
             Ok(ExitCode::SUCCESS)

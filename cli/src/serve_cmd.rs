@@ -111,6 +111,8 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         state.sinks.push(status.clone());
         forwarders.push(forward::spawn(data, sink, status, stop.clone()));
     }
+    let pass_metrics = Arc::new(kvwatch_detect::run::PassMetrics::default());
+    state.detect = Some(pass_metrics.clone());
     let state = Arc::new(state);
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(kvwatch_api::serve(listener, state, async move {
@@ -130,7 +132,7 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         eprintln!("serve: no Kafka source configured; running detection over the store only");
         None
     };
-    let detect = detect_cmd::follow(data, cfg, &a.detect, &mut shutdown, || {
+    let detect = detect_cmd::follow(data, cfg, &a.detect, &mut shutdown, &pass_metrics, || {
         // A consumer that died (store full, bad credentials at start) stops the service.
         consumer.as_ref().is_some_and(|c| c.is_finished())
     })

@@ -221,3 +221,17 @@ mod tests {
         );
     }
 }
+
+/// Counters of a long-running detection loop (one struct, read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct PassMetrics {
+    pub passes: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+    pub created: std::sync::atomic::AtomicU64,
+    pub updated: std::sync::atomic::AtomicU64,
+    pub folded: std::sync::atomic::AtomicU64,
+    pub new_files: std::sync::atomic::AtomicU64,
+    pub last_pass_ms: std::sync::atomic::AtomicU64,
+    /// Unix seconds at the end of the last successful pass.
+    pub last_pass_end: std::sync::atomic::AtomicU64,
+}

@@ -149,6 +149,67 @@ CREATE TABLE sink_dead_letters (
     PRIMARY KEY (sink, alert_id)
 );
 "#,
+    // Listing at scale: every sort order has an (order column, id) index so keyset pages are
+    // index range scans; the entities analysts pivot on (vault, IP, principal) are indexed
+    // terms kept by triggers; free text goes through an FTS5 trigram index (substring match).
+    r#"
+CREATE INDEX alerts_by_created_id ON alerts (created_at, id);
+CREATE INDEX alerts_by_rank_id ON alerts (severity_rank, id);
+CREATE INDEX alerts_by_events_id ON alerts (event_count, id);
+CREATE INDEX alerts_by_rule_time ON alerts (rule_id, last_seen, id);
+CREATE INDEX alerts_by_status_time ON alerts (status, last_seen, id);
+CREATE TABLE alert_terms (
+    term TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    PRIMARY KEY (term, alert_id)
+) WITHOUT ROWID;
+CREATE INDEX alert_terms_by_alert ON alert_terms (alert_id);
+INSERT OR IGNORE INTO alert_terms SELECT 'vault:' || lower(j.value), a.id FROM alerts a, json_each(a.vaults) j;
+INSERT OR IGNORE INTO alert_terms SELECT 'ip:' || j.value, a.id FROM alerts a, json_each(a.ips) j;
+INSERT OR IGNORE INTO alert_terms SELECT 'principal:' || lower(v), id FROM
+    (SELECT a.id, j.value ->> '$.upn' AS v FROM alerts a, json_each(a.principals) j
+     UNION ALL SELECT a.id, j.value ->> '$.oid' FROM alerts a, json_each(a.principals) j
+     UNION ALL SELECT a.id, j.value ->> '$.appid' FROM alerts a, json_each(a.principals) j)
+    WHERE v IS NOT NULL;
+CREATE TRIGGER alerts_terms_on_insert AFTER INSERT ON alerts BEGIN
+    INSERT OR IGNORE INTO alert_terms SELECT 'vault:' || lower(value), NEW.id FROM json_each(NEW.vaults);
+    INSERT OR IGNORE INTO alert_terms SELECT 'ip:' || value, NEW.id FROM json_each(NEW.ips);
+    INSERT OR IGNORE INTO alert_terms SELECT 'principal:' || lower(v), NEW.id FROM
+        (SELECT p.value ->> '$.upn' AS v FROM json_each(NEW.principals) AS p
+         UNION ALL SELECT p.value ->> '$.oid' FROM json_each(NEW.principals) AS p
+         UNION ALL SELECT p.value ->> '$.appid' FROM json_each(NEW.principals) AS p)
+        WHERE v IS NOT NULL;
+END;
+CREATE TRIGGER alerts_terms_on_update AFTER UPDATE OF vaults, ips, principals ON alerts BEGIN
+    DELETE FROM alert_terms WHERE alert_id = NEW.id;
+    INSERT OR IGNORE INTO alert_terms SELECT 'vault:' || lower(value), NEW.id FROM json_each(NEW.vaults);
+    INSERT OR IGNORE INTO alert_terms SELECT 'ip:' || value, NEW.id FROM json_each(NEW.ips);
+    INSERT OR IGNORE INTO alert_terms SELECT 'principal:' || lower(v), NEW.id FROM
+        (SELECT p.value ->> '$.upn' AS v FROM json_each(NEW.principals) AS p
+         UNION ALL SELECT p.value ->> '$.oid' FROM json_each(NEW.principals) AS p
+         UNION ALL SELECT p.value ->> '$.appid' FROM json_each(NEW.principals) AS p)
+        WHERE v IS NOT NULL;
+END;
+CREATE VIRTUAL TABLE alerts_fts USING fts5(
+    title, summary, description, dedup_key, content='alerts', content_rowid='rowid',
+    tokenize='trigram'
+);
+INSERT INTO alerts_fts (alerts_fts) VALUES ('rebuild');
+CREATE TRIGGER alerts_fts_on_insert AFTER INSERT ON alerts BEGIN
+    INSERT INTO alerts_fts (rowid, title, summary, description, dedup_key)
+    VALUES (NEW.rowid, NEW.title, NEW.summary, NEW.description, NEW.dedup_key);
+END;
+CREATE TRIGGER alerts_fts_on_update AFTER UPDATE OF title, summary, description, dedup_key ON alerts BEGIN
+    INSERT INTO alerts_fts (alerts_fts, rowid, title, summary, description, dedup_key)
+    VALUES ('delete', OLD.rowid, OLD.title, OLD.summary, OLD.description, OLD.dedup_key);
+    INSERT INTO alerts_fts (rowid, title, summary, description, dedup_key)
+    VALUES (NEW.rowid, NEW.title, NEW.summary, NEW.description, NEW.dedup_key);
+END;
+CREATE TRIGGER alerts_fts_on_delete AFTER DELETE ON alerts BEGIN
+    INSERT INTO alerts_fts (alerts_fts, rowid, title, summary, description, dedup_key)
+    VALUES ('delete', OLD.rowid, OLD.title, OLD.summary, OLD.description, OLD.dedup_key);
+END;
+"#,
 ];
 
 /// One entry of an alert's audit trail.
@@ -541,39 +602,30 @@ impl AlertStore {
         if let Some(a) = &f.assignee {
             sql += &format!(" AND assignee = {}", bind(a.clone().into()));
         }
-        if let Some(v) = &f.vault {
-            let p = bind(v.to_lowercase().into());
-            sql += &format!(
-                " AND EXISTS (SELECT 1 FROM json_each(alerts.vaults) WHERE lower(value) = {p})"
-            );
-        }
-        if let Some(ip) = &f.ip {
-            let p = bind(ip.clone().into());
-            sql += &format!(" AND EXISTS (SELECT 1 FROM json_each(alerts.ips) WHERE value = {p})");
-        }
-        if let Some(who) = &f.principal {
-            let p = bind(who.to_lowercase().into());
-            sql += &format!(
-                " AND EXISTS (SELECT 1 FROM json_each(alerts.principals) AS p WHERE \
-                 lower(p.value ->> '$.upn') = {p} OR lower(p.value ->> '$.oid') = {p} \
-                 OR lower(p.value ->> '$.appid') = {p})"
-            );
+        for (prefix, value) in [
+            ("vault:", f.vault.as_deref().map(str::to_lowercase)),
+            ("ip:", f.ip.clone()),
+            ("principal:", f.principal.as_deref().map(str::to_lowercase)),
+        ] {
+            if let Some(v) = value {
+                let p = bind(format!("{prefix}{v}").into());
+                sql += &format!(" AND id IN (SELECT alert_id FROM alert_terms WHERE term = {p})");
+            }
         }
         if let Some(t) = &f.text {
-            let p = bind(t.to_lowercase().into());
-            sql += &format!(
-                " AND (instr(lower(title), {p}) > 0 OR instr(lower(summary), {p}) > 0 \
-                 OR instr(lower(description), {p}) > 0 OR instr(lower(dedup_key), {p}) > 0)"
-            );
+            // Trigram FTS: substring match, case-insensitive; the text is one quoted phrase.
+            let p = bind(format!("\"{}\"", t.replace('"', "\"\"")).into());
+            sql +=
+                &format!(" AND rowid IN (SELECT rowid FROM alerts_fts WHERE alerts_fts MATCH {p})");
         }
         let (column, desc) = f.sort.column();
         if let Some((v, id)) = &f.after {
             let (pv, pid) = (bind((*v).into()), bind(id.clone().into()));
             let cmp = if desc { "<" } else { ">" };
-            sql += &format!(" AND ({column} {cmp} {pv} OR ({column} = {pv} AND id > {pid}))");
+            sql += &format!(" AND ({column}, id) {cmp} ({pv}, {pid})");
         }
         let dir = if desc { "DESC" } else { "ASC" };
-        sql += &format!(" ORDER BY {column} {dir}, id");
+        sql += &format!(" ORDER BY {column} {dir}, id {dir}");
         if let Some(l) = f.limit {
             sql += &format!(" LIMIT {l}");
         }
@@ -687,6 +739,26 @@ impl AlertStore {
                 old: r.get(3)?,
                 new: r.get(4)?,
             })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every audit-trail entry with its alert ID, in order.
+    pub fn all_history(&self) -> Result<Vec<(String, HistoryEntry)>> {
+        let mut st = self.conn.prepare(
+            "SELECT alert_id, at, actor, action, old, new FROM alert_history ORDER BY seq",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                HistoryEntry {
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    old: r.get(4)?,
+                    new: r.get(5)?,
+                },
+            ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

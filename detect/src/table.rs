@@ -134,3 +134,41 @@ pub fn register_alerts(ctx: &SessionContext, data_dir: &Path) -> Result<(), Aler
         .expect("registering a memory table cannot fail");
     Ok(())
 }
+
+/// Registers `alert_history` (the triage audit trail: `alert_id`, `at`, `actor`, `action`,
+/// `old`, `new`), empty when there is no alert store yet.
+pub fn register_alert_history(
+    ctx: &SessionContext,
+    data_dir: &Path,
+) -> Result<(), AlertStoreError> {
+    let rows = match AlertStore::open_read_only(data_dir)? {
+        Some(s) => s.all_history()?,
+        None => Vec::new(),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("at", ts_type(), false),
+        Field::new("actor", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("old", DataType::Utf8, true),
+        Field::new("new", DataType::Utf8, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|(id, _)| id.as_str())),
+        times(rows.iter().map(|(_, h)| h.at)),
+        strings(rows.iter().map(|(_, h)| h.actor.as_str())),
+        strings(rows.iter().map(|(_, h)| h.action.as_str())),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|(_, h)| h.old.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|(_, h)| h.new.as_deref()),
+        )),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols).expect("columns match the schema");
+    let table = MemTable::try_new(schema, vec![vec![batch]]).expect("batch has the table schema");
+    let _ = ctx.deregister_table("alert_history");
+    ctx.register_table("alert_history", Arc::new(table))
+        .expect("registering a memory table cannot fail");
+    Ok(())
+}

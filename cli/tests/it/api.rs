@@ -71,6 +71,18 @@ pub fn serve_with(data: &Path, global: &[&str], log: &str) -> (Child, String) {
     }
 }
 
+/// Kills a process when dropped, so a failing test leaves no service behind.
+pub struct Reap(pub u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 pub fn get(url: &str, key: Option<&str>) -> (u16, Value) {
     let mut req = agent().get(url);
     if let Some(k) = key {
@@ -128,6 +140,7 @@ fn api_keys_roles_alert_listing_and_updates() {
     let reader = key(&data, "reader", "dashboards");
     let analyst = key(&data, "analyst", "soc-alice");
     let (mut child, base) = serve(&data);
+    let _reap = Reap(child.id());
 
     // Probes are open; everything else needs a key.
     assert_eq!(get(&format!("{base}/healthz"), None).0, 200);

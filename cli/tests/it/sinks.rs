@@ -4,7 +4,7 @@
 //! The peers answer with 500, 429 + Retry-After, 401, 403, 413 and slow responses, and
 //! `serve` is killed with SIGKILL in the middle of a delivery, then restarted.
 
-use super::api::{get, key, patch, post, serve_with};
+use super::api::{Reap, get, key, patch, post, serve_with};
 use super::common::{ingest, run};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -71,12 +71,7 @@ fn hmac_hex(parts: &[&[u8]]) -> String {
         .collect()
 }
 
-async fn handle(
-    State(p): State<Arc<Peer>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(p): State<Arc<Peer>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_owned();
     let header = |n: &str| {
         headers
@@ -92,8 +87,10 @@ async fn handle(
             return (StatusCode::UNAUTHORIZED, "bad client").into_response();
         }
         let n = p.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
-        return axum::Json(json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "Bearer"}))
-            .into_response();
+        return axum::Json(
+            json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "Bearer"}),
+        )
+        .into_response();
     }
     if path == "/hec/services/collector/ack" {
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -117,7 +114,9 @@ async fn handle(
             })
             .collect();
         (&p.hec, ids)
-    } else if path.starts_with("/sentinel/dataCollectionRules/dcr-1/streams/Custom-KvwatchAlerts_CL") {
+    } else if path
+        .starts_with("/sentinel/dataCollectionRules/dcr-1/streams/Custom-KvwatchAlerts_CL")
+    {
         assert_eq!(uri.query(), Some("api-version=2023-01-01"));
         let latest = p.tokens_issued.load(Ordering::SeqCst);
         if header("authorization") != format!("Bearer tok-{latest}") {
@@ -168,7 +167,11 @@ async fn handle(
         return (StatusCode::NOT_FOUND, "no such endpoint").into_response();
     };
     let step = sink.script.lock().unwrap().pop_front();
-    let ok = if path.starts_with("/sentinel") { 204 } else { 200 };
+    let ok = if path.starts_with("/sentinel") {
+        204
+    } else {
+        200
+    };
     let (status, retry_after) = match step {
         None => (ok, None),
         Some(Step::Status(s)) => (s, None),
@@ -282,7 +285,8 @@ fn tls_acceptor(dir: &Path) -> openssl::ssl::SslAcceptor {
     use openssl::x509::{X509Builder, X509NameBuilder};
     let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
     let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "kvwatch-test-syslog").unwrap();
+    name.append_entry_by_text("CN", "kvwatch-test-syslog")
+        .unwrap();
     let name = name.build();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
@@ -427,11 +431,11 @@ fn sinks_deliver_every_alert_through_failures_and_restarts() {
         // After the restart: the batch that was in flight is refused for good.
         Step::Status(403),
     ]);
-    peer.sentinel
-        .script
-        .lock()
-        .unwrap()
-        .extend([Step::Status(401), Step::RetryAfter(503, 1), Step::Status(500)]);
+    peer.sentinel.script.lock().unwrap().extend([
+        Step::Status(401),
+        Step::RetryAfter(503, 1),
+        Step::Status(500),
+    ]);
     let base = start_http_peer(peer.clone());
     let (tcp, tls, udp): (Lines, Lines, Lines) = Default::default();
     let tcp_port = start_tcp_syslog(tcp.clone());
@@ -502,6 +506,7 @@ facility = "authpriv"
 
     // First run: killed while HEC holds a batch open.
     let (mut first, _) = serve_with(&data, &global, "serve-1.log");
+    let _reap_first = Reap(first.id());
     wait_until("the slow HEC answer", 60, || {
         peer.slow_started.load(Ordering::SeqCst)
     });
@@ -511,6 +516,7 @@ facility = "authpriv"
 
     // Second run resumes from the durable cursors.
     let (mut second, url) = serve_with(&data, &global, "serve-2.log");
+    let _reap_second = Reap(second.id());
     let reader = key(&data, "reader", "soc-reader");
     let sinks = |k: &str| -> Vec<Value> {
         let (code, v) = get(&format!("{url}/api/v1/sinks"), Some(k));
@@ -525,17 +531,25 @@ facility = "authpriv"
     let dead = hec["dead_letters"].as_i64().unwrap();
     assert!((1..=3).contains(&dead), "{hec}");
     assert!(
-        !Value::from(listed.clone()).to_string().contains("hec-token-1")
+        !Value::from(listed.clone())
+            .to_string()
+            .contains("hec-token-1")
             && !Value::from(listed.clone()).to_string().contains("s3cret"),
         "no credentials in the API"
     );
 
     // The 403 batch is a dead letter, visible, and was never counted as delivered.
-    let (code, letters) = get(&format!("{url}/api/v1/sinks/hec/dead-letters"), Some(&reader));
+    let (code, letters) = get(
+        &format!("{url}/api/v1/sinks/hec/dead-letters"),
+        Some(&reader),
+    );
     assert_eq!(code, 200);
     let letters = letters.as_array().unwrap().clone();
     assert_eq!(letters.len() as i64, dead);
-    assert!(letters.iter().all(|d| d["http_status"] == 403), "{letters:?}");
+    assert!(
+        letters.iter().all(|d| d["http_status"] == 403),
+        "{letters:?}"
+    );
     let (_, metrics) = get(&format!("{url}/metrics"), Some(&reader));
     let metrics = metrics.as_str().unwrap().to_owned();
     let metric = |name: &str, sink: &str| -> i64 {
@@ -568,7 +582,11 @@ facility = "authpriv"
     let (code, v) = post(&retry, &admin, json!({}));
     assert_eq!((code, v["queued"].as_i64()), (200, Some(dead)), "{v}");
     wait_until("the dead letters to be redelivered", 60, || {
-        get(&format!("{url}/api/v1/sinks/hec/dead-letters"), Some(&reader)).1 == json!([])
+        get(
+            &format!("{url}/api/v1/sinks/hec/dead-letters"),
+            Some(&reader),
+        )
+        .1 == json!([])
     });
 
     // An update is forwarded again (the feed carries changes, not just new alerts).
@@ -584,9 +602,16 @@ facility = "authpriv"
         200
     );
     wait_until("the update to reach the webhook", 30, || {
-        peer.webhook_status.lock().unwrap().get(changed).map(String::as_str) == Some("resolved")
+        peer.webhook_status
+            .lock()
+            .unwrap()
+            .get(changed)
+            .map(String::as_str)
+            == Some("resolved")
     });
-    wait_until("every sink to catch up again", 60, || caught_up(&sinks(&reader)));
+    wait_until("every sink to catch up again", 60, || {
+        caught_up(&sinks(&reader))
+    });
 
     for (name, sink) in [
         ("hec", &peer.hec),
@@ -628,7 +653,10 @@ facility = "authpriv"
             assert!(l.starts_with('<') && l.contains(">1 "), "{name}: {l}");
             let (header, ext) = parse_cef(l);
             assert_eq!(header[0], "CEF:0");
-            assert_eq!((header[1].as_str(), header[2].as_str()), ("kvwatch", "kvwatch"));
+            assert_eq!(
+                (header[1].as_str(), header[2].as_str()),
+                ("kvwatch", "kvwatch")
+            );
             let sev: u8 = header[6].parse().unwrap();
             assert!(sev <= 10);
             let id = ext

@@ -1,0 +1,343 @@
+//! The report as one self-contained HTML file: inline CSS, charts as inline SVG, no scripts,
+//! fonts or external resources, readable on paper.
+
+use super::{Report, Table};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        other => other.to_string(),
+    }
+}
+
+const PALETTE: [&str; 9] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22",
+];
+
+/// A stacked bar chart: one bar per category, one colour per series.
+fn stacked_bars(
+    title: &str,
+    cats: &[String],
+    series: &[(String, Vec<f64>)],
+    colors: &[&str],
+) -> String {
+    let (w, h, left, bottom, top) = (760.0, 260.0, 50.0, 40.0, 20.0);
+    let plot_h = h - bottom - top;
+    let totals: Vec<f64> = (0..cats.len())
+        .map(|i| series.iter().map(|(_, v)| v[i]).sum())
+        .collect();
+    let max = totals.iter().cloned().fold(0.0, f64::max).max(1.0);
+    let bw = ((w - left - 10.0) / cats.len().max(1) as f64).min(60.0);
+    let mut svg = format!(
+        r#"<figure><figcaption>{}</figcaption><svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {w} {h}" width="100%" aria-label="{}">"#,
+        esc(title),
+        esc(title)
+    );
+    for t in 0..=4 {
+        let v = max * f64::from(t) / 4.0;
+        let y = top + plot_h - plot_h * f64::from(t) / 4.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"##,
+            w - 5.0,
+            left - 4.0,
+            y + 3.0,
+            v.round()
+        );
+    }
+    for (i, c) in cats.iter().enumerate() {
+        let x = left + i as f64 * bw + 2.0;
+        let mut y = top + plot_h;
+        for (si, (name, vals)) in series.iter().enumerate() {
+            let bh = plot_h * vals[i] / max;
+            if bh > 0.0 {
+                y -= bh;
+                let _ = write!(
+                    svg,
+                    r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{} {}: {}</title></rect>"#,
+                    (bw - 4.0).max(1.0),
+                    colors[si % colors.len()],
+                    esc(c),
+                    esc(name),
+                    vals[i]
+                );
+            }
+        }
+        if cats.len() <= 31 || i % (cats.len() / 15 + 1) == 0 {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{}" font-size="9" text-anchor="middle">{}</text>"#,
+                x + bw / 2.0 - 2.0,
+                h - bottom + 14.0,
+                esc(c.get(5..10).unwrap_or(c))
+            );
+        }
+    }
+    svg.push_str("</svg><div class=\"legend\">");
+    for (si, (name, _)) in series.iter().enumerate() {
+        let _ = write!(
+            svg,
+            r#"<span><i style="background:{}"></i>{}</span>"#,
+            colors[si % colors.len()],
+            esc(name)
+        );
+    }
+    svg.push_str("</div></figure>");
+    svg
+}
+
+/// Horizontal bars, largest first.
+fn ranking(title: &str, items: &[(String, f64)]) -> String {
+    let row = 18.0;
+    let (w, left) = (760.0, 260.0);
+    let h = row * items.len() as f64 + 10.0;
+    let max = items.iter().map(|i| i.1).fold(0.0, f64::max).max(1.0);
+    let mut svg = format!(
+        r#"<figure><figcaption>{}</figcaption><svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {w} {h}" width="100%" aria-label="{}">"#,
+        esc(title),
+        esc(title)
+    );
+    for (i, (label, v)) in items.iter().enumerate() {
+        let y = 5.0 + i as f64 * row;
+        let bw = (w - left - 60.0) * v / max;
+        let short: String = label.chars().take(40).collect();
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text><rect x="{left}" y="{y:.1}" width="{bw:.1}" height="{:.1}" fill="#1f77b4"/><text x="{:.1}" y="{:.1}" font-size="11">{v}</text>"##,
+            left - 6.0,
+            y + 12.0,
+            esc(&short),
+            row - 4.0,
+            left + bw + 4.0,
+            y + 12.0
+        );
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+/// Pivots `day, <series>, <value>` rows into categories and series (top `keep` series by
+/// total, the rest as "other").
+fn pivot(
+    t: &Table,
+    series_col: &str,
+    value_col: &str,
+    keep: usize,
+) -> (Vec<String>, Vec<(String, Vec<f64>)>) {
+    let mut days: Vec<String> = Vec::new();
+    let mut cells: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut totals: BTreeMap<String, f64> = BTreeMap::new();
+    for r in &t.rows {
+        let day = text(r.get("day").unwrap_or(&Value::Null));
+        let day = day.get(..10).unwrap_or(&day).to_owned();
+        let s = text(r.get(series_col).unwrap_or(&Value::Null));
+        let v = r.get(value_col).and_then(Value::as_f64).unwrap_or(0.0);
+        if !days.contains(&day) {
+            days.push(day.clone());
+        }
+        *cells.entry((day, s.clone())).or_default() += v;
+        *totals.entry(s).or_default() += v;
+    }
+    days.sort();
+    let mut names: Vec<(String, f64)> = totals.into_iter().collect();
+    names.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let kept: Vec<String> = names.iter().take(keep).map(|n| n.0.clone()).collect();
+    let mut series: Vec<(String, Vec<f64>)> = kept
+        .iter()
+        .map(|n| {
+            let vals = days
+                .iter()
+                .map(|d| cells.get(&(d.clone(), n.clone())).copied().unwrap_or(0.0))
+                .collect();
+            (n.clone(), vals)
+        })
+        .collect();
+    if names.len() > keep {
+        let vals = days
+            .iter()
+            .map(|d| {
+                cells
+                    .iter()
+                    .filter(|((day, s), _)| day == d && !kept.contains(s))
+                    .map(|(_, v)| v)
+                    .sum()
+            })
+            .collect();
+        series.push(("other".into(), vals));
+    }
+    (days, series)
+}
+
+fn table_html(out: &mut String, t: &Table, max: usize) {
+    let _ = write!(out, "<h3>{}</h3>", esc(&t.title));
+    if t.rows.is_empty() {
+        out.push_str("<p class=\"none\">None in this period.</p>");
+    } else {
+        out.push_str("<table><thead><tr>");
+        for c in &t.columns {
+            let _ = write!(out, "<th>{}</th>", esc(c));
+        }
+        out.push_str("</tr></thead><tbody>");
+        for r in t.rows.iter().take(max) {
+            let flagged = r.get("human_on_production") == Some(&Value::Bool(true));
+            out.push_str(if flagged {
+                "<tr class=\"flag\">"
+            } else {
+                "<tr>"
+            });
+            for c in &t.columns {
+                let v = r.get(c).unwrap_or(&Value::Null);
+                let cls = if v.is_number() { " class=\"n\"" } else { "" };
+                let _ = write!(out, "<td{cls}>{}</td>", esc(&text(v)));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</tbody></table>");
+        if t.total_rows > max.min(t.rows.len()) {
+            let _ = write!(
+                out,
+                "<p class=\"note\">Showing {} of {} rows; the JSON and CSV outputs carry up to the row limit.</p>",
+                max.min(t.rows.len()),
+                t.total_rows
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "<details><summary>SQL</summary><pre>{}</pre></details>",
+        esc(&t.sql)
+    );
+}
+
+const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #1f77b4;padding-bottom:.2em;margin-top:2em}\
+.meta{color:#555}.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}\
+.card{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;min-width:10em}.card b{display:block;font-size:1.5em}\
+table{border-collapse:collapse;width:100%;font-size:.8em;margin:.5em 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}\
+th{background:#f3f6fa}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.flag td{background:#fde8e8}\
+.legend span{margin-right:1em;font-size:.8em}.legend i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}\
+figure{margin:1em 0}figcaption{font-weight:600}pre{white-space:pre-wrap;font-size:.75em;background:#f7f7f7;padding:.5em}\
+.none,.note{color:#666;font-size:.85em}\
+@media print{details{display:none}h2{page-break-before:always}h2:first-of-type{page-break-before:avoid}tr{page-break-inside:avoid}}";
+
+/// Renders the report.
+pub fn render(r: &Report) -> String {
+    let mut out = String::with_capacity(1 << 16);
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} — kvwatch</title><style>{CSS}</style></head><body>",
+        esc(&r.title)
+    );
+    let _ = write!(
+        out,
+        "<h1>{}</h1><p class=\"meta\">Period {} to {} · generated {} by kvwatch {} · vaults: {}</p>",
+        esc(&r.title),
+        esc(&r.from),
+        esc(&r.to),
+        esc(&r.generated_at),
+        env!("CARGO_PKG_VERSION"),
+        if r.vaults.is_empty() {
+            "all".to_owned()
+        } else {
+            esc(&r.vaults.join(", "))
+        }
+    );
+    out.push_str("<div class=\"cards\">");
+    for m in r
+        .summary
+        .iter()
+        .chain(r.sections.iter().flat_map(|s| s.summary.iter()))
+    {
+        let _ = write!(
+            out,
+            "<div class=\"card\" title=\"{}\"><b>{}</b>{}</div>",
+            esc(&m.sql),
+            esc(&text(&m.value)),
+            esc(&m.label)
+        );
+    }
+    out.push_str("</div>");
+    if let Some(t) = r.overview.iter().find(|t| t.name == "events_per_day") {
+        let (cats, series) = pivot(t, "vault", "events", 8);
+        if !cats.is_empty() {
+            out.push_str(&stacked_bars(
+                "Audit events per day by vault",
+                &cats,
+                &series,
+                &PALETTE,
+            ));
+        }
+    }
+    for s in &r.sections {
+        let _ = write!(
+            out,
+            "<h2 id=\"{}\">{}</h2><p>{}</p>",
+            esc(&s.id),
+            esc(&s.title),
+            esc(&s.description)
+        );
+        if s.id == "alerts"
+            && let Some(t) = s.tables.iter().find(|t| t.name == "per_day")
+        {
+            let (cats, mut series) = pivot(t, "severity", "alerts", 5);
+            let order = ["critical", "high", "medium", "low", "informational"];
+            series.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(9));
+            if !cats.is_empty() {
+                out.push_str(&stacked_bars(
+                    "Alerts per day by severity",
+                    &cats,
+                    &series,
+                    &["#7b0000", "#d62728", "#ff7f0e", "#bcbd22", "#7f7f7f"],
+                ));
+            }
+        }
+        if s.id == "blast-radius"
+            && let Some(t) = s.tables.iter().find(|t| t.name == "principals")
+        {
+            let items: Vec<(String, f64)> = t
+                .rows
+                .iter()
+                .take(15)
+                .map(|r| {
+                    (
+                        text(r.get("principal").unwrap_or(&Value::Null)),
+                        r.get("objects").and_then(Value::as_f64).unwrap_or(0.0),
+                    )
+                })
+                .collect();
+            if !items.is_empty() {
+                out.push_str(&ranking(
+                    "Blast radius: distinct objects read per principal",
+                    &items,
+                ));
+            }
+        }
+        for t in &s.tables {
+            table_html(&mut out, t, 200);
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}

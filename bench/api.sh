@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# HTTP API under load: GET /api/v1/alerts with N alerts in the store (default 1 M) under 50
+# concurrent clients (wrk, loopback, on the same two cores as the server), then forwarding
+# throughput from the same store to a local Splunk-HEC-like receiver.
+#
+#   bench/api.sh [N]        needs wrk (apt-get install wrk) and python3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
+n="${1:-1000000}"
+work="${KVWATCH_BENCH_DIR:-/tmp/kvwatch-bench-api}"
+cargo build --release --quiet
+kv="$CARGO_TARGET_DIR/release/kvwatch"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+data="$work/data-$n"
+if [ ! -f "$data/alerts.db" ]; then
+    rm -rf "$data"
+    "$kv" --data "$data" sinks list >/dev/null   # creates and migrates the alert store
+    python3 bench/fill_alerts.py "$data/alerts.db" "$n"
+fi
+rm -f "$data/auth.db"*
+key=$("$kv" --data "$data" apikey create --role reader --name bench 2>/dev/null)
+
+port=$(free_port)
+"$kv" --data "$data" serve --listen "127.0.0.1:$port" --interval 86400 --no-models --no-forward \
+    >"$work/serve.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+base="http://127.0.0.1:$port/api/v1/alerts"
+cursor=$(curl -sf -H "Authorization: Bearer $key" "$base?limit=1000&sort=-last_seen" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
+for q in "limit=100" "severity=high&limit=100" "status=new&rule=kv-rule-7&limit=100" \
+         "limit=100&cursor=$cursor" "vault=kv-0042&limit=50" "q=user42@&limit=50"; do
+    echo "== GET /api/v1/alerts?$q (50 connections, 20 s)"
+    wrk -t2 -c50 -d20s --latency -H "Authorization: Bearer $key" "$base?$q" \
+        | grep -E "Requests/sec|^ +(50|90|99)%|Non-2xx|Socket errors" || true
+done
+kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+
+echo "== forwarding to a local HEC-like receiver"
+sink_port=$(free_port)
+python3 bench/hec_sink.py "$sink_port" &
+pids+=($!)
+cat >"$work/forward.toml" <<TOML
+[[sinks]]
+name = "bench-hec-$(date +%s)"
+type = "splunk_hec"
+url = "http://127.0.0.1:$sink_port"
+token = "bench"
+batch_size = 2000
+TOML
+port=$(free_port)
+"$kv" --data "$data" --config "$work/forward.toml" serve --listen "127.0.0.1:$port" --interval 86400 \
+    --no-models >"$work/serve-forward.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$sink_port/" >/dev/null && break; sleep 0.1; done
+target=$(( n < 300000 ? n : 300000 ))
+start=$(date +%s.%N)
+while :; do
+    got=$(curl -sf "http://127.0.0.1:$sink_port/" || echo 0)
+    [ "$got" -ge "$target" ] && break
+    sleep 0.2
+done
+end=$(date +%s.%N)
+python3 -c "import sys; n=int(sys.argv[1]); s=float(sys.argv[3])-float(sys.argv[2]); print(f'delivered {n:,} alerts in {s:.1f} s: {n/s:,.0f} alerts/s')" "$got" "$start" "$end"
