@@ -867,6 +867,121 @@ pub async fn revoke_key(
     }
 }
 
+/// Stored reports, newest first.
+#[utoipa::path(get, path = "/api/v1/reports", tag = "reports",
+    responses((status = 200, body = Vec<crate::report::StoredReport>)), security(("bearer" = [])))]
+pub async fn list_reports(State(s): State<Shared>) -> Response {
+    let data = s.data.clone();
+    match tokio::task::spawn_blocking(move || crate::report::list(&data)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Download a stored report (HTML, CSV or JSON as generated).
+#[utoipa::path(get, path = "/api/v1/reports/{id}", tag = "reports",
+    params(("id" = String, Path, description = "Report ID")),
+    responses((status = 200, description = "The report file"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_report(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let data = s.data.clone();
+    match tokio::task::spawn_blocking(move || crate::report::load(&data, &id)).await {
+        Ok(Ok(Some((meta, body)))) => {
+            let format =
+                crate::report::Format::parse(&meta.format).unwrap_or(crate::report::Format::Json);
+            (
+                [
+                    (header::CONTENT_TYPE, format.content_type().to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!(
+                            "attachment; filename=\"kvwatch-{}.{}\"",
+                            meta.id, meta.format
+                        ),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such report"),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A report to generate now.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// compliance (default), access, permissions, sensitive-ops, failed-access, blast-radius,
+    /// hygiene or alerts.
+    kind: Option<String>,
+    /// RFC 3339 period start [default: 30 days before `to`].
+    from: Option<String>,
+    /// RFC 3339 period end [default: now].
+    to: Option<String>,
+    /// Only these vaults.
+    #[serde(default)]
+    vaults: Vec<String>,
+    /// html (default), csv or json.
+    format: Option<String>,
+}
+
+/// Generate a report now; it is stored and listed like scheduled ones.
+#[utoipa::path(post, path = "/api/v1/reports", tag = "reports", request_body = ReportRequest,
+    responses((status = 201, body = crate::report::StoredReport), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_report(
+    State(s): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    use crate::report::{Format, Kind, ReportOptions};
+    let r: ReportRequest = match json_body(req, 16 * 1024).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some(kind) = Kind::parse(r.kind.as_deref().unwrap_or("compliance")) else {
+        return bad("unknown kind");
+    };
+    let Some(format) = Format::parse(r.format.as_deref().unwrap_or("html")) else {
+        return bad("unknown format (html, csv or json)");
+    };
+    let to = match r.to.as_deref().map(|v| rfc3339("to", v)).transpose() {
+        Ok(t) => t.unwrap_or_else(kvwatch_ingest::store::now_nanos),
+        Err(resp) => return resp,
+    };
+    let from = match r.from.as_deref().map(|v| rfc3339("from", v)).transpose() {
+        Ok(t) => t.unwrap_or(to - 30 * 86_400_000_000_000),
+        Err(resp) => return resp,
+    };
+    if from >= to {
+        return bad("from must be before to");
+    }
+    let mut o = ReportOptions::new(kind, from, to);
+    o.vaults = r.vaults.iter().map(|v| v.trim().to_lowercase()).collect();
+    let rep = match crate::report::run(&s.data, &o).await {
+        Ok(rep) => rep,
+        Err(e @ crate::report::ReportError::Invalid(_)) => return bad(e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let body = crate::report::render(&rep, format);
+    let data = s.data.clone();
+    let by = format!("api:{}", caller.name);
+    match tokio::task::spawn_blocking(move || crate::report::save(&data, &rep, format, &body, &by))
+        .await
+    {
+        Ok(Ok(meta)) => {
+            tracing::info!(report = %meta.id, key = %caller.name, "api.report_generated");
+            (StatusCode::CREATED, Json(meta)).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -894,15 +1009,17 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "kvwatch", description = "Azure Key Vault audit-log detections: alerts, triage, analyst SQL, SIEM export."),
     paths(list_alerts, get_alert, patch_alert, alert_events, export, list_rules, get_rule, query, stats,
-        list_sinks, dead_letters, retry_dead_letters, list_keys, create_key, revoke_key),
+        list_sinks, dead_letters, retry_dead_letters, list_keys, create_key, revoke_key,
+        list_reports, get_report, create_report),
     components(schemas(Alert, AlertPage, AlertDetail, AlertPatch, HistoryEntry, ExportPage, QueryRequest,
         QueryResponse, Stats, AlertCounts, SinkInfo, DeadLetter, KeyInfo, NewKey, CreatedKey, Role, ErrorBody,
+        ReportRequest, crate::report::StoredReport,
         Severity, Status, kvwatch_detect::Principal)),
     modifiers(&BearerAuth),
     tags((name = "alerts", description = "List, inspect and triage alerts"),
         (name = "export", description = "Pull delivery for SIEMs"),
         (name = "query", description = "Read-only analyst SQL"),
-        (name = "rules"), (name = "stats"), (name = "sinks", description = "Push forwarders"),
+        (name = "rules"), (name = "stats"), (name = "reports", description = "Compliance reports"), (name = "sinks", description = "Push forwarders"),
         (name = "keys", description = "API keys (admin)"))
 )]
 pub struct ApiDoc;

@@ -208,6 +208,7 @@ fn route_family(path: &str) -> String {
         ["", "api", "v1", "alerts", _] => "/api/v1/alerts/{id}".into(),
         ["", "api", "v1", "rules", _] => "/api/v1/rules/{id}".into(),
         ["", "api", "v1", "keys", _] => "/api/v1/keys/{name}".into(),
+        ["", "api", "v1", "reports", _] => "/api/v1/reports/{id}".into(),
         ["", "api", "v1", "sinks", _, rest @ ..] => {
             format!("/api/v1/sinks/{{name}}/{}", rest.join("/"))
         }
@@ -229,6 +230,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/rules/{id}", get(handlers::get_rule))
         .route("/api/v1/stats", get(handlers::stats))
         .route("/api/v1/sinks", get(handlers::list_sinks))
+        .route("/api/v1/reports", get(handlers::list_reports))
+        .route("/api/v1/reports/{id}", get(handlers::get_report))
         .route(
             "/api/v1/sinks/{name}/dead-letters",
             get(handlers::dead_letters),
@@ -240,6 +243,7 @@ pub fn router(state: Shared) -> Router {
             axum::routing::patch(handlers::patch_alert),
         )
         .route("/api/v1/query", post(handlers::query))
+        .route("/api/v1/reports", post(handlers::create_report))
         .route_layer(layer(Role::Analyst));
     let admin = Router::new()
         .route(

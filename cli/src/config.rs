@@ -38,9 +38,21 @@ pub struct Config {
     /// `kvwatch_api::forward::parse_sink`.
     #[serde(default)]
     pub sinks: Vec<toml::Value>,
+    /// Scheduled reports of `kvwatch serve`: `[[reports]]` tables, checked by
+    /// `kvwatch_api::report::schedule::parse_schedule`.
+    #[serde(default)]
+    pub reports: Vec<toml::Value>,
 }
 
 impl Config {
+    /// The `[[reports]]` tables as JSON values, for the scheduler's parser.
+    pub fn reports_json(&self) -> Result<Vec<serde_json::Value>> {
+        self.reports
+            .iter()
+            .map(|v| serde_json::to_value(v).context("[[reports]] entry"))
+            .collect()
+    }
+
     /// The `[[sinks]]` tables as JSON values, for the forwarder's parser.
     pub fn sinks_json(&self) -> Result<Vec<serde_json::Value>> {
         self.sinks

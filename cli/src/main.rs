@@ -47,7 +47,7 @@ enum Cmd {
     /// Publish log files to a Kafka topic as Azure-shaped envelope messages.
     Publish(kafka_cmd::PublishArgs),
     /// Run the service: the HTTP API, the Kafka source (when configured) and continuous detection.
-    Serve(serve_cmd::ServeArgs),
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Apikey(serve_cmd::ApikeyCmd),
@@ -302,7 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ingest(a) => rt.block_on(cmd_ingest(&data, &cfg, a)),
         Cmd::Consume(a) => rt.block_on(kafka_cmd::cmd_consume(&data, &cfg, a)),
         Cmd::Publish(a) => rt.block_on(kafka_cmd::cmd_publish(&cfg, a)),
-        Cmd::Serve(a) => rt.block_on(serve_cmd::cmd_serve(&data, &cfg, a)),
+        Cmd::Serve(a) => rt.block_on(serve_cmd::cmd_serve(&data, &cfg, *a)),
         Cmd::Apikey(c) => serve_cmd::cmd_apikey(&data, c),
         Cmd::Sinks(c) => serve_cmd::cmd_sinks(&data, &cfg, c),
         Cmd::Report(a) => rt.block_on(report_cmd::cmd_report(&data, &cfg, a)),

@@ -36,6 +36,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KVWATCH_NO_FORWARD")]
     no_forward: bool,
     #[command(flatten)]
+    report: crate::report_cmd::ReportTuning,
+    #[command(flatten)]
     consume: ConsumeFlags,
     #[command(flatten)]
     store: StoreArgs,
@@ -66,6 +68,11 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     } else {
         forward::parse_sinks(&cfg.sinks_json()?)?
     };
+    let schedules = cfg
+        .reports_json()?
+        .iter()
+        .map(kvwatch_api::report::schedule::parse_schedule)
+        .collect::<Result<Vec<_>, _>>()?;
     let keys = kvwatch_api::KeyStore::open(data)?;
     if keys.list()?.iter().all(|k| k.revoked_at.is_some()) {
         eprintln!(
@@ -111,6 +118,27 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         state.sinks.push(status.clone());
         forwarders.push(forward::spawn(data, sink, status, stop.clone()));
     }
+    let scheduler = (!schedules.is_empty()).then(|| {
+        let mut tuning =
+            kvwatch_api::report::ReportOptions::new(kvwatch_api::report::Kind::Compliance, 0, 1);
+        a.report.apply(cfg, &mut tuning);
+        eprintln!("serve: {} scheduled reports", schedules.len());
+        let sch = kvwatch_api::report::schedule::Scheduler::new(data, schedules, tuning);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = sch.tick(chrono::Utc::now()).await {
+                    tracing::error!(error = %e, "report.schedule_failed");
+                }
+                for _ in 0..20 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+    });
     let pass_metrics = Arc::new(kvwatch_detect::run::PassMetrics::default());
     state.detect = Some(pass_metrics.clone());
     let state = Arc::new(state);
@@ -140,6 +168,9 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     stop.store(true, Ordering::Relaxed);
     let _ = api_stop.send(());
     api.await?.context("HTTP API")?;
+    if let Some(t) = scheduler {
+        let _ = t.await;
+    }
     for f in forwarders {
         match tokio::task::spawn_blocking(move || f.join()).await? {
             Ok(Ok(())) => {}

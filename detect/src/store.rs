@@ -577,8 +577,25 @@ impl AlertStore {
 
     /// Lists alerts in `f.sort` order (most recent `last_seen` first by default).
     pub fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
-        let mut sql = String::from("SELECT * FROM alerts WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        // An entity filter drives the query from its indexed terms (a few thousand rows to
+        // sort at most) instead of walking every alert in time order to find matches.
+        let terms: Vec<String> = [
+            ("vault:", f.vault.as_deref().map(str::to_lowercase)),
+            ("ip:", f.ip.clone()),
+            ("principal:", f.principal.as_deref().map(str::to_lowercase)),
+        ]
+        .into_iter()
+        .filter_map(|(prefix, v)| v.map(|v| format!("{prefix}{v}")))
+        .collect();
+        let mut sql = if terms.is_empty() {
+            String::from("SELECT alerts.* FROM alerts WHERE 1=1")
+        } else {
+            args.push(terms[0].clone().into());
+            String::from(
+                "SELECT alerts.* FROM alert_terms AS t CROSS JOIN alerts ON alerts.id = t.alert_id WHERE t.term = ?1",
+            )
+        };
         // Binds a value and returns its numbered placeholder, so a value can be used twice.
         let mut bind = |v: rusqlite::types::Value| {
             args.push(v);
@@ -597,20 +614,21 @@ impl AlertStore {
             sql += &format!(" AND rule_id = {}", bind(r.clone().into()));
         }
         if let Some(s) = f.status {
-            sql += &format!(" AND status = {}", bind(s.as_str().to_owned().into()));
+            // With a rule filter, the rule's index is the selective one; `+` keeps SQLite
+            // from walking the status index (most alerts share a status).
+            let col = if f.rule.is_some() {
+                "+status"
+            } else {
+                "status"
+            };
+            sql += &format!(" AND {col} = {}", bind(s.as_str().to_owned().into()));
         }
         if let Some(a) = &f.assignee {
             sql += &format!(" AND assignee = {}", bind(a.clone().into()));
         }
-        for (prefix, value) in [
-            ("vault:", f.vault.as_deref().map(str::to_lowercase)),
-            ("ip:", f.ip.clone()),
-            ("principal:", f.principal.as_deref().map(str::to_lowercase)),
-        ] {
-            if let Some(v) = value {
-                let p = bind(format!("{prefix}{v}").into());
-                sql += &format!(" AND id IN (SELECT alert_id FROM alert_terms WHERE term = {p})");
-            }
+        for term in terms.iter().skip(1) {
+            let p = bind(term.clone().into());
+            sql += &format!(" AND id IN (SELECT alert_id FROM alert_terms WHERE term = {p})");
         }
         if let Some(t) = &f.text {
             // Trigram FTS: substring match, case-insensitive; the text is one quoted phrase.

@@ -13,6 +13,8 @@
 pub mod format;
 mod transport;
 
+pub use transport::hmac_sha256_hex;
+
 use kvwatch_detect::{Alert, AlertStore, AlertStoreError, Severity};
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,6 +39,9 @@ pub enum ForwardError {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
     pub fn expose(&self) -> &str {
         &self.0
     }

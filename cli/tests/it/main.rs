@@ -8,4 +8,5 @@ mod generate;
 mod ingest;
 mod kafka;
 mod query;
+mod report;
 mod sinks;
