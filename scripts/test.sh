@@ -22,3 +22,15 @@ fi
 "$KVWATCH_TANSU" --version || true
 
 cargo test --workspace --locked "$@"
+
+# The OpenAPI document the server serves must validate against the OpenAPI 3.1 schema
+# (openapi-spec-validator from PyPI, in a virtualenv cached outside the clone).
+venv="${KVWATCH_PYENV:-$HOME/.cache/kvwatch/pyenv}"
+if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet openapi-spec-validator
+fi
+spec="$(mktemp)"
+"$CARGO_TARGET_DIR/debug/kvwatch" openapi >"$spec"
+"$venv/bin/openapi-spec-validator" "$spec"
+rm -f "$spec"

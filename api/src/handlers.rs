@@ -57,12 +57,84 @@ pub struct ListParams {
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Include each alert's `description` and `evidence` (event IDs); by default a page
+    /// carries `evidence_count` instead, and `GET /alerts/{id}` has everything.
+    full: Option<bool>,
+}
+
+/// An alert as listed: everything but the rule description and the evidence IDs.
+#[derive(Serialize, ToSchema)]
+pub struct AlertItem {
+    id: String,
+    rule_id: String,
+    title: String,
+    severity: Severity,
+    status: Status,
+    assignee: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    first_seen: String,
+    #[schema(value_type = String, format = DateTime)]
+    last_seen: String,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: String,
+    event_count: i64,
+    occurrences: i64,
+    dedup_key: String,
+    vaults: Vec<String>,
+    principals: Vec<kvwatch_detect::Principal>,
+    ips: Vec<String>,
+    objects: Vec<String>,
+    tactics: Vec<String>,
+    techniques: Vec<String>,
+    summary: String,
+    evidence_count: usize,
+}
+
+impl From<Alert> for AlertItem {
+    fn from(a: Alert) -> Self {
+        let t = kvwatch_ingest::time::format_ns;
+        Self {
+            evidence_count: a.evidence.len(),
+            first_seen: t(a.first_seen),
+            last_seen: t(a.last_seen),
+            created_at: t(a.created_at),
+            updated_at: t(a.updated_at),
+            id: a.id,
+            rule_id: a.rule_id,
+            title: a.title,
+            severity: a.severity,
+            status: a.status,
+            assignee: a.assignee,
+            event_count: a.event_count,
+            occurrences: a.occurrences,
+            dedup_key: a.dedup_key,
+            vaults: a.vaults,
+            principals: a.principals,
+            ips: a.ips,
+            objects: a.objects,
+            tactics: a.tactics,
+            techniques: a.techniques,
+            summary: a.summary,
+        }
+    }
+}
+
+/// The alerts of a page, in the shape asked for.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Items(Vec<AlertItem>),
+    Full(Vec<Alert>),
 }
 
 /// A page of alerts.
 #[derive(Serialize, ToSchema)]
 pub struct AlertPage {
-    alerts: Vec<Alert>,
+    /// `AlertItem`s, or full `Alert`s with `full=true`.
+    #[schema(value_type = Vec<AlertItem>)]
+    alerts: Listed,
     /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
@@ -145,12 +217,18 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     f.limit = Some(limit);
     let sort = f.sort;
+    let full = p.full.unwrap_or(false);
     match s.read_alerts(move |st| st.list(&f)).await {
         Ok(alerts) => {
             let alerts = alerts.unwrap_or_default();
             let next_cursor = (alerts.len() == limit)
                 .then(|| alerts.last().map(|a| encode_cursor(sort.key(a), &a.id)))
                 .flatten();
+            let alerts = if full {
+                Listed::Full(alerts)
+            } else {
+                Listed::Items(alerts.into_iter().map(AlertItem::from).collect())
+            };
             Json(AlertPage {
                 alerts,
                 next_cursor,
@@ -1011,7 +1089,7 @@ impl utoipa::Modify for BearerAuth {
     paths(list_alerts, get_alert, patch_alert, alert_events, export, list_rules, get_rule, query, stats,
         list_sinks, dead_letters, retry_dead_letters, list_keys, create_key, revoke_key,
         list_reports, get_report, create_report),
-    components(schemas(Alert, AlertPage, AlertDetail, AlertPatch, HistoryEntry, ExportPage, QueryRequest,
+    components(schemas(Alert, AlertItem, AlertPage, AlertDetail, AlertPatch, HistoryEntry, ExportPage, QueryRequest,
         QueryResponse, Stats, AlertCounts, SinkInfo, DeadLetter, KeyInfo, NewKey, CreatedKey, Role, ErrorBody,
         ReportRequest, crate::report::StoredReport,
         Severity, Status, kvwatch_detect::Principal)),

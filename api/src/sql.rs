@@ -5,7 +5,8 @@
 //! 1. the text must parse as exactly one plain `SELECT`/`WITH` query (no `COPY`, DDL, DML,
 //!    `SET`, `EXPLAIN ANALYZE` or extension statements);
 //! 2. the plan is verified again with DDL, DML and statements disabled;
-//! 3. the session knows only `events`, `activity`, `alerts` and the `azure_diagnostics` view;
+//! 3. the session knows only `events`, `activity`, `alerts`, `alert_history` and the
+//!    `azure_diagnostics` view;
 //!    URL tables (`FROM '/etc/passwd'`) are off and DataFusion's core has no file-reading
 //!    functions, so no path outside the store can be named;
 //! 4. the runtime has a memory limit and no disk manager, so a query cannot spill to (write)
@@ -138,6 +139,9 @@ pub async fn run(data: &Path, sql: &str, limits: SqlLimits) -> Result<SqlResult,
         let refs = state.resolve_table_references(&statement)?;
         if refs.iter().any(|r| r.table() == "alerts") {
             kvwatch_detect::table::register_alerts(&ctx, data)?;
+        }
+        if refs.iter().any(|r| r.table() == "alert_history") {
+            kvwatch_detect::table::register_alert_history(&ctx, data)?;
         }
         let plan = state.statement_to_plan(statement).await?;
         kvwatch_ingest::query::read_only().verify_plan(&plan)?;

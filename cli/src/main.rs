@@ -59,7 +59,8 @@ enum Cmd {
     /// Compliance and blast-radius reports (HTML with charts, CSV or JSON); every number comes
     /// with the SQL that reproduces it.
     Report(report_cmd::ReportArgs),
-    /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts` and `azure_diagnostics`.
+    /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts`, `alert_history` and
+    /// `azure_diagnostics`.
     Query(QueryArgs),
     /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
     Detect(detect_cmd::DetectArgs),
@@ -451,6 +452,7 @@ async fn cmd_query(data: &std::path::Path, a: QueryArgs) -> Result<ExitCode> {
     }
     let ctx = query::open_session(data).await?;
     kvwatch_detect::table::register_alerts(&ctx, data)?;
+    kvwatch_detect::table::register_alert_history(&ctx, data)?;
     let df = query::read_only_sql(&ctx, &a.sql).await?;
     let batches = df.collect().await?;
     let mut out = std::io::stdout().lock();
