@@ -193,6 +193,7 @@ pub struct Table {
     pub rows: Vec<Map<String, Value>>,
     /// Rows before the `max_rows` cut.
     pub total_rows: usize,
+    pub elapsed_ms: u64,
 }
 
 /// A headline number.
@@ -202,6 +203,7 @@ pub struct Metric {
     pub label: String,
     pub value: Value,
     pub sql: String,
+    pub elapsed_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -348,7 +350,7 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
             o,
             "events_per_day",
             "Events per day and vault",
-            format!("SELECT date_trunc('day', time) AS day, vault, count(*) AS events FROM events WHERE {w} GROUP BY 1, 2 ORDER BY 1, 2"),
+            format!("SELECT date_bin(INTERVAL '1 day', time) AS day, vault, count(*) AS events FROM events WHERE {w} GROUP BY 1, 2 ORDER BY 1, 2"),
         )
         .await?,
     );
@@ -412,6 +414,7 @@ async fn metric(
     label: &str,
     sql: String,
 ) -> Result<Metric, ReportError> {
+    let started = Instant::now();
     let rows = rows_of(&collect(ctx, name, &sql).await?)?;
     let value = rows
         .first()
@@ -422,6 +425,7 @@ async fn metric(
         label: label.into(),
         value,
         sql,
+        elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }
 
@@ -432,6 +436,7 @@ async fn table(
     title: &str,
     sql: String,
 ) -> Result<Table, ReportError> {
+    let started = Instant::now();
     let batches = collect(ctx, name, &sql).await?;
     let columns = batches
         .first()
@@ -453,6 +458,7 @@ async fn table(
         columns,
         rows,
         total_rows,
+        elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }
 
@@ -479,7 +485,7 @@ async fn section(
         Kind::Access => {
             s.description = "Who read which secrets, keys and certificates (successful material reads), per vault and principal, with counts, first and last time, IP addresses and user agents. Human principals reading production vaults are flagged.".into();
             metrics.push(("reads", "Successful material reads", format!("SELECT count(*) AS value FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS}")));
-            metrics.push(("human_production_readers", "Human principals reading production vaults", format!("SELECT count(DISTINCT {CALLER_KEY}) AS value FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND principal_type = 'user' AND ({env}) = 'production'")));
+            metrics.push(("human_production_readers", "Human principals reading production vaults", format!("SELECT count(DISTINCT principal_id) AS value FROM (SELECT {CALLER_KEY} AS principal_id, vault FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND principal_type = 'user' GROUP BY 1, 2) WHERE ({env}) = 'production'")));
             tables.push(("readers", "Readers per vault and principal", format!(
                 "SELECT vault, ({env}) AS environment, max({CALLER}) AS principal, {CALLER_KEY} AS principal_id, max(principal_type) AS principal_type, \
                  count(*) AS reads, count(DISTINCT object_type || '/' || object_name) AS objects, \
@@ -593,9 +599,13 @@ async fn section(
         }
         Kind::BlastRadius => {
             s.description = "Per principal, the distinct secrets, keys and certificates it actually read in the period and the vaults they sit in, ranked: what an attacker holding that identity would get. Principals reading across production and non-production are listed, and the share of all secrets reachable through the top principals.".into();
+            // One row per (principal, object) first: every count below works on that small
+            // set, and the environment is computed per vault, not per read.
             let reads = format!(
-                "SELECT {CALLER_KEY} AS principal_id, {CALLER} AS principal, principal_type, vault, ({env}) AS environment, object_type, object_name \
-                                 FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND object_name IS NOT NULL"
+                "SELECT principal_id, principal, principal_type, vault, ({env}) AS environment, object_type, object_name FROM \
+                 (SELECT {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, max(principal_type) AS principal_type, vault, object_type, object_name \
+                 FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND object_name IS NOT NULL \
+                 GROUP BY {CALLER_KEY}, vault, object_type, object_name)"
             );
             tables.push(("principals", "Principals ranked by objects read", format!(
                 "WITH r AS ({reads}) SELECT principal_id, max(principal) AS principal, max(principal_type) AS principal_type, \
@@ -657,7 +667,7 @@ async fn section(
                  FROM events WHERE {w} AND tls_version IS NOT NULL AND tls_version LIKE 'TLS1%' AND tls_version < 'TLS1_2' \
                  GROUP BY vault, {CALLER_KEY}, tls_version, client_info ORDER BY requests DESC")));
             tables.push(("no_caching", "Callers fetching the same object more than the threshold per hour", format!(
-                "WITH h AS (SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, object_type, object_name, date_trunc('hour', time) AS hour, count(*) AS fetches \
+                "WITH h AS (SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, object_type, object_name, date_bin(INTERVAL '1 hour', time) AS hour, count(*) AS fetches \
                    FROM events WHERE {w} AND operation_family = 'material_read' AND object_name IS NOT NULL GROUP BY 1, 2, 5, 4, 6) \
                  SELECT vault, principal_id, max(principal) AS principal, object_type, object_name, count(*) AS hours_over, max(fetches) AS max_per_hour, sum(fetches) AS fetches \
                  FROM h WHERE fetches > {} GROUP BY vault, principal_id, object_type, object_name ORDER BY fetches DESC", o.cache_threshold)));
@@ -673,7 +683,7 @@ async fn section(
                  SELECT u.vault, k.last_known_rbac, u.policy_authorized, u.rbac_authorized FROM u LEFT JOIN k ON k.vault = u.vault \
                  WHERE k.last_known_rbac = false OR (k.last_known_rbac IS NULL AND u.policy_authorized > 0) ORDER BY u.vault")));
             tables.push(("log_gaps", "Silent stretches of normally busy vaults", format!(
-                "WITH h AS (SELECT vault, date_trunc('hour', time) AS hour, count(*) AS events FROM events WHERE {w} GROUP BY 1, 2), \
+                "WITH h AS (SELECT vault, date_bin(INTERVAL '1 hour', time) AS hour, count(*) AS events FROM events WHERE {w} GROUP BY 1, 2), \
                  busy AS (SELECT vault FROM h GROUP BY vault HAVING avg(events) >= {busy}), \
                  s AS (SELECT h.vault, h.hour, lead(h.hour) OVER (PARTITION BY h.vault ORDER BY h.hour) AS next_hour FROM h JOIN busy ON busy.vault = h.vault) \
                  SELECT vault, hour + INTERVAL '1 hour' AS silent_from, next_hour AS silent_until, \
