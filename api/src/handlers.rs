@@ -423,27 +423,9 @@ async fn evidence_events(
     let ctx = kvwatch_ingest::query::open_session(data).await?;
     let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql).await?;
     let batches = df.collect().await?;
-    Ok(serde_json::from_slice(&batches_json(&batches)?)?)
-}
-
-/// Record batches as one JSON array of objects (nulls explicit).
-fn batches_json(
-    batches: &[datafusion::arrow::array::RecordBatch],
-) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
-    let mut buf = Vec::new();
-    {
-        let mut w = datafusion::arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
-        for b in batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    }
-    if buf.is_empty() {
-        buf.extend_from_slice(b"[]");
-    }
-    Ok(buf)
+    Ok(serde_json::from_slice(
+        &kvwatch_ingest::query::batches_json(&batches)?,
+    )?)
 }
 
 /// Query parameters of `GET /export`.
@@ -643,7 +625,7 @@ pub async fn query(
                 .collect()
         })
         .unwrap_or_default();
-    let rows = match batches_json(&res.batches)
+    let rows = match kvwatch_ingest::query::batches_json(&res.batches)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
@@ -729,7 +711,7 @@ pub async fn stats(State(s): State<Shared>, Query(p): Query<StatsParams>) -> Res
         Ok(r) => r,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let per_hour: Value = match batches_json(&rows.batches)
+    let per_hour: Value = match kvwatch_ingest::query::batches_json(&rows.batches)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {

@@ -49,20 +49,7 @@ pub fn write_batches(out: &mut dyn Write, batches: &[RecordBatch], format: Forma
             }
         }
         Format::Json => {
-            let mut buf = Vec::new();
-            {
-                let mut w = datafusion::arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
-                for b in batches {
-                    w.write(b)?;
-                }
-                w.finish()?;
-            }
-            if buf.is_empty() {
-                buf.extend_from_slice(b"[]");
-            }
-            out.write_all(&buf)?;
+            out.write_all(&kvwatch_ingest::query::batches_json(batches)?)?;
             writeln!(out)?;
         }
     }

@@ -65,6 +65,27 @@ pub fn cast_to_schema(
     RecordBatch::try_new(schema.clone(), cols)
 }
 
+/// Record batches as one JSON array of objects keyed by column name, nulls explicit (`[]`
+/// for no rows): the one JSON shape of query results in the CLI, the API and reports.
+pub fn batches_json(
+    batches: &[RecordBatch],
+) -> std::result::Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        buf.extend_from_slice(b"[]");
+    }
+    Ok(buf)
+}
+
 /// Session settings shared by every store query.
 pub fn session_config() -> SessionConfig {
     // Filters are evaluated while decoding Parquet, so columns of rows a filter rejects are

@@ -392,19 +392,7 @@ async fn collect(
 }
 
 fn rows_of(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>, ReportError> {
-    let mut buf = Vec::new();
-    {
-        let mut w = datafusion::arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut buf);
-        for b in batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    }
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
+    let buf = kvwatch_ingest::query::batches_json(batches)?;
     Ok(serde_json::from_slice(&buf).map_err(|e| std::io::Error::other(e.to_string()))?)
 }
 
