@@ -174,6 +174,26 @@ fn api_keys_roles_alert_listing_and_updates() {
     assert_eq!(seen.len(), all.len());
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), all.len());
 
+    // A list item is the full alert minus description and evidence IDs, plus their count.
+    let (_, items) = get(&format!("{alerts}?limit=1000"), Some(&reader));
+    let (_, full) = get(&format!("{alerts}?limit=1000&full=true"), Some(&reader));
+    let (items, full) = (
+        items["alerts"].as_array().unwrap(),
+        full["alerts"].as_array().unwrap(),
+    );
+    assert_eq!(items.len(), full.len());
+    for (i, f) in items.iter().zip(full) {
+        let mut expect = f.as_object().unwrap().clone();
+        let evidence = expect.remove("evidence").unwrap();
+        expect.remove("description");
+        expect.remove("evidence_truncated");
+        expect.insert(
+            "evidence_count".into(),
+            json!(evidence.as_array().unwrap().len()),
+        );
+        assert_eq!(i.as_object().unwrap(), &expect);
+    }
+
     let (code, high) = get(&format!("{alerts}?severity=high"), Some(&reader));
     assert_eq!(code, 200);
     for a in high["alerts"].as_array().unwrap() {
