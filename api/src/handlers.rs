@@ -614,17 +614,7 @@ pub async fn query(
         )
             .into_response();
     }
-    let columns = res
-        .batches
-        .first()
-        .map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let columns = kvwatch_ingest::query::column_names(&res.batches);
     let rows = match kvwatch_ingest::query::batches_json(&res.batches)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))

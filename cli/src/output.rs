@@ -21,16 +21,7 @@ pub fn write_batches(out: &mut dyn Write, batches: &[RecordBatch], format: Forma
     match format {
         Format::Table => {
             if batches.iter().all(|b| b.num_rows() == 0) {
-                let cols: Vec<String> = batches
-                    .first()
-                    .map(|b| {
-                        b.schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let cols: Vec<String> = kvwatch_ingest::query::column_names(batches);
                 writeln!(out, "(no rows) {}", cols.join(", "))?;
             } else {
                 writeln!(out, "{}", pretty_format_batches(batches)?)?;

@@ -86,6 +86,20 @@ pub fn batches_json(
     Ok(buf)
 }
 
+/// The column names of a result (empty when there are no batches).
+pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
+    batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Session settings shared by every store query.
 pub fn session_config() -> SessionConfig {
     // Filters are evaluated while decoding Parquet, so columns of rows a filter rejects are

@@ -426,16 +426,7 @@ async fn table(
 ) -> Result<Table, ReportError> {
     let started = Instant::now();
     let batches = collect(ctx, name, &sql).await?;
-    let columns = batches
-        .first()
-        .map(|b| {
-            b.schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let columns = kvwatch_ingest::query::column_names(&batches);
     let mut rows = rows_of(&batches)?;
     let total_rows = rows.len();
     rows.truncate(o.max_rows);
