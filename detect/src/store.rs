@@ -28,6 +28,14 @@ pub enum AlertStoreError {
     },
     #[error("alert store schema version {found} is newer than this kvwatch understands ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error(
+        "alert store schema version {found} is older than this kvwatch ({known}) and could not be upgraded ({reason}); run a command that writes the store (`kvwatch detect` or `kvwatch serve`) with write access to the data directory"
+    )]
+    Outdated {
+        found: i64,
+        known: i64,
+        reason: String,
+    },
     #[error("no alert with id {0}")]
     NoSuchAlert(String),
 }
@@ -406,11 +414,24 @@ impl AlertStore {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if v > MIGRATIONS.len() as i64 {
-            return Err(AlertStoreError::TooNew {
-                found: v,
-                known: MIGRATIONS.len() as i64,
-            });
+        let known = MIGRATIONS.len() as i64;
+        if v > known {
+            return Err(AlertStoreError::TooNew { found: v, known });
+        }
+        if v < known {
+            // A store written by an older kvwatch: upgrade it once (the migrations are
+            // transactional), then read as asked. Readers would otherwise fail on columns the
+            // queries expect.
+            drop(conn);
+            tracing::info!(from = v, to = known, "upgrading the alert store schema");
+            if let Err(e) = Self::open(data_dir) {
+                return Err(AlertStoreError::Outdated {
+                    found: v,
+                    known,
+                    reason: e.to_string(),
+                });
+            }
+            return Self::open_read_only(data_dir);
         }
         Ok(Some(AlertStore {
             conn,
@@ -1096,5 +1117,32 @@ impl RawAlert {
             evidence_truncated: self.evidence_truncated,
             assignee: self.assignee,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_an_older_store_upgrades_it_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A store as an older kvwatch left it: only the first two migrations ran.
+            let conn = Connection::open(dir.path().join("alerts.db")).unwrap();
+            for (i, m) in MIGRATIONS.iter().take(2).enumerate() {
+                conn.execute_batch(m).unwrap();
+                conn.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+        }
+        let store = AlertStore::open_read_only(dir.path()).unwrap().unwrap();
+        let v: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        // The listing reads columns the later migrations added.
+        assert!(store.list(&AlertFilter::default()).unwrap().is_empty());
     }
 }

@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod audit;
 pub mod batch;
+pub mod buckets;
 pub mod derive;
 pub mod files;
 pub mod framing;

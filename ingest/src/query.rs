@@ -21,12 +21,37 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Registers `paths` (Parquet files of `table`'s schema, each sorted by time) as `name`.
+/// Registers `paths` (Parquet files of `table`'s schema) as `name` for queries.
+///
+/// The files are sorted by time, but the table does not say so: with a declared order
+/// DataFusion aggregates anything grouped by a time bucket in order, merging the (time-disjoint)
+/// file groups into one stream, so the scan runs on one core. Queries that need time order sort;
+/// the store's own merge, which only streams files in order, uses [`register_sorted_files`].
 pub fn register_files(
     ctx: &SessionContext,
     name: &str,
     table: Table,
     paths: &[PathBuf],
+) -> Result<()> {
+    register(ctx, name, table, paths, false)
+}
+
+/// Registers `paths` as `name`, declaring that every file is sorted by time.
+pub fn register_sorted_files(
+    ctx: &SessionContext,
+    name: &str,
+    table: Table,
+    paths: &[PathBuf],
+) -> Result<()> {
+    register(ctx, name, table, paths, true)
+}
+
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: Table,
+    paths: &[PathBuf],
+    sorted: bool,
 ) -> Result<()> {
     let schema = table.schema();
     if paths.is_empty() {
@@ -41,9 +66,11 @@ pub fn register_files(
             ListingTableUrl::parse(abs.to_string_lossy())
         })
         .collect::<datafusion::error::Result<Vec<_>>>()?;
-    let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_file_sort_order(vec![vec![col(table.time_column()).sort(true, false)]]);
+    let mut opts =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if sorted {
+        opts = opts.with_file_sort_order(vec![vec![col(table.time_column()).sort(true, false)]]);
+    }
     let cfg = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(opts)
         .with_schema(schema);
@@ -117,7 +144,9 @@ pub fn empty_context() -> SessionContext {
         .with_config(session_config())
         .with_default_features()
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    crate::buckets::register(&ctx);
+    ctx
 }
 
 /// A query session over the current manifest of a data directory.

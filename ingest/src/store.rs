@@ -679,7 +679,7 @@ impl StoreWriter {
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config(cfg);
         let paths: Vec<PathBuf> = files.iter().map(|f| self.root.join(&f.path)).collect();
-        crate::query::register_files(&ctx, "merge_input", table, &paths)?;
+        crate::query::register_sorted_files(&ctx, "merge_input", table, &paths)?;
         let df = ctx
             .sql(&format!(
                 "SELECT * FROM merge_input ORDER BY {} ASC",

@@ -282,6 +282,152 @@ const CALLER_KEY: &str =
 const WRITE_OPS: &str = "('SecretSet', 'SecretRestore', 'SecretRecover', 'KeyCreate', 'KeyImport', 'KeyRotate', 'KeyRestore', 'KeyRecover', 'CertificateCreate', 'CertificateImport', 'CertificateUpdate', 'CertificateRestore', 'CertificateRecover')";
 const SENSITIVE_OPS: &str = "('SecretDelete', 'KeyDelete', 'CertificateDelete', 'SecretPurge', 'KeyPurge', 'CertificatePurge', 'SecretBackup', 'KeyBackup', 'CertificateBackup', 'SecretRestore', 'KeyRestore', 'CertificateRestore', 'SecretRecover', 'KeyRecover', 'CertificateRecover', 'KeyImport', 'CertificateImport', 'VaultDelete', 'VaultPurge', 'VaultRecover')";
 
+/// Why a request was denied.
+const REASON: &str = "CASE WHEN http_status = 401 THEN 'unauthenticated' WHEN is_address_authorized = false THEN 'firewall' \
+     WHEN is_rbac_authorized = false THEN 'rbac' WHEN is_access_policy_match = false THEN 'access policy' ELSE 'other' END";
+
+/// Successful material reads in the period, from the shared pre-aggregation.
+const MATERIAL_READS: &str = "SELECT coalesce(sum(reads), 0) AS value FROM period_reads WHERE ok";
+
+/// A pre-aggregation several sections share, computed once per report.
+///
+/// Most sections ask different questions of the same rows (material reads, events per vault
+/// and hour, every object ever seen). Scanning the store once for each of those questions
+/// cost ~35 scans of a month of events; instead each of these is computed once, kept in
+/// memory under its name, and the statements refer to it by that name. The statement shown
+/// next to a number carries the definition as a `WITH` clause, so it stays self-contained:
+/// `kvwatch query` reproduces the number from the store alone.
+struct Shared {
+    name: &'static str,
+    sql: String,
+}
+
+fn shared_tables(q: &Sql<'_>) -> Vec<Shared> {
+    let w = q.within("vault");
+    let upto = q.until_end("vault");
+    vec![
+        Shared {
+            name: "period_reads",
+            sql: format!(
+                "SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, principal_type, \
+                 object_type, object_name, hour_start(time) AS hour, {SUCCESS} AS ok, caller_ip, client_info, \
+                 count(*) AS reads, min(time) AS first_read, max(time) AS last_read \
+                 FROM events WHERE {w} AND operation_family = 'material_read' \
+                 GROUP BY vault, {CALLER_KEY}, principal_type, object_type, object_name, hour_start(time), {SUCCESS}, caller_ip, client_info"
+            ),
+        },
+        Shared {
+            name: "period_hours",
+            sql: format!(
+                "SELECT vault, hour_start(time) AS hour, operation, http_status, \
+                 (is_access_policy_match IS NOT NULL AND is_rbac_authorized IS NULL) AS policy_authorized, \
+                 is_rbac_authorized IS NOT NULL AS rbac_authorized, count(*) AS events \
+                 FROM events WHERE {w} \
+                 GROUP BY vault, hour_start(time), operation, http_status, is_access_policy_match IS NOT NULL AND is_rbac_authorized IS NULL, is_rbac_authorized IS NOT NULL"
+            ),
+        },
+        Shared {
+            name: "period_sensitive",
+            sql: format!(
+                "SELECT time, vault, operation, object_type, object_name, {CALLER} AS actor, {CALLER_KEY} AS actor_id, \
+                 principal_type, caller_ip, http_status FROM events WHERE {w} AND operation IN {SENSITIVE_OPS}"
+            ),
+        },
+        Shared {
+            name: "period_denied",
+            sql: format!(
+                "SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, operation, {REASON} AS reason, caller_ip, \
+                 count(*) AS requests, min(time) AS first_seen, max(time) AS last_seen \
+                 FROM events WHERE {w} AND {DENIED} GROUP BY vault, {CALLER_KEY}, operation, {REASON}, caller_ip"
+            ),
+        },
+        Shared {
+            name: "known_objects",
+            sql: format!(
+                "SELECT vault, object_type, object_name, \
+                 max(time) FILTER (WHERE operation IN {WRITE_OPS} AND {SUCCESS}) AS last_written \
+                 FROM events WHERE {upto} AND object_name IS NOT NULL GROUP BY vault, object_type, object_name"
+            ),
+        },
+    ]
+}
+
+/// The report's query session and the shared tables built so far.
+struct Runner {
+    ctx: SessionContext,
+    shared: Vec<Shared>,
+    built: Vec<&'static str>,
+}
+
+impl Runner {
+    /// Builds the shared tables `sql` uses (once each) and returns the statement to show:
+    /// `sql` with their definitions prepended as a `WITH` clause.
+    async fn prepare(&mut self, sql: &str) -> Result<String, ReportError> {
+        let used: Vec<usize> = (0..self.shared.len())
+            .filter(|&i| sql.contains(self.shared[i].name))
+            .collect();
+        if used.is_empty() {
+            return Ok(sql.to_owned());
+        }
+        for &i in &used {
+            let s = &self.shared[i];
+            if self.built.contains(&s.name) {
+                continue;
+            }
+            let started = Instant::now();
+            let batches = collect(&self.ctx, s.name, &s.sql).await?;
+            let schema = match batches.first() {
+                Some(b) => b.schema(),
+                None => kvwatch_ingest::query::read_only_sql(&self.ctx, &s.sql)
+                    .await
+                    .map_err(|source| ReportError::Query {
+                        table: s.name.into(),
+                        source,
+                    })?
+                    .schema()
+                    .inner()
+                    .clone(),
+            };
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            // Spread over the session's partitions so the queries on top use every core.
+            let n = self.ctx.state().config().target_partitions().max(1);
+            let mut parts = vec![Vec::new(); n];
+            for (j, b) in batches.into_iter().enumerate() {
+                parts[j % n].push(b);
+            }
+            let table =
+                datafusion::datasource::MemTable::try_new(schema, parts).map_err(|source| {
+                    ReportError::Query {
+                        table: s.name.into(),
+                        source,
+                    }
+                })?;
+            self.ctx
+                .register_table(s.name, std::sync::Arc::new(table))
+                .map_err(|source| ReportError::Query {
+                    table: s.name.into(),
+                    source,
+                })?;
+            tracing::debug!(
+                table = s.name,
+                rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "report pre-aggregation"
+            );
+            self.built.push(s.name);
+        }
+        let defs: Vec<String> = used
+            .iter()
+            .map(|&i| format!("{} AS ({})", self.shared[i].name, self.shared[i].sql))
+            .collect();
+        let defs = defs.join(", ");
+        Ok(match sql.strip_prefix("WITH ") {
+            Some(rest) => format!("WITH {defs}, {rest}"),
+            None => format!("WITH {defs} {sql}"),
+        })
+    }
+}
+
 /// Runs the report over the store in `data`.
 pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
@@ -297,6 +443,17 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
     }
     let ctx = session(data).await?;
     let q = Sql { o };
+    let mut ctx = Runner {
+        shared: shared_tables(&q),
+        built: Vec::new(),
+        ctx,
+    };
+    // The material-read pre-aggregation pays for itself only when a section reads it too.
+    let reads_shared = o
+        .kind
+        .sections()
+        .iter()
+        .any(|k| matches!(k, Kind::Access | Kind::BlastRadius | Kind::Hygiene));
     let mut r = Report {
         kind: o.kind,
         title: o.kind.title().into(),
@@ -315,12 +472,12 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
         (
             "events",
             "Audit events",
-            format!("SELECT count(*) AS value FROM events WHERE {w}"),
+            "SELECT coalesce(sum(events), 0) AS value FROM period_hours".to_owned(),
         ),
         (
             "vaults",
             "Vaults with activity",
-            format!("SELECT count(DISTINCT vault) AS value FROM events WHERE {w}"),
+            "SELECT count(DISTINCT vault) AS value FROM period_hours".to_owned(),
         ),
         (
             "principals",
@@ -332,30 +489,34 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
         (
             "material_reads",
             "Secret, key and certificate reads",
-            format!(
-                "SELECT count(*) AS value FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS}"
-            ),
+            if reads_shared {
+                MATERIAL_READS.to_owned()
+            } else {
+                format!(
+                    "SELECT count(*) AS value FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS}"
+                )
+            },
         ),
         (
             "denied",
             "Denied requests",
-            format!("SELECT count(*) AS value FROM events WHERE {w} AND {DENIED}"),
+            format!("SELECT coalesce(sum(events), 0) AS value FROM period_hours WHERE {DENIED}"),
         ),
     ] {
-        r.summary.push(metric(&ctx, name, label, sql).await?);
+        r.summary.push(metric(&mut ctx, name, label, sql).await?);
     }
     r.overview.push(
         table(
-            &ctx,
+            &mut ctx,
             o,
             "events_per_day",
             "Events per day and vault",
-            format!("SELECT date_bin(INTERVAL '1 day', time) AS day, vault, count(*) AS events FROM events WHERE {w} GROUP BY 1, 2 ORDER BY 1, 2"),
+            "SELECT day_start(hour) AS day, vault, sum(events) AS events FROM period_hours GROUP BY 1, 2 ORDER BY 1, 2".to_owned(),
         )
         .await?,
     );
     for k in o.kind.sections() {
-        r.sections.push(section(&ctx, o, &q, k).await?);
+        r.sections.push(section(&mut ctx, o, &q, k).await?);
     }
     r.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(r)
@@ -397,13 +558,14 @@ fn rows_of(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>, ReportErr
 }
 
 async fn metric(
-    ctx: &SessionContext,
+    ctx: &mut Runner,
     name: &str,
     label: &str,
     sql: String,
 ) -> Result<Metric, ReportError> {
     let started = Instant::now();
-    let rows = rows_of(&collect(ctx, name, &sql).await?)?;
+    let shown = ctx.prepare(&sql).await?;
+    let rows = rows_of(&collect(&ctx.ctx, name, &sql).await?)?;
     let value = rows
         .first()
         .and_then(|r| r.get("value").cloned())
@@ -412,20 +574,21 @@ async fn metric(
         name: name.into(),
         label: label.into(),
         value,
-        sql,
+        sql: shown,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }
 
 async fn table(
-    ctx: &SessionContext,
+    ctx: &mut Runner,
     o: &ReportOptions,
     name: &str,
     title: &str,
     sql: String,
 ) -> Result<Table, ReportError> {
     let started = Instant::now();
-    let batches = collect(ctx, name, &sql).await?;
+    let shown = ctx.prepare(&sql).await?;
+    let batches = collect(&ctx.ctx, name, &sql).await?;
     let columns = kvwatch_ingest::query::column_names(&batches);
     let mut rows = rows_of(&batches)?;
     let total_rows = rows.len();
@@ -433,7 +596,7 @@ async fn table(
     Ok(Table {
         name: name.into(),
         title: title.into(),
-        sql,
+        sql: shown,
         columns,
         rows,
         total_rows,
@@ -442,7 +605,7 @@ async fn table(
 }
 
 async fn section(
-    ctx: &SessionContext,
+    ctx: &mut Runner,
     o: &ReportOptions,
     q: &Sql<'_>,
     kind: Kind,
@@ -463,22 +626,25 @@ async fn section(
         Kind::Compliance => unreachable!("compliance is made of the other kinds"),
         Kind::Access => {
             s.description = "Who read which secrets, keys and certificates (successful material reads), per vault and principal, with counts, first and last time, IP addresses and user agents. Human principals reading production vaults are flagged.".into();
-            metrics.push(("reads", "Successful material reads", format!("SELECT count(*) AS value FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS}")));
-            metrics.push(("human_production_readers", "Human principals reading production vaults", format!("SELECT count(DISTINCT principal_id) AS value FROM (SELECT {CALLER_KEY} AS principal_id, vault FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND principal_type = 'user' GROUP BY 1, 2) WHERE ({env}) = 'production'")));
+            metrics.push((
+                "reads",
+                "Successful material reads",
+                MATERIAL_READS.to_owned(),
+            ));
+            metrics.push(("human_production_readers", "Human principals reading production vaults", format!("SELECT count(DISTINCT principal_id) AS value FROM (SELECT principal_id, vault FROM period_reads WHERE ok AND principal_type = 'user' GROUP BY 1, 2) WHERE ({env}) = 'production'")));
             tables.push(("readers", "Readers per vault and principal", format!(
-                "SELECT vault, ({env}) AS environment, max({CALLER}) AS principal, {CALLER_KEY} AS principal_id, max(principal_type) AS principal_type, \
-                 count(*) AS reads, count(DISTINCT object_type || '/' || object_name) AS objects, \
-                 min(time) AS first_read, max(time) AS last_read, \
+                "SELECT vault, ({env}) AS environment, max(principal) AS principal, principal_id, max(principal_type) AS principal_type, \
+                 sum(reads) AS reads, count(DISTINCT object_type || '/' || object_name) AS objects, \
+                 min(first_read) AS first_read, max(last_read) AS last_read, \
                  array_to_string(array_sort(array_agg(DISTINCT caller_ip)), ' ') AS ips, \
                  array_to_string(array_sort(array_agg(DISTINCT client_info)), ' | ') AS user_agents, \
                  (max(principal_type) = 'user' AND ({env}) = 'production') AS human_on_production \
-                 FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} \
-                 GROUP BY vault, {CALLER_KEY} ORDER BY vault, reads DESC, principal_id")));
-            tables.push(("objects", "Objects read", format!(
-                "SELECT vault, object_type, object_name, count(*) AS reads, count(DISTINCT {CALLER_KEY}) AS readers, \
-                 min(time) AS first_read, max(time) AS last_read \
-                 FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} \
-                 GROUP BY vault, object_type, object_name ORDER BY vault, reads DESC, object_type, object_name")));
+                 FROM period_reads WHERE ok \
+                 GROUP BY vault, principal_id ORDER BY vault, reads DESC, principal_id")));
+            tables.push(("objects", "Objects read", "SELECT vault, object_type, object_name, sum(reads) AS reads, count(DISTINCT principal_id) AS readers, \
+                 min(first_read) AS first_read, max(last_read) AS last_read \
+                 FROM period_reads WHERE ok \
+                 GROUP BY vault, object_type, object_name ORDER BY vault, reads DESC, object_type, object_name".to_owned()));
         }
         Kind::Permissions => {
             s.description = "Every access-policy grant and removal (audit log) and RBAC role assignment (Activity Log) at or above a vault, who made it for whom, and whether a grant was later removed; changes of permission model, firewall and recovery settings.".into();
@@ -549,32 +715,33 @@ async fn section(
         }
         Kind::SensitiveOps => {
             s.description = "Deletes, purges, backups, restores, recoveries and imports of secrets, keys and certificates, and vault deletes, purges and recoveries, with their actors.".into();
-            metrics.push(("operations", "Sensitive operations (successful)", format!("SELECT count(*) AS value FROM events WHERE {w} AND operation IN {SENSITIVE_OPS} AND {SUCCESS}")));
+            metrics.push((
+                "operations",
+                "Sensitive operations (successful)",
+                format!("SELECT count(*) AS value FROM period_sensitive WHERE {SUCCESS}"),
+            ));
             tables.push(("by_operation", "By operation", format!(
                 "SELECT operation, count(*) FILTER (WHERE {SUCCESS}) AS succeeded, count(*) FILTER (WHERE NOT {SUCCESS}) AS failed, \
-                 count(DISTINCT vault) AS vaults, count(DISTINCT {CALLER_KEY}) AS actors \
-                 FROM events WHERE {w} AND operation IN {SENSITIVE_OPS} GROUP BY operation ORDER BY succeeded DESC, operation")));
-            tables.push(("operations", "Every sensitive operation", format!(
-                "SELECT time, vault, operation, object_type, object_name, {CALLER} AS actor, principal_type, caller_ip, http_status \
-                 FROM events WHERE {w} AND operation IN {SENSITIVE_OPS} ORDER BY time, vault, operation")));
+                 count(DISTINCT vault) AS vaults, count(DISTINCT actor_id) AS actors \
+                 FROM period_sensitive GROUP BY operation ORDER BY succeeded DESC, operation")));
+            tables.push(("operations", "Every sensitive operation", "SELECT time, vault, operation, object_type, object_name, actor, principal_type, caller_ip, http_status \
+                 FROM period_sensitive ORDER BY time, vault, operation, object_type, object_name".to_owned()));
         }
         Kind::FailedAccess => {
             s.description = "Denied requests (403, and 401 on anything but the Authentication token challenge) by principal, vault, operation and reason.".into();
             metrics.push((
                 "denied",
                 "Denied requests",
-                format!("SELECT count(*) AS value FROM events WHERE {w} AND {DENIED}"),
+                format!(
+                    "SELECT coalesce(sum(events), 0) AS value FROM period_hours WHERE {DENIED}"
+                ),
             ));
-            let reason = "CASE WHEN http_status = 401 THEN 'unauthenticated' WHEN is_address_authorized = false THEN 'firewall' \
-                          WHEN is_rbac_authorized = false THEN 'rbac' WHEN is_access_policy_match = false THEN 'access policy' ELSE 'other' END";
-            tables.push(("denied", "Denied requests by principal, vault, operation and reason", format!(
-                "SELECT vault, max({CALLER}) AS principal, {CALLER_KEY} AS principal_id, operation, {reason} AS reason, count(*) AS requests, \
-                 count(DISTINCT caller_ip) AS ips, min(time) AS first_seen, max(time) AS last_seen \
-                 FROM events WHERE {w} AND {DENIED} GROUP BY vault, {CALLER_KEY}, operation, {reason} \
-                 ORDER BY requests DESC, vault, principal_id, operation")));
-            tables.push(("denied_by_ip", "Denied requests by caller IP", format!(
-                "SELECT caller_ip, count(*) AS requests, count(DISTINCT vault) AS vaults, count(DISTINCT {CALLER_KEY}) AS principals \
-                 FROM events WHERE {w} AND {DENIED} GROUP BY caller_ip ORDER BY requests DESC, caller_ip")));
+            tables.push(("denied", "Denied requests by principal, vault, operation and reason", "SELECT vault, max(principal) AS principal, principal_id, operation, reason, sum(requests) AS requests, \
+                 count(DISTINCT caller_ip) AS ips, min(first_seen) AS first_seen, max(last_seen) AS last_seen \
+                 FROM period_denied GROUP BY vault, principal_id, operation, reason \
+                 ORDER BY requests DESC, vault, principal_id, operation, reason".to_owned()));
+            tables.push(("denied_by_ip", "Denied requests by caller IP", "SELECT caller_ip, sum(requests) AS requests, count(DISTINCT vault) AS vaults, count(DISTINCT principal_id) AS principals \
+                 FROM period_denied GROUP BY caller_ip ORDER BY requests DESC, caller_ip".to_owned()));
         }
         Kind::BlastRadius => {
             s.description = "Per principal, the distinct secrets, keys and certificates it actually read in the period and the vaults they sit in, ranked: what an attacker holding that identity would get. Principals reading across production and non-production are listed, and the share of all secrets reachable through the top principals.".into();
@@ -582,9 +749,9 @@ async fn section(
             // set, and the environment is computed per vault, not per read.
             let reads = format!(
                 "SELECT principal_id, principal, principal_type, vault, ({env}) AS environment, object_type, object_name FROM \
-                 (SELECT {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, max(principal_type) AS principal_type, vault, object_type, object_name \
-                 FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND object_name IS NOT NULL \
-                 GROUP BY {CALLER_KEY}, vault, object_type, object_name)"
+                 (SELECT principal_id, max(principal) AS principal, max(principal_type) AS principal_type, vault, object_type, object_name \
+                 FROM period_reads WHERE ok AND object_name IS NOT NULL \
+                 GROUP BY principal_id, vault, object_type, object_name)"
             );
             tables.push(("principals", "Principals ranked by objects read", format!(
                 "WITH r AS ({reads}) SELECT principal_id, max(principal) AS principal, max(principal_type) AS principal_type, \
@@ -605,14 +772,13 @@ async fn section(
             metrics.push(("cross_environment_principals", "Principals reading across environments", format!(
                 "WITH r AS ({reads}) SELECT count(*) AS value FROM (SELECT principal_id FROM r GROUP BY principal_id \
                  HAVING count(*) FILTER (WHERE environment = 'production') > 0 AND count(*) FILTER (WHERE environment = 'non-production') > 0)")));
-            metrics.push(("secrets_known", "Secrets seen in the store", format!(
-                "SELECT count(DISTINCT vault || '/' || object_name) AS value FROM events WHERE {upto} AND object_type = 'secret' AND object_name IS NOT NULL")));
+            metrics.push(("secrets_known", "Secrets seen in the store", "SELECT count(DISTINCT vault || '/' || object_name) AS value FROM known_objects WHERE object_type = 'secret'".to_owned()));
             metrics.push(("top_n_secret_share", "Share of known secrets read by the top principals", format!(
                 "WITH r AS ({reads}), \
                  top AS (SELECT principal_id FROM r WHERE object_type = 'secret' GROUP BY principal_id \
                    ORDER BY count(DISTINCT vault || '/' || object_name) DESC, principal_id LIMIT {n}), \
                  reached AS (SELECT count(DISTINCT vault || '/' || object_name) AS n FROM r WHERE object_type = 'secret' AND principal_id IN (SELECT principal_id FROM top)), \
-                 known AS (SELECT count(DISTINCT vault || '/' || object_name) AS n FROM events WHERE {upto} AND object_type = 'secret' AND object_name IS NOT NULL) \
+                 known AS (SELECT count(DISTINCT vault || '/' || object_name) AS n FROM known_objects WHERE object_type = 'secret') \
                  SELECT round(CAST(reached.n AS DOUBLE) / CAST(greatest(known.n, 1) AS DOUBLE), 4) AS value FROM reached, known")));
         }
         Kind::Hygiene => {
@@ -620,8 +786,8 @@ async fn section(
             let days = o.stale_days;
             let stale_cut = o.to - i64::from(days) * 86_400_000_000_000;
             tables.push(("stale_objects", "Objects read in the period but not written for the stale threshold", format!(
-                "WITH r AS (SELECT vault, object_type, object_name, count(*) AS reads FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS} AND object_name IS NOT NULL GROUP BY 1, 2, 3), \
-                 wr AS (SELECT vault, object_type, object_name, max(time) AS last_written FROM events WHERE {upto} AND operation IN {WRITE_OPS} AND {SUCCESS} AND object_name IS NOT NULL GROUP BY 1, 2, 3) \
+                "WITH r AS (SELECT vault, object_type, object_name, sum(reads) AS reads FROM period_reads WHERE ok AND object_name IS NOT NULL GROUP BY 1, 2, 3), \
+                 wr AS (SELECT vault, object_type, object_name, last_written FROM known_objects WHERE last_written IS NOT NULL) \
                  SELECT r.vault, r.object_type, r.object_name, r.reads, wr.last_written, \
                    CASE WHEN wr.last_written IS NULL THEN NULL ELSE CAST(({to} - CAST(to_unixtime(wr.last_written) * 1000000000 AS BIGINT)) / 86400000000000 AS BIGINT) END AS days_since_write \
                  FROM r LEFT JOIN wr ON wr.vault = r.vault AND wr.object_type = r.object_type AND wr.object_name = r.object_name \
@@ -637,32 +803,32 @@ async fn section(
             ));
             tables.push(("expiry", "Near-expiry and expired notifications", format!(
                 "WITH n AS (SELECT vault, object_type, object_name, operation, max(time) AS last_notified FROM events WHERE {w} AND operation LIKE '%Expir%EventGridNotification' GROUP BY 1, 2, 3, 4), \
-                 wr AS (SELECT vault, object_type, object_name, max(time) AS last_written FROM events WHERE {upto} AND operation IN {WRITE_OPS} AND {SUCCESS} GROUP BY 1, 2, 3) \
+                 wr AS (SELECT vault, object_type, object_name, last_written FROM known_objects WHERE last_written IS NOT NULL) \
                  SELECT n.vault, n.object_type, n.object_name, n.operation, n.last_notified, (wr.last_written > n.last_notified) AS replaced_since \
                  FROM n LEFT JOIN wr ON wr.vault = n.vault AND wr.object_type = n.object_type AND wr.object_name = n.object_name \
-                 ORDER BY n.last_notified, n.vault")));
+                 ORDER BY n.last_notified, n.vault, n.object_type, n.object_name, n.operation")));
             tables.push(("weak_tls", "Requests below TLS 1.2", format!(
                 "SELECT vault, max({CALLER}) AS principal, tls_version, client_info AS user_agent, count(*) AS requests \
                  FROM events WHERE {w} AND tls_version IS NOT NULL AND tls_version LIKE 'TLS1%' AND tls_version < 'TLS1_2' \
-                 GROUP BY vault, {CALLER_KEY}, tls_version, client_info ORDER BY requests DESC")));
+                 GROUP BY vault, {CALLER_KEY}, tls_version, client_info ORDER BY requests DESC, vault, principal, tls_version, user_agent")));
             tables.push(("no_caching", "Callers fetching the same object more than the threshold per hour", format!(
-                "WITH h AS (SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, object_type, object_name, date_bin(INTERVAL '1 hour', time) AS hour, count(*) AS fetches \
-                   FROM events WHERE {w} AND operation_family = 'material_read' AND object_name IS NOT NULL GROUP BY 1, 2, 5, 4, 6) \
+                "WITH h AS (SELECT vault, principal_id, max(principal) AS principal, object_type, object_name, hour, sum(reads) AS fetches \
+                   FROM period_reads WHERE object_name IS NOT NULL GROUP BY vault, principal_id, object_type, object_name, hour) \
                  SELECT vault, principal_id, max(principal) AS principal, object_type, object_name, count(*) AS hours_over, max(fetches) AS max_per_hour, sum(fetches) AS fetches \
-                 FROM h WHERE fetches > {} GROUP BY vault, principal_id, object_type, object_name ORDER BY fetches DESC", o.cache_threshold)));
+                 FROM h WHERE fetches > {} GROUP BY vault, principal_id, object_type, object_name ORDER BY fetches DESC, vault, principal_id, object_type, object_name", o.cache_threshold)));
             tables.push(("throttled", "Throttled requests (429)", format!(
                 "SELECT vault, max({CALLER}) AS principal, count(*) AS requests, min(time) AS first_seen, max(time) AS last_seen \
-                 FROM events WHERE {w} AND http_status = 429 GROUP BY vault, {CALLER_KEY} ORDER BY requests DESC")));
+                 FROM events WHERE {w} AND http_status = 429 GROUP BY vault, {CALLER_KEY} ORDER BY requests DESC, vault, principal")));
             tables.push(("access_policy_vaults", "Vaults still using access policies", format!(
                 "WITH cfg AS (SELECT vault, last_value(rbac_enabled) OVER (PARTITION BY vault ORDER BY time ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS rbac \
                    FROM events WHERE {upto} AND rbac_enabled IS NOT NULL), \
                  k AS (SELECT vault, max(rbac) AS last_known_rbac FROM cfg GROUP BY vault), \
-                 u AS (SELECT vault, count(*) FILTER (WHERE is_access_policy_match IS NOT NULL AND is_rbac_authorized IS NULL) AS policy_authorized, \
-                   count(*) FILTER (WHERE is_rbac_authorized IS NOT NULL) AS rbac_authorized FROM events WHERE {w} GROUP BY vault) \
+                 u AS (SELECT vault, coalesce(sum(events) FILTER (WHERE policy_authorized), 0) AS policy_authorized, \
+                   coalesce(sum(events) FILTER (WHERE rbac_authorized), 0) AS rbac_authorized FROM period_hours GROUP BY vault) \
                  SELECT u.vault, k.last_known_rbac, u.policy_authorized, u.rbac_authorized FROM u LEFT JOIN k ON k.vault = u.vault \
                  WHERE k.last_known_rbac = false OR (k.last_known_rbac IS NULL AND u.policy_authorized > 0) ORDER BY u.vault")));
             tables.push(("log_gaps", "Silent stretches of normally busy vaults", format!(
-                "WITH h AS (SELECT vault, date_bin(INTERVAL '1 hour', time) AS hour, count(*) AS events FROM events WHERE {w} GROUP BY 1, 2), \
+                "WITH h AS (SELECT vault, hour, sum(events) AS events FROM period_hours GROUP BY vault, hour), \
                  busy AS (SELECT vault FROM h GROUP BY vault HAVING avg(events) >= {busy}), \
                  s AS (SELECT h.vault, h.hour, lead(h.hour) OVER (PARTITION BY h.vault ORDER BY h.hour) AS next_hour FROM h JOIN busy ON busy.vault = h.vault) \
                  SELECT vault, hour + INTERVAL '1 hour' AS silent_from, next_hour AS silent_until, \
