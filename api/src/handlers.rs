@@ -218,9 +218,11 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
     f.limit = Some(limit);
     let sort = f.sort;
     let full = p.full.unwrap_or(false);
-    match s.read_alerts(move |st| st.list(&f)).await {
-        Ok(alerts) => {
-            let alerts = alerts.unwrap_or_default();
+    // The page is built and serialised on the blocking thread that read it, so every
+    // allocation of the alerts is freed where it was made; only the body crosses threads.
+    let page = s
+        .read_alerts(move |st| {
+            let alerts = st.list(&f)?;
             let next_cursor = (alerts.len() == limit)
                 .then(|| alerts.last().map(|a| encode_cursor(sort.key(a), &a.id)))
                 .flatten();
@@ -229,12 +231,23 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
             } else {
                 Listed::Items(alerts.into_iter().map(AlertItem::from).collect())
             };
-            Json(AlertPage {
+            serde_json::to_vec(&AlertPage {
                 alerts,
                 next_cursor,
             })
-            .into_response()
-        }
+            .map_err(|source| kvwatch_detect::AlertStoreError::Json {
+                column: "page",
+                source,
+            })
+        })
+        .await;
+    match page {
+        Ok(Some(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(None) => Json(AlertPage {
+            alerts: Listed::Items(Vec::new()),
+            next_cursor: None,
+        })
+        .into_response(),
         Err(r) => r,
     }
 }

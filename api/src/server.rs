@@ -41,7 +41,22 @@ pub struct ApiState {
     denied: AtomicU64,
     /// Idle read-only alert-store connections, reused across requests.
     readers: Mutex<Vec<AlertStore>>,
+    /// Alert-store reads running at once. Reads are CPU-bound: with one blocking thread per
+    /// request, 50 clients time-sliced 50 reads over two cores (and opened a connection for
+    /// every read beyond the pool), so every page took as long as the slowest; queued in
+    /// order, each waits only for those ahead of it.
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent alert-store reads: twice the cores (a read also waits on the page cache).
+fn read_slot_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .clamp(2, READER_POOL)
+}
+
+/// Idle connections kept for reuse; at least as many as reads may run at once.
+const READER_POOL: usize = 16;
 
 impl ApiState {
     pub fn new(data: PathBuf, keys: KeyStore, kafka: Option<Arc<KafkaMetrics>>) -> Self {
@@ -56,6 +71,7 @@ impl ApiState {
             requests: Mutex::new(BTreeMap::new()),
             denied: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(read_slot_count())),
         }
     }
 
@@ -67,7 +83,9 @@ impl ApiState {
         F: FnOnce(&AlertStore) -> Result<T, AlertStoreError> + Send + 'static,
     {
         let s = self.clone();
+        let slot = self.read_slots.clone().acquire_owned().await;
         let r = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let pooled = s.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let store = match pooled {
                 Some(st) => st,
@@ -78,7 +96,7 @@ impl ApiState {
             };
             let out = f(&store);
             let mut pool = s.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < 16 {
+            if pool.len() < READER_POOL {
                 pool.push(store);
             }
             out.map(Some)
