@@ -413,6 +413,9 @@ impl AlertStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Readers map the file instead of copying pages through their own small caches: an
+        // entity filter visits a few thousand scattered rows, and the API keeps many readers.
+        conn.pragma_update(None, "mmap_size", 4_i64 << 30)?;
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if v > known {
@@ -619,23 +622,27 @@ impl AlertStore {
         // A rare text drives the query from its FTS matches; a common one (over
         // FTS_DRIVE_MAX matches) is checked while walking the sort index instead, which
         // finds a page of them sooner than sorting them all.
-        let by_text = terms.is_empty()
-            && match &phrase {
-                Some(p) => {
-                    self.conn.query_row(
-                        "SELECT count(*) FROM (SELECT rowid FROM alerts_fts WHERE alerts_fts MATCH ?1 LIMIT ?2)",
-                        params![p, FTS_DRIVE_MAX + 1],
-                        |r| r.get::<_, i64>(0),
-                    )? <= FTS_DRIVE_MAX
-                }
-                None => false,
-            };
+        // The matches are read once (a trigram query over common trigrams is the expensive
+        // part) and the row IDs, integers from the store, are written into the statement.
+        let text_rows: Option<Vec<i64>> = match (&phrase, terms.is_empty()) {
+            (Some(p), true) => {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT rowid FROM alerts_fts WHERE alerts_fts MATCH ?1 LIMIT ?2",
+                )?;
+                let rows = st
+                    .query_map(params![p, FTS_DRIVE_MAX + 1], |r| r.get::<_, i64>(0))?
+                    .collect::<rusqlite::Result<Vec<i64>>>()?;
+                (rows.len() as i64 <= FTS_DRIVE_MAX).then_some(rows)
+            }
+            _ => None,
+        };
+        let by_text = text_rows.is_some();
         let by_term = !terms.is_empty() || by_text;
-        let mut sql = if by_text {
-            args.push(phrase.clone().unwrap_or_default().into());
-            String::from(
-                "SELECT alerts.rowid FROM (SELECT rowid AS r FROM alerts_fts WHERE alerts_fts MATCH ?1) AS m \
-                 CROSS JOIN alerts ON alerts.rowid = m.r WHERE 1=1",
+        let mut sql = if let Some(rows) = &text_rows {
+            let list: Vec<String> = rows.iter().map(i64::to_string).collect();
+            format!(
+                "SELECT alerts.rowid FROM alerts WHERE alerts.rowid IN ({})",
+                list.join(",")
             )
         } else if by_term {
             args.push(terms[0].clone().into());
