@@ -18,6 +18,42 @@ struct Truth {
     sensitive_ok: i64,
     cross_env: HashSet<String>,
     human_prod_readers: HashSet<String>,
+    /// Time range of the records (ns).
+    first: i64,
+    last: i64,
+    /// Objects (vault/type/name) successfully read, and when each was last successfully
+    /// written (created, set, rotated, imported, restored, recovered), if ever.
+    read_objects: HashSet<String>,
+    last_written: BTreeMap<String, i64>,
+}
+
+impl Truth {
+    /// Objects read but not written since `cut` (the hygiene section's stale objects).
+    fn stale(&self, cut: i64) -> HashSet<String> {
+        self.read_objects
+            .iter()
+            .filter(|o| self.last_written.get(*o).is_none_or(|w| *w < cut))
+            .cloned()
+            .collect()
+    }
+}
+
+/// `vault/type/name` of the object a record is about, from `properties.id` or the URI.
+fn object_of(r: &Value, vault: &str) -> Option<String> {
+    let uri = r["properties"]["id"]
+        .as_str()
+        .or_else(|| r["properties"]["requestUri"].as_str())?;
+    let path = uri.split("://").nth(1)?.split_once('/')?.1;
+    let path = path.split('?').next()?;
+    let mut parts = path.split('/');
+    let kind = match parts.next()? {
+        "secrets" => "secret",
+        "keys" => "key",
+        "certificates" => "certificate",
+        _ => return None,
+    };
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    Some(format!("{vault}/{kind}/{}", name.to_lowercase()))
 }
 
 fn claim<'a>(r: &'a Value, names: &[&str]) -> Option<&'a str> {
@@ -48,7 +84,26 @@ fn truth(dir: &std::path::Path) -> Truth {
         "VaultPurge",
         "VaultRecover",
     ];
-    let mut t = Truth::default();
+    const WRITES: &[&str] = &[
+        "SecretSet",
+        "SecretRestore",
+        "SecretRecover",
+        "KeyCreate",
+        "KeyImport",
+        "KeyRotate",
+        "KeyRestore",
+        "KeyRecover",
+        "CertificateCreate",
+        "CertificateImport",
+        "CertificateUpdate",
+        "CertificateRestore",
+        "CertificateRecover",
+    ];
+    let mut t = Truth {
+        first: i64::MAX,
+        last: i64::MIN,
+        ..Truth::default()
+    };
     let mut envs: BTreeMap<String, HashSet<&'static str>> = BTreeMap::new();
     for f in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
@@ -58,6 +113,10 @@ fn truth(dir: &std::path::Path) -> Truth {
                 continue;
             }
             t.events += 1;
+            let time =
+                kvwatch_ingest::time::parse_timestamp_ns(r["time"].as_str().unwrap()).unwrap();
+            t.first = t.first.min(time);
+            t.last = t.last.max(time);
             let op = r["operationName"].as_str().unwrap();
             let status = r["properties"]["httpStatusCode"].as_i64().unwrap_or(0);
             let vault = r["resourceId"]
@@ -80,6 +139,15 @@ fn truth(dir: &std::path::Path) -> Truth {
                 .to_owned();
             if status == 403 || (status == 401 && op != "Authentication") {
                 t.denied += 1;
+            }
+            if let (true, Some(o)) = (status < 300, object_of(&r, &vault)) {
+                if WRITES.contains(&op) {
+                    let w = t.last_written.entry(o.clone()).or_insert(time);
+                    *w = (*w).max(time);
+                }
+                if ["SecretGet", "KeyGet", "CertificateGet"].contains(&op) {
+                    t.read_objects.insert(o);
+                }
             }
             if ["SecretGet", "KeyGet", "CertificateGet"].contains(&op) && status < 300 {
                 t.material_reads += 1;
@@ -254,6 +322,56 @@ fn compliance_report_matches_the_raw_records() {
             .unwrap()
             .len() as i64;
     assert_eq!(metric(&rep, Some("alerts"), "alerts"), json!(alerts));
+
+    // Stale objects: with a one-day threshold over the dataset's exact period, objects written
+    // in its last day are fresh and the rest of those read are stale; both kinds must exist.
+    let day = 86_400_000_000_000;
+    let (from, to) = (t.first / 1_000_000_000, t.last / 1_000_000_000 + 1);
+    let stamp = |secs: i64| kvwatch_ingest::time::format_ns(secs * 1_000_000_000);
+    let cut = to * 1_000_000_000 - day;
+    let want = t.stale(cut);
+    assert!(
+        !want.is_empty() && want.len() < t.read_objects.len(),
+        "{} stale of {} read",
+        want.len(),
+        t.read_objects.len()
+    );
+    let h = run(
+        &data,
+        &[
+            "report",
+            "--kind",
+            "hygiene",
+            "--format",
+            "json",
+            "--stale-days",
+            "1",
+            "--max-rows",
+            "100000",
+            "--from",
+            &stamp(from),
+            "--to",
+            &stamp(to),
+        ],
+    );
+    assert_eq!(h.code, 0, "{}", h.stderr);
+    let h: Value = serde_json::from_str(&h.stdout).unwrap();
+    let got: HashSet<String> = table(&h, "hygiene", "stale_objects")
+        .iter()
+        .map(|x| {
+            format!(
+                "{}/{}/{}",
+                x["vault"].as_str().unwrap(),
+                x["object_type"].as_str().unwrap(),
+                x["object_name"].as_str().unwrap().to_lowercase()
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        metric(&h, Some("hygiene"), "stale_objects"),
+        json!(want.len())
+    );
 
     // Every number and every table can be reproduced with the SQL shown next to it, by a
     // session that knows nothing of the report (the shared pre-aggregations travel inline).
