@@ -265,12 +265,6 @@ struct CompactArgs {
     store: StoreArgs,
 }
 
-/// mimalloc instead of glibc malloc: the parser, the writer and API pages allocate and free
-/// many small strings across threads, where glibc's arena locks and consolidation showed up as
-/// a fifth of an alert listing's CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
