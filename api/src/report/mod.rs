@@ -380,9 +380,7 @@ impl Runner {
             None => format!("WITH {defs} {sql}"),
         })
     }
-}
 
-impl Runner {
     /// Builds the shared tables `which` that are not built yet, two at a time: the first
     /// (the largest, in [`shared_tables`] order) beside the others in turn. One aggregation
     /// alone keeps about 1.4 of the two cores busy; two side by side fill them.
