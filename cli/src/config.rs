@@ -146,6 +146,7 @@ pub struct IngestConfig {
     pub batch_rows: Option<usize>,
     pub max_frame_mb: Option<usize>,
     pub compact: Option<bool>,
+    pub mmap: Option<bool>,
 }
 
 /// Loads the config file named by `--config`/`KVWATCH_CONFIG`, else `./kvwatch.toml` if present.

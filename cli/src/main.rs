@@ -242,6 +242,10 @@ struct IngestArgs {
     /// Largest single JSON text accepted, in MiB; larger inputs are quarantined.
     #[arg(long, env = "KVWATCH_INGEST_MAX_FRAME_MB")]
     max_frame_mb: Option<usize>,
+    /// Read files with read(2) instead of memory-mapping them. Mapping saves a copy of every
+    /// byte, but a file truncated by another process while mapped ends kvwatch (SIGBUS).
+    #[arg(long, env = "KVWATCH_INGEST_NO_MMAP")]
+    no_mmap: bool,
     /// Skip compaction of small files after ingesting.
     #[arg(long, env = "KVWATCH_INGEST_NO_COMPACT")]
     no_compact: bool,
@@ -337,6 +341,7 @@ async fn cmd_ingest(data: &std::path::Path, cfg: &Config, a: IngestArgs) -> Resu
             .or(cfg.ingest.max_frame_mb)
             .map(|m| m << 20)
             .unwrap_or(d.max_frame),
+        mmap: !a.no_mmap && cfg.ingest.mmap.unwrap_or(d.mmap),
     };
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();

@@ -90,8 +90,9 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
     let mut resource_id: S<'a> = None;
     let mut identity: Option<&'a RawValue> = None;
     let mut props: Option<&'a RawValue> = None;
-    let mut extra = String::from("{");
-    let mut top_extra = String::from("{");
+    // Unmapped members, as JSON objects built only when there is one.
+    let mut extra = String::new();
+    let mut top_extra = String::new();
     // Request fields Managed HSM writes at top level; `properties` wins when both exist.
     let mut top = TopLevel::default();
 
@@ -164,25 +165,15 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
 
     // Object coordinates: `properties.id` carries the resolved version, `requestUri` the
     // operation's target when there is no id (lists, creates).
-    let from_id = row.object_uri.as_deref().map(derive::parse_object_uri);
+    let mut from_id = row.object_uri.as_deref().map(derive::parse_object_uri);
     // `requestUri` is parsed only when `id` does not settle the question (lists, creates,
     // records without a resource ID): it is the costlier of the two and usually redundant.
     let id_settles = from_id.as_ref().is_some_and(|o| o.object_type.is_some());
-    let from_uri = if id_settles && resource_id.is_some() {
+    let mut from_uri = if id_settles && resource_id.is_some() {
         None
     } else {
         row.request_uri.as_deref().map(derive::parse_object_uri)
     };
-    let obj = match (&from_id, &from_uri) {
-        (Some(a), _) if a.object_type.is_some() => a.clone(),
-        (_, Some(b)) if b.object_type.is_some() => b.clone(),
-        _ => ObjectRef::default(),
-    };
-    if row.operation != "Authentication" {
-        row.object_type = obj.object_type;
-        row.object_name = obj.name;
-        row.object_version = obj.version;
-    }
 
     if let Some(rid) = resource_id {
         let parts = derive::parse_resource_id(&rid);
@@ -194,12 +185,23 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
     }
     if row.vault.is_none() {
         row.vault = from_id
-            .and_then(|o| o.host_vault)
-            .or_else(|| from_uri.and_then(|o| o.host_vault));
+            .as_mut()
+            .and_then(|o| o.host_vault.take())
+            .or_else(|| from_uri.as_mut().and_then(|o| o.host_vault.take()));
+    }
+    let obj = match (from_id, from_uri) {
+        (Some(a), _) if a.object_type.is_some() => a,
+        (_, Some(b)) if b.object_type.is_some() => b,
+        _ => ObjectRef::default(),
+    };
+    if row.operation != "Authentication" {
+        row.object_type = obj.object_type;
+        row.object_name = obj.name;
+        row.object_version = obj.version;
     }
 
-    if extra.len() > 1 || top_extra.len() > 1 {
-        if top_extra.len() > 1 {
+    if !extra.is_empty() || !top_extra.is_empty() {
+        if !top_extra.is_empty() {
             top_extra.push('}');
             let raw = RawValue::from_string(top_extra).map_err(|e| RecordError::Nested {
                 field: "record",
@@ -484,23 +486,55 @@ fn nested_claim(v: &RawValue, leaf: &str) -> Option<String> {
 /// Deterministic identity of an audit event: a hash of its natural key. Azure records carry no
 /// ID; the same record re-read from a growing blob or redelivered by Event Hubs hashes the same.
 fn event_id(row: &EventRow<'_>) -> String {
-    let mut h = blake3::Hasher::new();
-    let mut put = |s: Option<&str>| {
-        let s = s.unwrap_or("");
-        h.update(&(s.len() as u32).to_le_bytes());
-        h.update(s.as_bytes());
-    };
-    put(Some("ae1"));
-    put(Some(&row.time_ns.to_string()));
-    put(row.resource_id.as_deref().or(row.vault.as_deref()));
-    put(Some(&row.operation));
-    put(row.correlation_id.as_deref());
-    put(row.caller_ip.as_deref());
-    put(row.request_uri.as_deref());
-    put(row.object_uri.as_deref());
-    put(row.http_status.map(|s| s.to_string()).as_deref());
-    put(row.principal_oid.as_deref());
-    hex16(h.finalize().as_bytes())
+    thread_local! {
+        static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    // The key is laid out as length-prefixed parts and hashed in one call: the same bytes as
+    // feeding the parts one by one, at a fraction of the cost.
+    fn put(key: &mut Vec<u8>, s: Option<&[u8]>) {
+        let s = s.unwrap_or(b"");
+        key.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        key.extend_from_slice(s);
+    }
+    fn put_int(key: &mut Vec<u8>, v: i64) {
+        let mut digits = [0u8; 20];
+        let mut n = v.unsigned_abs();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let neg = usize::from(v < 0);
+        key.extend_from_slice(&((digits.len() - i + neg) as u32).to_le_bytes());
+        if neg == 1 {
+            key.push(b'-');
+        }
+        key.extend_from_slice(&digits[i..]);
+    }
+    fn b(s: Option<&str>) -> Option<&[u8]> {
+        s.map(str::as_bytes)
+    }
+    KEY.with_borrow_mut(|key| {
+        key.clear();
+        put(key, Some(b"ae1"));
+        put_int(key, row.time_ns);
+        put(key, b(row.resource_id.as_deref().or(row.vault.as_deref())));
+        put(key, Some(row.operation.as_bytes()));
+        put(key, b(row.correlation_id.as_deref()));
+        put(key, b(row.caller_ip.as_deref()));
+        put(key, b(row.request_uri.as_deref()));
+        put(key, b(row.object_uri.as_deref()));
+        match row.http_status {
+            Some(s) => put_int(key, i64::from(s)),
+            None => put(key, None),
+        }
+        put(key, b(row.principal_oid.as_deref()));
+        hex16(blake3::hash(key).as_bytes())
+    })
 }
 
 /// First 16 bytes of a hash as 32 lower-case hex characters.
@@ -512,4 +546,67 @@ pub fn hex16(bytes: &[u8]) -> String {
         s.push(HEX[(b & 15) as usize] as char);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event ID as first defined, part by part. Stored IDs must never change: dedup of a
+    /// re-ingest compares new IDs with those already in the store.
+    fn reference_id(row: &EventRow<'_>) -> String {
+        let mut h = blake3::Hasher::new();
+        let mut put = |s: Option<&str>| {
+            let s = s.unwrap_or("");
+            h.update(&(s.len() as u32).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        put(Some("ae1"));
+        put(Some(&row.time_ns.to_string()));
+        put(row.resource_id.as_deref().or(row.vault.as_deref()));
+        put(Some(&row.operation));
+        put(row.correlation_id.as_deref());
+        put(row.caller_ip.as_deref());
+        put(row.request_uri.as_deref());
+        put(row.object_uri.as_deref());
+        put(row.http_status.map(|s| s.to_string()).as_deref());
+        put(row.principal_oid.as_deref());
+        hex16(h.finalize().as_bytes())
+    }
+
+    #[test]
+    fn event_id_matches_the_original_definition() {
+        let mut row = EventRow {
+            time_ns: 1_714_568_717_411_179_200,
+            operation: Cow::Borrowed("SecretGet"),
+            resource_id: Some(
+                "/subscriptions/s/resourcegroups/g/providers/microsoft.keyvault/vaults/kv".into(),
+            ),
+            correlation_id: Some(Cow::Borrowed("c0ffee")),
+            caller_ip: Some(Cow::Borrowed("10.0.0.1")),
+            request_uri: Some(Cow::Borrowed(
+                "https://kv.vault.azure.net/secrets/a?api-version=7.4",
+            )),
+            http_status: Some(200),
+            principal_oid: Some("oid".into()),
+            ..Default::default()
+        };
+        assert_eq!(event_id(&row), reference_id(&row));
+        for (t, status) in [
+            (0, None),
+            (-1, Some(-7)),
+            (i64::MIN, Some(i32::MAX)),
+            (i64::MAX, Some(0)),
+        ] {
+            row.time_ns = t;
+            row.http_status = status;
+            row.resource_id = None;
+            row.vault = Some("kv".into());
+            assert_eq!(
+                event_id(&row),
+                reference_id(&row),
+                "time {t} status {status:?}"
+            );
+        }
+    }
 }

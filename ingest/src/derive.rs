@@ -17,8 +17,28 @@ pub struct ResourceParts {
 /// writes the same IDs upper-case in audit events and mixed-case in the Activity Log, and every
 /// join between them is on the lower-case form.
 pub fn parse_resource_id(id: &str) -> ResourceParts {
+    with_segments(id, resource_parts)
+}
+
+/// Calls `f` with the non-empty `/`-separated segments of `path`, without allocating for the
+/// usual short paths (this runs twice per ingested record).
+fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
+    const CAP: usize = 24;
+    let mut buf = [""; CAP];
+    let mut n = 0;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        if n == CAP {
+            let all: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            return f(&all);
+        }
+        buf[n] = seg;
+        n += 1;
+    }
+    f(&buf[..n])
+}
+
+fn resource_parts(segs: &[&str]) -> ResourceParts {
     let mut out = ResourceParts::default();
-    let segs: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();
     let mut i = 0;
     while i + 1 < segs.len() {
         let k = segs[i];
@@ -73,16 +93,27 @@ pub struct ObjectRef {
 }
 
 fn collection_type(seg: &str) -> Option<&'static str> {
-    let s = seg.to_ascii_lowercase();
-    Some(match s.as_str() {
-        "secrets" | "deletedsecrets" => "secret",
-        "keys" | "deletedkeys" => "key",
-        "certificates" | "deletedcertificates" => "certificate",
-        "storage" | "deletedstorage" => "storage",
-        "rbac" | "roleassignments" | "roledefinitions" | "securitydomain" | "backup"
-        | "restore" | "settings" => "hsm",
-        _ => return None,
-    })
+    const TYPES: [(&str, &str); 15] = [
+        ("secrets", "secret"),
+        ("keys", "key"),
+        ("certificates", "certificate"),
+        ("deletedsecrets", "secret"),
+        ("deletedkeys", "key"),
+        ("deletedcertificates", "certificate"),
+        ("storage", "storage"),
+        ("deletedstorage", "storage"),
+        ("rbac", "hsm"),
+        ("roleassignments", "hsm"),
+        ("roledefinitions", "hsm"),
+        ("securitydomain", "hsm"),
+        ("backup", "hsm"),
+        ("restore", "hsm"),
+        ("settings", "hsm"),
+    ];
+    TYPES
+        .iter()
+        .find(|(name, _)| seg.eq_ignore_ascii_case(name))
+        .map(|(_, t)| *t)
 }
 
 fn is_version(seg: &str) -> bool {
@@ -93,7 +124,6 @@ fn is_version(seg: &str) -> bool {
 /// (optionally with an action segment after the version for crypto calls); management URIs
 /// (`management.azure.com`, `control-*.vaultcore.azure.net`) name the vault itself.
 pub fn parse_object_uri(uri: &str) -> ObjectRef {
-    let mut out = ObjectRef::default();
     let no_query = uri.split(['?', '#']).next().unwrap_or("");
     let rest = match no_query.find("://") {
         Some(p) => &no_query[p + 3..],
@@ -103,16 +133,23 @@ pub fn parse_object_uri(uri: &str) -> ObjectRef {
         Some(p) => (&rest[..p], &rest[p..]),
         None => (rest, ""),
     };
-    let host_lc = host.to_ascii_lowercase();
-    let host_name = host_lc.split(':').next().unwrap_or("");
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let management = host_name.starts_with("management.")
-        || host_name.starts_with("control-")
+    let host_name = host.split(':').next().unwrap_or("");
+    with_segments(path, |segs| object_ref(host_name, segs))
+}
+
+fn object_ref(host_name: &str, segs: &[&str]) -> ObjectRef {
+    let mut out = ObjectRef::default();
+    let starts_ci = |s: &str, prefix: &str| {
+        s.len() >= prefix.len()
+            && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    let management = starts_ci(host_name, "management.")
+        || starts_ci(host_name, "control-")
         || segs
             .first()
             .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"));
     if management {
-        let rp = parse_resource_id(path);
+        let rp = resource_parts(segs);
         if rp.vault.is_some() {
             out.object_type = Some("vault");
             out.name = rp.vault;
@@ -123,7 +160,7 @@ pub fn parse_object_uri(uri: &str) -> ObjectRef {
         && !first.is_empty()
         && host_name.contains('.')
     {
-        out.host_vault = Some(first.to_owned());
+        out.host_vault = Some(first.to_ascii_lowercase());
     }
     match segs.first() {
         None => {

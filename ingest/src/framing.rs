@@ -9,10 +9,12 @@
 
 use std::io::{self, BufRead};
 
-/// One top-level JSON text and where it came from.
+/// One top-level JSON text and where it came from. `bytes` borrows the reader's buffer when
+/// the frame is one line that lies whole in it (the JSON Lines case), so most frames are never
+/// copied; it lives until the next call to [`Framer::next_frame`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    pub bytes: Vec<u8>,
+pub struct Frame<'a> {
+    pub bytes: &'a [u8],
     pub first_line: u64,
     pub last_line: u64,
     /// Spans several lines: on a syntax error the parser retries it line by line.
@@ -75,8 +77,11 @@ pub struct Framer<R> {
     line: u64,
     mode: Mode,
     max: usize,
-    /// Capacity for the next line buffer: lines of one file are alike in size.
-    hint: usize,
+    /// Frames that had to be assembled (multi-line, split across reads) live here.
+    buf: Vec<u8>,
+    line_buf: Vec<u8>,
+    /// Bytes of the reader's buffer lent out by the last frame, consumed on the next call.
+    lent: usize,
 }
 
 impl<R: BufRead> Framer<R> {
@@ -90,7 +95,9 @@ impl<R: BufRead> Framer<R> {
             line: 0,
             mode: Mode::Unknown,
             max,
-            hint: 1024,
+            buf: Vec::new(),
+            line_buf: Vec::new(),
+            lent: 0,
         }
     }
 
@@ -143,28 +150,77 @@ impl<R: BufRead> Framer<R> {
         Ok(Some(total))
     }
 
+    /// In line mode, the next non-blank line when it lies whole in the reader's buffer:
+    /// `(start, end)` of its content there (terminator and BOM excluded), with the length to
+    /// consume recorded in `lent`. `None` when the line must be assembled by [`Self::read_line`].
+    fn borrow_line(&mut self) -> io::Result<Option<(usize, usize)>> {
+        loop {
+            let avail = match self.r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(nl) = memchr::memchr(b'\n', avail) else {
+                return Ok(None);
+            };
+            if nl > self.max {
+                return Ok(None);
+            }
+            let mut start = 0;
+            if self.line == 0 && avail.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                start = 3;
+            }
+            let end = if nl > start && avail[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            self.line += 1;
+            if avail[start..end].iter().all(u8::is_ascii_whitespace) {
+                self.r.consume(nl + 1);
+                continue;
+            }
+            self.lent = nl + 1;
+            return Ok(Some((start, end)));
+        }
+    }
+
     /// The next frame, or `None` at end of input.
-    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
-        let (mut buf, first) = loop {
-            let mut buf = Vec::with_capacity(self.hint);
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame<'_>>> {
+        self.r.consume(std::mem::take(&mut self.lent));
+        if self.mode == Mode::Lines
+            && let Some((start, end)) = self.borrow_line()?
+        {
+            let line = self.line;
+            return Ok(Some(Frame {
+                bytes: &self.r.fill_buf()?[start..end],
+                first_line: line,
+                last_line: line,
+                multiline: false,
+                oversized: None,
+            }));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let first = loop {
             let Some(len) = self.read_line(&mut buf)? else {
+                self.buf = buf;
                 return Ok(None);
             };
             if buf.iter().all(u8::is_ascii_whitespace) && len as usize <= self.max {
                 continue;
             }
             if len as usize > self.max {
+                self.buf = buf;
                 return Ok(Some(Frame {
-                    bytes: buf,
+                    bytes: &self.buf,
                     first_line: self.line,
                     last_line: self.line,
                     multiline: false,
                     oversized: Some(len),
                 }));
             }
-            break (buf, self.line);
+            break self.line;
         };
-        self.hint = (buf.len() + buf.len() / 4).clamp(256, 64 * 1024);
         // Once a file has shown itself line-oriented, lines are not scanned at all.
         let mut scan = Scan::default();
         if self.mode != Mode::Lines {
@@ -174,8 +230,9 @@ impl<R: BufRead> Framer<R> {
             if self.mode == Mode::Unknown {
                 self.mode = Mode::Lines;
             }
+            self.buf = buf;
             return Ok(Some(Frame {
-                bytes: buf,
+                bytes: &self.buf,
                 first_line: first,
                 last_line: first,
                 multiline: false,
@@ -183,19 +240,15 @@ impl<R: BufRead> Framer<R> {
             }));
         }
         self.mode = Mode::Multi;
-        let mut line = Vec::new();
+        let mut line = std::mem::take(&mut self.line_buf);
         let mut total = buf.len() as u64;
+        let mut oversized = None;
         while let Some(len) = self.read_line(&mut line)? {
             total += len + 1;
             if total as usize > self.max {
                 // Keep what we have for the quarantine sample and drop the rest of the frame.
-                return Ok(Some(Frame {
-                    bytes: buf,
-                    first_line: first,
-                    last_line: self.line,
-                    multiline: true,
-                    oversized: Some(total),
-                }));
+                oversized = Some(total);
+                break;
             }
             buf.push(b'\n');
             buf.extend_from_slice(&line);
@@ -204,12 +257,14 @@ impl<R: BufRead> Framer<R> {
                 break;
             }
         }
+        self.line_buf = line;
+        self.buf = buf;
         Ok(Some(Frame {
-            bytes: buf,
+            bytes: &self.buf,
             first_line: first,
             last_line: self.line,
-            multiline: first != self.line,
-            oversized: None,
+            multiline: oversized.is_some() || first != self.line,
+            oversized,
         }))
     }
 }
@@ -223,7 +278,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(fr) = f.next_frame().unwrap() {
             out.push((
-                String::from_utf8(fr.bytes).unwrap(),
+                String::from_utf8(fr.bytes.to_vec()).unwrap(),
                 fr.first_line,
                 fr.last_line,
             ));

@@ -272,13 +272,18 @@ pub fn str_list(field: &str, raw: &RawValue) -> Result<Vec<String>, FieldError> 
     }
 }
 
-/// Appends `"key":raw` to a JSON object being built in `out` (which starts as `{`).
+/// Appends `"key":raw` to a JSON object being built in `out`: empty means no member yet, and
+/// the caller closes the object with `}` when it is not empty.
 pub fn push_member(out: &mut String, key: &str, raw: &RawValue) {
-    if out.len() > 1 {
-        out.push(',');
+    out.push(if out.is_empty() { '{' } else { ',' });
+    if key.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.push('"');
+        out.push_str(key);
+        out.push('"');
+    } else {
+        // Keys come from parsed JSON, so serialising a &str cannot fail.
+        out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"?\"".into()));
     }
-    // Keys come from parsed JSON, so serialising a &str cannot fail.
-    out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"?\"".into()));
     out.push(':');
     out.push_str(raw.get());
 }

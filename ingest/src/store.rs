@@ -23,9 +23,7 @@
 use crate::schema::Table;
 use crate::time::date_of_ns;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{
-    concat_batches, filter_record_batch, sort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::ProjectionMask;
@@ -33,9 +31,11 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -198,13 +198,35 @@ pub struct WriteStats {
 
 type Key = (Table, String);
 
+/// Row IDs are already uniform hashes (blake3), so hashing them again only costs time: the set
+/// keys on their low 64 bits as they are.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; fold anything else so the hasher stays correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64 ^ (v >> 64) as u64;
+    }
+}
+
+type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
+
 /// The single writer of a data directory.
 pub struct StoreWriter {
     root: PathBuf,
     manifest: Manifest,
     opts: WriteOptions,
     _lock: File,
-    ids: HashMap<Key, HashSet<u128>>,
+    ids: HashMap<Key, IdSet>,
     pending: HashMap<Key, (Vec<RecordBatch>, usize, usize)>,
     pending_bytes: usize,
     staged: Vec<(Table, FileEntry)>,
@@ -305,7 +327,7 @@ impl StoreWriter {
         Ok(())
     }
 
-    fn ids_for(&mut self, key: &Key) -> Result<&mut HashSet<u128>> {
+    fn ids_for(&mut self, key: &Key) -> Result<&mut IdSet> {
         if !self.ids.contains_key(key) {
             let (table, part) = key;
             let files: Vec<FileEntry> = self
@@ -315,7 +337,7 @@ impl StoreWriter {
                 .filter(|f| *table == Table::Quarantine || &f.partition == part)
                 .cloned()
                 .collect();
-            let mut set = HashSet::new();
+            let mut set = IdSet::default();
             for f in files {
                 load_ids(&self.root.join(&f.path), table.id_column(), &mut set)?;
             }
@@ -423,7 +445,21 @@ impl StoreWriter {
             .schema()
             .index_of(table.time_column())
             .map_err(StoreError::Arrow)?;
-        Ok(WriterProperties::builder()
+        let mut props = WriterProperties::builder();
+        // Near-unique columns gain nothing from a dictionary; building one first and then
+        // falling back to plain encoding is wasted work on every row group.
+        for col in [
+            table.id_column(),
+            table.time_column(),
+            "correlation_id",
+            "source",
+            "raw",
+        ] {
+            if table.schema().index_of(col).is_ok() {
+                props = props.set_column_dictionary_enabled(ColumnPath::from(col), false);
+            }
+        }
+        Ok(props
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.opts.zstd_level)?))
             .set_max_row_group_row_count(Some(self.opts.row_group_rows))
             .set_statistics_enabled(EnabledStatistics::Page)
@@ -449,20 +485,28 @@ impl StoreWriter {
     }
 
     /// Writes a partition's buffered rows as one time-sorted file (staged until commit).
+    /// Input that arrives in time order (archives, most streams) is written batch by batch as
+    /// it is; otherwise rows are merged into order chunk by chunk, never copied whole.
     fn flush_partition(&mut self, key: &Key) -> Result<()> {
         let Some((batches, _, size)) = self.pending.remove(key) else {
             return Ok(());
         };
         self.pending_bytes -= size;
-        let (table, partition) = key;
-        let schema = table.schema();
-        let all = concat_batches(&schema, &batches)?;
-        drop(batches);
-        let sorted = sort_by_time(&all, *table)?;
-        drop(all);
-        let entry = self.write_file(*table, partition, std::iter::once(Ok(sorted)))?;
+        let (table, partition) = (key.0, key.1.clone());
+        let order = time_order(&batches, table)?;
+        let chunk = self.opts.row_group_rows.max(1);
+        let entry = match order {
+            None => self.write_file(table, &partition, batches.into_iter().map(Ok))?,
+            Some(order) => {
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                let chunks = order
+                    .chunks(chunk)
+                    .map(|c| interleave_record_batch(&refs, c).map_err(StoreError::Arrow));
+                self.write_file(table, &partition, chunks)?
+            }
+        };
         if let Some(e) = entry {
-            self.staged.push((*table, e));
+            self.staged.push((table, e));
         }
         Ok(())
     }
@@ -713,18 +757,38 @@ impl StoreWriter {
     }
 }
 
-fn sort_by_time(batch: &RecordBatch, table: Table) -> Result<RecordBatch> {
-    let col = batch
-        .column_by_name(table.time_column())
-        .ok_or_else(|| StoreError::Batch {
-            table: table.name(),
-            msg: "missing time column".into(),
-        })?;
-    let idx = sort_to_indices(col.as_ref(), None, None)?;
-    Ok(take_record_batch(batch, &idx)?)
+/// `None` when `batches` are already in time order as they stand, else the `(batch, row)`
+/// positions that put them in order (ties keep arrival order, so output is deterministic).
+fn time_order(batches: &[RecordBatch], table: Table) -> Result<Option<Vec<(usize, usize)>>> {
+    let mut times = Vec::with_capacity(batches.len());
+    for b in batches {
+        let t = b
+            .column_by_name(table.time_column())
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+            .ok_or_else(|| StoreError::Batch {
+                table: table.name(),
+                msg: "missing time column".into(),
+            })?;
+        times.push(t.values());
+    }
+    let sorted = times
+        .iter()
+        .flat_map(|t| t.iter())
+        .try_fold(i64::MIN, |prev, &t| (t >= prev).then_some(t))
+        .is_some();
+    if sorted {
+        return Ok(None);
+    }
+    let mut keyed: Vec<(i64, usize, usize)> = times
+        .iter()
+        .enumerate()
+        .flat_map(|(b, t)| t.iter().enumerate().map(move |(r, &v)| (v, b, r)))
+        .collect();
+    keyed.sort_unstable();
+    Ok(Some(keyed.into_iter().map(|(_, b, r)| (b, r)).collect()))
 }
 
-fn load_ids(path: &Path, column: &str, set: &mut HashSet<u128>) -> Result<()> {
+fn load_ids(path: &Path, column: &str, set: &mut IdSet) -> Result<()> {
     let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let idx = builder

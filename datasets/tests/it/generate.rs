@@ -53,7 +53,7 @@ fn parse_dir(dir: &Path) -> Seen {
     files.sort();
     for f in files {
         let input = Input::File(f.clone());
-        let r = open(&input).unwrap();
+        let r = open(&input, false).unwrap();
         parse_stream(r, &f.display().to_string(), &mut seen, 1 << 28).unwrap();
     }
     seen

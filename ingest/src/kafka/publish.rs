@@ -179,7 +179,7 @@ pub fn publish(
     let mut last_progress = Instant::now();
     for input in inputs {
         s.report.files += 1;
-        let reader = open(&input)?;
+        let reader = open(&input, false)?;
         let framer = Framer::with_max(reader, DEFAULT_MAX_FRAME);
         let mut framer = if opts.raw {
             framer.lines_only()
