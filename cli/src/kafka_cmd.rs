@@ -225,6 +225,7 @@ fn stop_on_signal(stop: Arc<AtomicBool>) -> Result<()> {
 }
 
 pub async fn cmd_consume(data: &Path, cfg: &Config, a: ConsumeArgs) -> Result<ExitCode> {
+    kvwatch_ingest::files::keep_freed_memory();
     let opts = a.flags.options(&cfg.kafka)?;
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone())?;

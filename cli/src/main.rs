@@ -328,6 +328,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn cmd_ingest(data: &std::path::Path, cfg: &Config, a: IngestArgs) -> Result<ExitCode> {
+    kvwatch_ingest::files::keep_freed_memory();
     let (inputs, skipped) = expand(&a.paths)?;
     let mut writer = StoreWriter::open(data, a.store.options(cfg))?;
     let d = IngestOptions::default();

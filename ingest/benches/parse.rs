@@ -1,4 +1,7 @@
-//! Parse + normalise to Arrow, on generated realistic records (no I/O, no Parquet).
+//! Parse + normalise to Arrow, on generated realistic records (no I/O, no Parquet), next to
+//! two floors measured on the same lines and machine: serde_json splitting each record into
+//! its top-level members (the least any parser must do) and decoding it into a
+//! `serde_json::Value`.
 //! `cargo bench -p kvwatch-ingest --bench parse`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -68,6 +71,27 @@ fn bench(c: &mut Criterion) {
             }
             assert_eq!(p.counts.events as usize, lines);
             black_box(sink.cols.finish().unwrap());
+        })
+    });
+    let text = std::str::from_utf8(&data).unwrap();
+    g.bench_function("serde_json_split_members", |b| {
+        b.iter(|| {
+            let mut members = 0;
+            for line in text.lines() {
+                let obj: kvwatch_ingest::json::RawObject<'_> = serde_json::from_str(line).unwrap();
+                members += obj.fields.len();
+            }
+            black_box(members)
+        })
+    });
+    g.bench_function("serde_json_value", |b| {
+        b.iter(|| {
+            let mut members = 0;
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                members += v.as_object().map_or(0, |o| o.len());
+            }
+            black_box(members)
         })
     });
     g.finish();

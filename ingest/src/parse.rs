@@ -300,14 +300,27 @@ impl<'s, S: RowSink> Parser<'s, S> {
 
     /// Routes one record by category / operation name.
     fn record_obj(&mut self, obj: &RawObject<'_>, raw: &str) {
-        let category = obj
-            .get("category")
-            .or_else(|| obj.get("Category"))
+        // One pass picks out the routing members: the first of each key, and the camelCase
+        // spelling before the PascalCase one.
+        let mut found: [Option<&RawValue>; 5] = [None; 5];
+        for (k, v) in &obj.fields {
+            let i = match k.as_ref() {
+                "category" => 0,
+                "Category" => 1,
+                "operationName" => 2,
+                "OperationName" => 3,
+                "resourceId" => 4,
+                _ => continue,
+            };
+            found[i].get_or_insert(*v);
+        }
+        let category = found[0]
+            .or(found[1])
             .and_then(|v| json::opt_str_or_value("category", v).ok().flatten());
-        let op = obj
-            .get("operationName")
-            .or_else(|| obj.get("OperationName"))
+        let op = found[2]
+            .or(found[3])
             .and_then(|v| json::opt_str_or_value("operationName", v).ok().flatten());
+        let rid_v = found[4];
         let is_audit = match category.as_deref() {
             Some(c) => c.eq_ignore_ascii_case("AuditEvent"),
             // Some exports drop `category`; a Key Vault resource ID and an ObjectVerb
@@ -315,8 +328,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             None => {
                 op.as_deref()
                     .is_some_and(|o| !activity::looks_like_activity(o))
-                    && obj
-                        .get("resourceId")
+                    && rid_v
                         .and_then(|v| json::opt_str("resourceId", v).ok().flatten())
                         .is_some_and(|r| r.to_ascii_lowercase().contains("/microsoft.keyvault/"))
             }
