@@ -20,7 +20,7 @@ if [ ! -s "$INPUT" ]; then
   rm -rf "$WORK/gen"
 fi
 RECORDS=$(wc -l < "$INPUT")
-BYTES=$(stat -c %s "$INPUT")
+BYTES=$(stat -L -c %s "$INPUT")
 echo "input: $INPUT"
 printf 'records: %d  size: %.0f MiB  avg record: %d bytes\n' "$RECORDS" "$(echo "$BYTES/1048576" | bc -l)" $((BYTES / RECORDS))
 
