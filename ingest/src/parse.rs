@@ -154,10 +154,10 @@ impl<'s, S: RowSink> Parser<'s, S> {
             );
             return;
         }
-        let text = match std::str::from_utf8(&f.bytes) {
+        let text = match std::str::from_utf8(f.bytes) {
             Ok(t) => t,
             Err(e) => {
-                let lossy = String::from_utf8_lossy(&f.bytes).into_owned();
+                let lossy = String::from_utf8_lossy(f.bytes).into_owned();
                 self.quarantine(&format!("invalid UTF-8: {e}"), &lossy);
                 return;
             }

@@ -189,11 +189,11 @@ pub fn publish(
         while let Some(frame) = framer.next_frame()? {
             if opts.raw {
                 if !frame.bytes.iter().all(u8::is_ascii_whitespace) {
-                    s.send(&frame.bytes, 1)?;
+                    s.send(frame.bytes, 1)?;
                 }
                 continue;
             }
-            let text = std::str::from_utf8(&frame.bytes).ok();
+            let text = std::str::from_utf8(frame.bytes).ok();
             let records = if frame.oversized.is_some() {
                 None
             } else {
@@ -201,7 +201,7 @@ pub fn publish(
             };
             let Some(records) = records else {
                 s.report.unsplittable += 1;
-                s.send(&frame.bytes, 1)?;
+                s.send(frame.bytes, 1)?;
                 continue;
             };
             for r in records {
