@@ -15,6 +15,8 @@ use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -169,6 +171,57 @@ impl BufRead for Mapped {
                 )
             };
             self.kept = end;
+        }
+    }
+}
+
+/// A reader that publishes how many bytes it has handed out, for progress on long inputs
+/// (a single large file would otherwise show no progress in bytes until it ends).
+struct Counted<'c, R> {
+    inner: R,
+    local: u64,
+    shared: &'c AtomicU64,
+}
+
+impl<'c, R> Counted<'c, R> {
+    fn new(inner: R, shared: &'c AtomicU64) -> Self {
+        Self {
+            inner,
+            local: 0,
+            shared,
+        }
+    }
+
+    fn publish(&mut self) {
+        self.shared
+            .fetch_add(std::mem::take(&mut self.local), Ordering::Relaxed);
+    }
+}
+
+impl<R> Drop for Counted<'_, R> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.local += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.local += n as u64;
+        // Publishing per megabyte keeps the shared counter off the per-line path.
+        if self.local >= 1 << 20 {
+            self.publish();
         }
     }
 }
@@ -341,6 +394,8 @@ pub fn ingest(
     let max_frame = opts.max_frame;
     let mmap = opts.mmap;
     let now = now_nanos();
+    let read = Arc::new(AtomicU64::new(0));
+    let read_by_parser = read.clone();
     let parser = std::thread::Builder::new()
         .name("kvwatch-parse".into())
         .spawn(move || {
@@ -358,8 +413,10 @@ pub fn ingest(
                     break;
                 }
                 let label = input.label();
-                let result =
-                    open(&input, mmap).and_then(|r| parse_stream(r, &label, &mut ship, max_frame));
+                let result = open(&input, mmap).and_then(|r| {
+                    let r = Counted::new(r, &read_by_parser);
+                    parse_stream(r, &label, &mut ship, max_frame)
+                });
                 // Rows of a file are shipped before its completion is reported.
                 ship.ship_all();
                 let msg = match result {
@@ -415,7 +472,7 @@ pub fn ingest(
                     - before.activity
                     - before.quarantine
                     - before.duplicates,
-                bytes: report.parsed.bytes,
+                bytes: read.load(Ordering::Relaxed),
                 elapsed: start.elapsed(),
             });
         }
@@ -447,4 +504,29 @@ pub fn ingest_paths(
     let mut r = ingest(&mut w, inputs, &IngestOptions::default(), |_| {})?;
     r.skipped_files = skipped.iter().map(|p| p.display().to_string()).collect();
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_reader_publishes_every_byte_consumed() {
+        let line = "{\"a\":\"0123456789\"}\n";
+        let text = line.repeat(200_000);
+        let shared = AtomicU64::new(0);
+        {
+            let r = Counted::new(BufReader::with_capacity(4096, text.as_bytes()), &shared);
+            let mut framer = Framer::new(r);
+            let mut frames = 0;
+            while framer.next_frame().unwrap().is_some() {
+                frames += 1;
+                // Published in megabyte steps while reading, never ahead of what was read.
+                assert!(shared.load(Ordering::Relaxed) <= (frames * line.len()) as u64);
+            }
+            assert_eq!(frames, 200_000);
+            assert!(shared.load(Ordering::Relaxed) >= 3 << 20);
+        }
+        assert_eq!(shared.load(Ordering::Relaxed), text.len() as u64);
+    }
 }
