@@ -22,7 +22,9 @@
 
 use crate::schema::Table;
 use crate::time::date_of_ns;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, PrimitiveArray, RecordBatch, UInt32Array,
+};
 use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -363,11 +365,7 @@ impl StoreWriter {
             table: table.name(),
             msg,
         };
-        let times = batch
-            .column_by_name(table.time_column())
-            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-            .ok_or_else(|| bad("missing time column".into()))?
-            .clone();
+        let times = times_of(batch, table)?.clone();
         let ids = batch
             .column_by_name(table.id_column())
             .and_then(|c| c.as_string_opt::<i32>())
@@ -531,13 +529,7 @@ impl StoreWriter {
             if b.num_rows() == 0 {
                 continue;
             }
-            let t = b
-                .column_by_name(table.time_column())
-                .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-                .ok_or_else(|| StoreError::Batch {
-                    table: table.name(),
-                    msg: "missing time column".into(),
-                })?;
+            let t = times_of(&b, table)?;
             if let (Some(a), Some(z)) = (
                 datafusion::arrow::compute::min(t),
                 datafusion::arrow::compute::max(t),
@@ -757,19 +749,22 @@ impl StoreWriter {
     }
 }
 
+/// The table's time column of a batch.
+fn times_of(b: &RecordBatch, table: Table) -> Result<&PrimitiveArray<TimestampNanosecondType>> {
+    b.column_by_name(table.time_column())
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| StoreError::Batch {
+            table: table.name(),
+            msg: "missing time column".into(),
+        })
+}
+
 /// `None` when `batches` are already in time order as they stand, else the `(batch, row)`
 /// positions that put them in order (ties keep arrival order, so output is deterministic).
 fn time_order(batches: &[RecordBatch], table: Table) -> Result<Option<Vec<(usize, usize)>>> {
     let mut times = Vec::with_capacity(batches.len());
     for b in batches {
-        let t = b
-            .column_by_name(table.time_column())
-            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-            .ok_or_else(|| StoreError::Batch {
-                table: table.name(),
-                msg: "missing time column".into(),
-            })?;
-        times.push(t.values());
+        times.push(times_of(b, table)?.values());
     }
     let sorted = times
         .iter()
