@@ -81,24 +81,17 @@ pub fn expand(paths: &[String]) -> io::Result<(Vec<Input>, Vec<PathBuf>)> {
 /// an ingest). Like ripgrep, which maps for the same reason, a file truncated by another
 /// process while it is mapped ends the process (SIGBUS); `--no-mmap` avoids that risk.
 pub fn open(input: &Input, mmap: bool) -> io::Result<Box<dyn BufRead + Send>> {
-    let raw: Box<dyn Read + Send> = match input {
-        Input::Stdin => Box::new(io::stdin()),
+    let mut buf: Box<dyn BufRead + Send> = match input {
+        Input::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
         Input::File(p) => {
             let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
             let file = std::fs::File::open(p).map_err(named)?;
-            if mmap && let Some(m) = Mapped::new(&file) {
-                if m.map.starts_with(&[0x1f, 0x8b]) {
-                    return Ok(Box::new(BufReader::with_capacity(
-                        1 << 20,
-                        MultiGzDecoder::new(m),
-                    )));
-                }
-                return Ok(Box::new(m));
+            match mmap.then(|| Mapped::new(&file)).flatten() {
+                Some(m) => Box::new(m),
+                None => Box::new(BufReader::with_capacity(1 << 20, file)),
             }
-            Box::new(file)
         }
     };
-    let mut buf = BufReader::with_capacity(1 << 20, raw);
     let head = buf.fill_buf()?;
     if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
         Ok(Box::new(BufReader::with_capacity(
@@ -106,7 +99,7 @@ pub fn open(input: &Input, mmap: bool) -> io::Result<Box<dyn BufRead + Send>> {
             MultiGzDecoder::new(buf),
         )))
     } else {
-        Ok(Box::new(buf))
+        Ok(buf)
     }
 }
 
