@@ -578,3 +578,68 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Times of every Parquet file of a table, file by file, in stored row order.
+fn stored_times(data: &Path, table: &str) -> Vec<Vec<i64>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampNanosecondType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut out = Vec::new();
+    for f in walk(&data.join(table)) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut times = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let t = b.column_by_name("time").unwrap();
+            times.extend(t.as_primitive::<TimestampNanosecondType>().values().iter());
+        }
+        out.push(times);
+    }
+    out
+}
+
+#[test]
+fn disordered_input_is_stored_in_time_order() {
+    // 300 records of one day in scrambled order, cut into many small batches, so the store
+    // must merge rows across batches to write the day's file in order.
+    let src = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for i in 0..300u32 {
+        let k = i * 113 % 300;
+        let rec = json!({
+            "time": format!("2024-05-01T{:02}:{:02}:{:02}.{:07}Z", k / 60 % 24, k % 60, k % 60, k),
+            "resourceId": "/SUBSCRIPTIONS/S/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/KV",
+            "operationName": "SecretGet", "category": "AuditEvent", "resultType": "Success",
+            "callerIpAddress": "10.0.0.1",
+            "properties": {"httpStatusCode": 200, "id": format!("https://kv.vault.azure.net/secrets/s{k}")}
+        });
+        lines.push_str(&rec.to_string());
+        lines.push('\n');
+    }
+    let file = src.path().join("scrambled.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let mut ids = Vec::new();
+    for flag in [None, Some("--no-mmap")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["ingest", "--batch-rows", "16", "--no-compact"];
+        args.extend(flag);
+        args.push(file.to_str().unwrap());
+        let r = run(dir.path(), &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let files = stored_times(dir.path(), "events");
+        assert_eq!(files.len(), 1, "one day, one file");
+        assert_eq!(files[0].len(), 300);
+        assert!(
+            files[0].windows(2).all(|w| w[0] <= w[1]),
+            "rows are stored in time order ({flag:?})"
+        );
+        ids.push(query(
+            dir.path(),
+            "SELECT event_id, object_name FROM events ORDER BY event_id",
+        ));
+    }
+    assert_eq!(ids[0], ids[1], "mapped and read input store the same rows");
+}
