@@ -6,9 +6,8 @@
 //! `VaultPut`/`VaultPatch`. Whatever is not mapped to a column is kept as JSON text.
 
 use crate::derive::{self, ObjectRef};
-use crate::json::{self, FieldError, RawObject, opt_bool, opt_i64, opt_str};
+use crate::json::{self, FieldError, Raw, RawObject, opt_bool, opt_i64, opt_str};
 use crate::time::parse_timestamp_ns;
-use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 type S<'a> = Option<Cow<'a, str>>;
@@ -88,8 +87,8 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
     let mut row = EventRow::default();
     let mut time: S<'a> = None;
     let mut resource_id: S<'a> = None;
-    let mut identity: Option<&'a RawValue> = None;
-    let mut props: Option<&'a RawValue> = None;
+    let mut identity: Option<Raw<'a>> = None;
+    let mut props: Option<Raw<'a>> = None;
     // Unmapped members, as JSON objects built only when there is one.
     let mut extra = String::new();
     let mut top_extra = String::new();
@@ -97,7 +96,7 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
     let mut top = TopLevel::default();
 
     for (k, v) in &rec.fields {
-        let v: &'a RawValue = v;
+        let v: Raw<'a> = *v;
         match k.as_ref() {
             "time" | "TimeGenerated" => time = opt_str("time", v)?,
             "resourceId" | "ResourceId" => resource_id = opt_str("resourceId", v)?,
@@ -120,7 +119,7 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
             "httpStatusCode" => top.http_status = opt_i64(k, v)?,
             "subnetId" => top.subnet_id = opt_str(k, v)?,
             "id" => top.id = opt_str(k, v)?,
-            _ => json::push_member(&mut top_extra, k, v),
+            _ => json::push_member(&mut top_extra, k, v.get()),
         }
     }
 
@@ -203,11 +202,7 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
     if !extra.is_empty() || !top_extra.is_empty() {
         if !top_extra.is_empty() {
             top_extra.push('}');
-            let raw = RawValue::from_string(top_extra).map_err(|e| RecordError::Nested {
-                field: "record",
-                msg: e.to_string(),
-            })?;
-            json::push_member(&mut extra, "_record", &raw);
+            json::push_member(&mut extra, "_record", &top_extra);
         }
         extra.push('}');
         row.properties = Some(extra);
@@ -231,12 +226,12 @@ fn clamp_i32(v: i64) -> i32 {
 
 fn properties<'a>(
     row: &mut EventRow<'a>,
-    raw: &'a RawValue,
+    raw: Raw<'a>,
     extra: &mut String,
 ) -> Result<(), RecordError> {
-    let text = match json::opt_object_text("properties", raw)? {
-        Some(Cow::Borrowed(t)) => t,
-        Some(Cow::Owned(_)) => {
+    let raw = match json::opt_object_text("properties", raw)? {
+        Some(json::ObjectText::Raw(r)) => r,
+        Some(json::ObjectText::Decoded(_)) => {
             return Err(RecordError::Field(FieldError {
                 field: "properties".into(),
                 expected: "an object",
@@ -245,10 +240,7 @@ fn properties<'a>(
         }
         None => return Ok(()),
     };
-    let obj = RawObject::parse(text).map_err(|e| RecordError::Nested {
-        field: "properties",
-        msg: e.to_string(),
-    })?;
+    let obj = RawObject::of(raw).map_err(nested("properties"))?;
     for (key, v) in obj.fields {
         let k: &str = &key;
         match k {
@@ -281,9 +273,9 @@ fn properties<'a>(
             "properties" => {
                 vault_config(row, v)?;
                 // The full vault state is worth keeping for reports: it is small and rare.
-                json::push_member(extra, k, v);
+                json::push_member(extra, k, v.get());
             }
-            _ => json::push_member(extra, k, v),
+            _ => json::push_member(extra, k, v.get()),
         }
     }
     Ok(())
@@ -293,15 +285,11 @@ fn properties<'a>(
 type PolicyDelta = (Option<String>, Vec<String>);
 
 /// `{TenantId, ObjectId, Permissions{keys, secrets, certificates}}` → (object id, `secrets:get`…).
-fn access_policy(field: &str, raw: &RawValue) -> Result<Option<PolicyDelta>, RecordError> {
+fn access_policy(field: &str, raw: Raw<'_>) -> Result<Option<PolicyDelta>, RecordError> {
     let Some(text) = json::opt_object_text(field, raw)? else {
         return Ok(None);
     };
-    let nested = |e: serde_json::Error| RecordError::Nested {
-        field: "accessPolicy",
-        msg: e.to_string(),
-    };
-    let obj = RawObject::parse(&text).map_err(nested)?;
+    let obj = text.split().map_err(nested("accessPolicy"))?;
     let oid = match obj.get_ci("ObjectId") {
         Some(v) => opt_str(field, v)?.map(|s| s.to_ascii_lowercase()),
         None => None,
@@ -310,7 +298,7 @@ fn access_policy(field: &str, raw: &RawValue) -> Result<Option<PolicyDelta>, Rec
     if let Some(p) = obj.get_ci("Permissions")
         && let Some(ptext) = json::opt_object_text(field, p)?
     {
-        let pobj = RawObject::parse(&ptext).map_err(nested)?;
+        let pobj = ptext.split().map_err(nested("accessPolicy"))?;
         for (kind, list) in pobj.fields {
             let kind = kind.to_ascii_lowercase();
             for perm in json::str_list(field, list)? {
@@ -321,12 +309,9 @@ fn access_policy(field: &str, raw: &RawValue) -> Result<Option<PolicyDelta>, Rec
     Ok(Some((oid, perms)))
 }
 
-fn ip_rule(raw: &RawValue) -> Result<Option<String>, RecordError> {
+fn ip_rule(raw: Raw<'_>) -> Result<Option<String>, RecordError> {
     if raw.get().starts_with('{') {
-        let obj = RawObject::parse(raw.get()).map_err(|e| RecordError::Nested {
-            field: "addedIpRule",
-            msg: e.to_string(),
-        })?;
+        let obj = RawObject::of(raw).map_err(nested("addedIpRule"))?;
         return Ok(match obj.get_ci("Value") {
             Some(v) => opt_str("addedIpRule", v)?.map(Cow::into_owned),
             None => None,
@@ -336,16 +321,13 @@ fn ip_rule(raw: &RawValue) -> Result<Option<String>, RecordError> {
 }
 
 /// Nested vault configuration on `VaultPut`/`VaultPatch` (the resulting state, not a diff).
-fn vault_config(row: &mut EventRow<'_>, raw: &RawValue) -> Result<(), RecordError> {
+fn vault_config(row: &mut EventRow<'_>, raw: Raw<'_>) -> Result<(), RecordError> {
     let Some(text) = json::opt_object_text("properties.properties", raw)? else {
         return Ok(());
     };
-    let obj = RawObject::parse(&text).map_err(|e| RecordError::Nested {
-        field: "properties.properties",
-        msg: e.to_string(),
-    })?;
+    let obj = text.split().map_err(nested("properties.properties"))?;
     let mut saw_config = false;
-    for (k, v) in &obj.fields {
+    for (k, v) in obj.fields {
         let key = k.to_ascii_lowercase();
         match key.as_str() {
             "enablerbacauthorization" => {
@@ -370,10 +352,7 @@ fn vault_config(row: &mut EventRow<'_>, raw: &RawValue) -> Result<(), RecordErro
             "networkacls" => {
                 saw_config = true;
                 if let Some(t) = json::opt_object_text("networkAcls", v)? {
-                    let acl = RawObject::parse(&t).map_err(|e| RecordError::Nested {
-                        field: "networkAcls",
-                        msg: e.to_string(),
-                    })?;
+                    let acl = t.split().map_err(nested("networkAcls"))?;
                     if let Some(d) = acl.get_ci("defaultAction") {
                         row.network_default_action =
                             opt_str("networkAcls.defaultAction", d)?.map(Cow::into_owned);
@@ -401,34 +380,47 @@ const NAME_LONG: &str = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/n
 
 /// Coalesces caller claims across the three naming styles; the first non-empty value wins in
 /// the order short name, long URI, nested `http_schemas_…` form.
-fn identity_claims<'a>(row: &mut EventRow<'a>, raw: &'a RawValue) -> Result<(), RecordError> {
+fn identity_claims<'a>(row: &mut EventRow<'a>, raw: Raw<'a>) -> Result<(), RecordError> {
     row.claims = match json::opt_object_text("identity", raw)? {
         None => None,
-        Some(Cow::Borrowed(t)) => Some(claims_of(row, t)?),
-        Some(Cow::Owned(t)) => Some(Cow::Owned(claims_of(row, &t)?.into_owned())),
+        Some(json::ObjectText::Raw(r)) => {
+            let ident = RawObject::of(r).map_err(nested("identity"))?;
+            Some(claims_of(row, r.get(), &ident)?)
+        }
+        Some(json::ObjectText::Decoded(t)) => {
+            let ident = RawObject::parse(&t).map_err(nested("identity"))?;
+            Some(Cow::Owned(claims_of(row, &t, &ident)?.into_owned()))
+        }
     };
     Ok(())
 }
 
-/// Fills the principal columns from an `identity` object and returns the claim map's JSON text.
-fn claims_of<'b>(row: &mut EventRow<'_>, text: &'b str) -> Result<Cow<'b, str>, RecordError> {
-    let ident = RawObject::parse(text).map_err(|e| RecordError::Nested {
-        field: "identity",
+/// Maps a nested object's syntax error to the record error naming its field.
+fn nested(field: &'static str) -> impl Fn(json::SyntaxError) -> RecordError {
+    move |e| RecordError::Nested {
+        field,
         msg: e.to_string(),
-    })?;
+    }
+}
+
+/// Fills the principal columns from an `identity` object and returns the claim map's JSON text.
+fn claims_of<'b>(
+    row: &mut EventRow<'_>,
+    text: &'b str,
+    ident: &RawObject<'b>,
+) -> Result<Cow<'b, str>, RecordError> {
     let Some(claim_raw) = ident.get("claim").or_else(|| ident.get("claims")) else {
         return Ok(Cow::Borrowed(text));
     };
-    let claim_text = json::opt_object_text("identity.claim", claim_raw)?.unwrap_or_default();
-    let claim = RawObject::parse(&claim_text).map_err(|e| RecordError::Nested {
-        field: "identity.claim",
-        msg: e.to_string(),
-    })?;
+    let Some(claim_text) = json::opt_object_text("identity.claim", claim_raw)? else {
+        return Ok(Cow::Borrowed(text));
+    };
+    let claim = claim_text.split().map_err(nested("identity.claim"))?;
     let mut oid = [None, None, None];
     let mut upn = [None, None, None];
     let mut name = [None, None];
     for (k, v) in &claim.fields {
-        let k: &str = k;
+        let (k, v): (&str, _) = (k, *v);
         let val = || claim_str(k, v);
         match k {
             "oid" => oid[0] = val()?,
@@ -459,11 +451,14 @@ fn claims_of<'b>(row: &mut EventRow<'_>, text: &'b str) -> Result<Cow<'b, str>, 
         .map(|s| s.to_ascii_lowercase());
     row.principal_upn = upn.into_iter().flatten().next();
     row.principal_name = name.into_iter().flatten().next();
-    Ok(claim_text)
+    Ok(match claim_text {
+        json::ObjectText::Raw(r) => Cow::Borrowed(r.get()),
+        json::ObjectText::Decoded(s) => Cow::Owned(s),
+    })
 }
 
 /// Claim values are strings; arrays (`amr`) are joined.
-fn claim_str(k: &str, v: &RawValue) -> Result<Option<String>, RecordError> {
+fn claim_str(k: &str, v: Raw<'_>) -> Result<Option<String>, RecordError> {
     if v.get().starts_with('[') {
         return Ok(Some(json::str_list(k, v)?.join(",")).filter(|s| !s.is_empty()));
     }
@@ -474,7 +469,7 @@ fn claim_str(k: &str, v: &RawValue) -> Result<Option<String>, RecordError> {
 }
 
 /// `{"claims": {"objectidentifier": …}}` as written by Managed HSM's JSON-string identity.
-fn nested_claim(v: &RawValue, leaf: &str) -> Option<String> {
+fn nested_claim(v: Raw<'_>, leaf: &str) -> Option<String> {
     let val: serde_json::Value = serde_json::from_str(v.get()).ok()?;
     val.get("claims")?
         .get(leaf)?

@@ -1,93 +1,18 @@
 //! Lenient, allocation-light access to JSON objects.
 //!
 //! Key Vault records are parsed in two steps: first the object is split into `(key, raw value)`
-//! pairs without interpreting any value ([`RawObject`]), then each value we map is decoded with a
+//! pairs without interpreting any value ([`RawObject`], see [`crate::scan`]), then each value we map is decoded with a
 //! small typed decoder that accepts the quirks Azure actually emits (numbers as strings, `null`
 //! for absent, objects wrapping a `value`). Splitting first lets one pass route a record (audit
 //! event, activity log, envelope) before committing to a shape, and lets every unmapped key be
 //! kept verbatim instead of being lost.
 
-use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
-use serde_json::value::RawValue;
+pub use crate::scan::{Raw, RawObject, SyntaxError};
 use std::borrow::Cow;
 use std::fmt;
 
-/// A string that borrows from the input when it has no escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BStr<'a>(pub Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for BStr<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = BStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(BStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(BStr(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(BStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// A JSON object split into its keys and undecoded values, in input order.
-#[derive(Debug, Default)]
-pub struct RawObject<'a> {
-    pub fields: Vec<(Cow<'a, str>, &'a RawValue)>,
-}
-
-impl<'a> RawObject<'a> {
-    /// Parses `text` as one JSON object.
-    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
-    }
-
-    /// First value under `key` (exact match).
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-
-    /// First value under `key`, compared ASCII case-insensitively.
-    pub fn get_ci(&self, key: &str) -> Option<&'a RawValue> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| *v)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                while let Some(k) = map.next_key::<BStr<'de>>()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    fields.push((k.0, v));
-                }
-                Ok(RawObject { fields })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// The JSON kind of a raw value, for error messages.
-pub fn kind(raw: &RawValue) -> &'static str {
+pub fn kind(raw: Raw<'_>) -> &'static str {
     match raw.get().as_bytes().first() {
         Some(b'"') => "string",
         Some(b'{') => "object",
@@ -118,7 +43,7 @@ impl fmt::Display for FieldError {
     }
 }
 
-fn err(field: &str, expected: &'static str, raw: &RawValue) -> FieldError {
+fn err(field: &str, expected: &'static str, raw: Raw<'_>) -> FieldError {
     let text = raw.get();
     let found = if text.len() > 40 {
         format!("{} {}…", kind(raw), &text[..text.floor_char_boundary(40)])
@@ -133,20 +58,17 @@ fn err(field: &str, expected: &'static str, raw: &RawValue) -> FieldError {
 }
 
 /// Decodes a string; numbers and booleans are accepted as their text, `null` and `""` are absent.
-pub fn opt_str<'a>(field: &str, raw: &'a RawValue) -> Result<Option<Cow<'a, str>>, FieldError> {
+pub fn opt_str<'a>(field: &str, raw: Raw<'a>) -> Result<Option<Cow<'a, str>>, FieldError> {
+    if let Some(s) = raw.plain_str() {
+        return Ok((!s.is_empty()).then_some(Cow::Borrowed(s)));
+    }
     let t = raw.get();
     let b = t.as_bytes();
     match b.first() {
+        // A string with escapes (plain ones were borrowed above).
         Some(b'"') => {
-            let inner = &t[1..t.len() - 1];
-            let s = if inner.contains('\\') {
-                Cow::Owned(
-                    serde_json::from_str::<String>(t).map_err(|_| err(field, "a string", raw))?,
-                )
-            } else {
-                Cow::Borrowed(inner)
-            };
-            Ok(if s.is_empty() { None } else { Some(s) })
+            let s: String = serde_json::from_str(t).map_err(|_| err(field, "a string", raw))?;
+            Ok((!s.is_empty()).then_some(Cow::Owned(s)))
         }
         Some(b'n') => Ok(None),
         Some(b'{') | Some(b'[') => Err(err(field, "a string", raw)),
@@ -157,12 +79,9 @@ pub fn opt_str<'a>(field: &str, raw: &'a RawValue) -> Result<Option<Cow<'a, str>
 
 /// Decodes a string that may also be wrapped as `{"value": "...", "localizedValue": ...}`, the
 /// shape Activity Log REST exports use for `operationName`, `category` and `status`.
-pub fn opt_str_or_value<'a>(
-    field: &str,
-    raw: &'a RawValue,
-) -> Result<Option<Cow<'a, str>>, FieldError> {
+pub fn opt_str_or_value<'a>(field: &str, raw: Raw<'a>) -> Result<Option<Cow<'a, str>>, FieldError> {
     if raw.get().starts_with('{') {
-        let obj = RawObject::parse(raw.get()).map_err(|_| err(field, "a string", raw))?;
+        let obj = RawObject::of(raw).map_err(|_| err(field, "a string", raw))?;
         match obj.get("value") {
             Some(v) => opt_str(field, v),
             None => Err(err(field, "a string or {\"value\": string}", raw)),
@@ -173,7 +92,7 @@ pub fn opt_str_or_value<'a>(
 }
 
 /// Decodes an integer from a JSON number or a numeric string (`"78"`); fractions are truncated.
-pub fn opt_i64(field: &str, raw: &RawValue) -> Result<Option<i64>, FieldError> {
+pub fn opt_i64(field: &str, raw: Raw<'_>) -> Result<Option<i64>, FieldError> {
     let t = raw.get();
     let num = match t.as_bytes().first() {
         Some(b'n') => return Ok(None),
@@ -199,7 +118,7 @@ pub fn opt_i64(field: &str, raw: &RawValue) -> Result<Option<i64>, FieldError> {
 }
 
 /// Decodes a boolean from `true`/`false` or their string forms.
-pub fn opt_bool(field: &str, raw: &RawValue) -> Result<Option<bool>, FieldError> {
+pub fn opt_bool(field: &str, raw: Raw<'_>) -> Result<Option<bool>, FieldError> {
     match raw.get() {
         "true" => Ok(Some(true)),
         "false" => Ok(Some(false)),
@@ -211,15 +130,41 @@ pub fn opt_bool(field: &str, raw: &RawValue) -> Result<Option<bool>, FieldError>
     }
 }
 
+/// An object value as found: the value itself, or the text of the object a JSON string held.
+#[derive(Debug)]
+pub enum ObjectText<'a> {
+    /// Already validated with the record.
+    Raw(Raw<'a>),
+    /// Decoded from a string, not validated yet.
+    Decoded(String),
+}
+
+impl ObjectText<'_> {
+    pub fn text(&self) -> &str {
+        match self {
+            ObjectText::Raw(r) => r.get(),
+            ObjectText::Decoded(s) => s,
+        }
+    }
+
+    /// Splits the object into members (validating it when it came from a string).
+    pub fn split(&self) -> Result<RawObject<'_>, SyntaxError> {
+        match self {
+            ObjectText::Raw(r) => RawObject::of(*r),
+            ObjectText::Decoded(s) => RawObject::parse(s),
+        }
+    }
+}
+
 /// Decodes an object; a JSON string holding an object (as Managed HSM emits `identity`, and the
 /// Activity Log emits `requestbody`) is unwrapped. `null` is absent.
 pub fn opt_object_text<'a>(
     field: &str,
-    raw: &'a RawValue,
-) -> Result<Option<Cow<'a, str>>, FieldError> {
+    raw: Raw<'a>,
+) -> Result<Option<ObjectText<'a>>, FieldError> {
     let t = raw.get();
     match t.as_bytes().first() {
-        Some(b'{') => Ok(Some(Cow::Borrowed(t))),
+        Some(b'{') => Ok(Some(ObjectText::Raw(raw))),
         Some(b'n') => Ok(None),
         Some(b'"') => {
             let s: String = serde_json::from_str(t).map_err(|_| err(field, "an object", raw))?;
@@ -227,7 +172,7 @@ pub fn opt_object_text<'a>(
             if trimmed.is_empty() {
                 Ok(None)
             } else if trimmed.starts_with('{') {
-                Ok(Some(Cow::Owned(s)))
+                Ok(Some(ObjectText::Decoded(s)))
             } else {
                 Err(err(field, "an object or a JSON-encoded object", raw))
             }
@@ -238,13 +183,13 @@ pub fn opt_object_text<'a>(
 
 /// Decodes a list of strings from a JSON array, a JSON-encoded array in a string, or a
 /// comma-separated string. Non-string elements are kept as their JSON text.
-pub fn str_list(field: &str, raw: &RawValue) -> Result<Vec<String>, FieldError> {
+pub fn str_list(field: &str, raw: Raw<'_>) -> Result<Vec<String>, FieldError> {
     let t = raw.get();
     match t.as_bytes().first() {
         Some(b'n') => Ok(Vec::new()),
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(t).map_err(|_| err(field, "a list of strings", raw))?;
+            let items =
+                crate::scan::array_items(raw).map_err(|_| err(field, "a list of strings", raw))?;
             let mut out = Vec::with_capacity(items.len());
             for it in items {
                 if let Some(s) = opt_str(field, it)? {
@@ -274,7 +219,7 @@ pub fn str_list(field: &str, raw: &RawValue) -> Result<Vec<String>, FieldError> 
 
 /// Appends `"key":raw` to a JSON object being built in `out`: empty means no member yet, and
 /// the caller closes the object with `}` when it is not empty.
-pub fn push_member(out: &mut String, key: &str, raw: &RawValue) {
+pub fn push_member(out: &mut String, key: &str, value: &str) {
     out.push(if out.is_empty() { '{' } else { ',' });
     if key.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
         out.push('"');
@@ -285,41 +230,41 @@ pub fn push_member(out: &mut String, key: &str, raw: &RawValue) {
         out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| "\"?\"".into()));
     }
     out.push(':');
-    out.push_str(raw.get());
+    out.push_str(value);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    fn raw(s: &str) -> Raw<'_> {
+        Raw::parse(s).unwrap()
     }
 
     #[test]
     fn numbers_from_strings_and_numbers() {
-        assert_eq!(opt_i64("d", &raw("\"78\"")).unwrap(), Some(78));
-        assert_eq!(opt_i64("d", &raw("488")).unwrap(), Some(488));
-        assert_eq!(opt_i64("d", &raw("12.9")).unwrap(), Some(12));
-        assert_eq!(opt_i64("d", &raw("null")).unwrap(), None);
-        let e = opt_i64("durationMs", &raw("{\"a\":1}")).unwrap_err();
+        assert_eq!(opt_i64("d", raw("\"78\"")).unwrap(), Some(78));
+        assert_eq!(opt_i64("d", raw("488")).unwrap(), Some(488));
+        assert_eq!(opt_i64("d", raw("12.9")).unwrap(), Some(12));
+        assert_eq!(opt_i64("d", raw("null")).unwrap(), None);
+        let e = opt_i64("durationMs", raw("{\"a\":1}")).unwrap_err();
         assert!(e.to_string().contains("durationMs"), "{e}");
-        assert!(opt_i64("d", &raw("\"abc\"")).is_err());
+        assert!(opt_i64("d", raw("\"abc\"")).is_err());
     }
 
     #[test]
     fn strings_borrow_without_escapes() {
         let r = raw("\"plain\"");
         assert!(matches!(
-            opt_str("s", &r).unwrap(),
+            opt_str("s", r).unwrap(),
             Some(Cow::Borrowed("plain"))
         ));
         let r = raw("\"a\\\"b\"");
-        assert_eq!(opt_str("s", &r).unwrap().unwrap(), "a\"b");
-        assert_eq!(opt_str("s", &raw("\"\"")).unwrap(), None);
-        assert!(opt_str("s", &raw("[1]")).is_err());
+        assert_eq!(opt_str("s", r).unwrap().unwrap(), "a\"b");
+        assert_eq!(opt_str("s", raw("\"\"")).unwrap(), None);
+        assert!(opt_str("s", raw("[1]")).is_err());
         assert_eq!(
-            opt_str_or_value("op", &raw("{\"value\":\"X/Y\",\"localizedValue\":\"z\"}"))
+            opt_str_or_value("op", raw("{\"value\":\"X/Y\",\"localizedValue\":\"z\"}"))
                 .unwrap()
                 .unwrap(),
             "X/Y"
@@ -329,24 +274,24 @@ mod tests {
     #[test]
     fn lists_in_every_spelling() {
         assert_eq!(
-            str_list("p", &raw("[\"get\",\"list\"]")).unwrap(),
+            str_list("p", raw("[\"get\",\"list\"]")).unwrap(),
             ["get", "list"]
         );
         assert_eq!(
-            str_list("p", &raw("\"get, list\"")).unwrap(),
+            str_list("p", raw("\"get, list\"")).unwrap(),
             ["get", "list"]
         );
-        assert_eq!(str_list("p", &raw("\"[\\\"get\\\"]\"")).unwrap(), ["get"]);
-        assert!(str_list("p", &raw("5")).is_err());
+        assert_eq!(str_list("p", raw("\"[\\\"get\\\"]\"")).unwrap(), ["get"]);
+        assert!(str_list("p", raw("5")).is_err());
     }
 
     #[test]
     fn object_from_encoded_string() {
         let r = raw("\"{\\\"claim\\\":{}}\"");
         assert_eq!(
-            opt_object_text("identity", &r).unwrap().unwrap(),
+            opt_object_text("identity", r).unwrap().unwrap().text(),
             "{\"claim\":{}}"
         );
-        assert!(opt_object_text("identity", &raw("\"nope\"")).is_err());
+        assert!(opt_object_text("identity", raw("\"nope\"")).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! kvwatch-ingest: from Azure Key Vault audit logs, in any envelope Azure writes, to a
 //! de-duplicated, time-partitioned Parquet event store that DataFusion can query.
 //!
-//! Reading order: [`framing`] (bytes → JSON texts) → [`parse`] (texts → records, routed) →
+//! Reading order: [`framing`] (bytes → JSON texts) → [`scan`] (texts → validated, split
+//! values) → [`parse`] (values → records, routed) →
 //! [`audit`] / [`activity`] (records → canonical rows) → [`batch`] (rows → Arrow) →
 //! [`store`] (Arrow → Parquet + manifest) → [`query`] (SQL over the store). [`files`] wires
 //! file and stdin sources through that chain; [`kafka`] does the same for Kafka / Event Hubs
@@ -18,6 +19,7 @@ pub mod json;
 pub mod kafka;
 pub mod parse;
 pub mod query;
+pub mod scan;
 pub mod schema;
 pub mod store;
 pub mod time;

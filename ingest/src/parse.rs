@@ -4,9 +4,9 @@
 use crate::activity::{self, ActivityRow};
 use crate::audit::{self, EventRow};
 use crate::framing::Frame;
-use crate::json::{self, RawObject};
+use crate::json::{self, Raw, RawObject};
+use crate::scan::{Top, TopValues};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use std::fmt::Write as _;
 
 /// Where parsed rows go.
@@ -38,62 +38,6 @@ impl ParseCounts {
         self.quarantined += o.quarantined;
         self.other_category += o.other_category;
         self.bytes += o.bytes;
-    }
-}
-
-/// A top-level JSON value, split one level deep in the same pass that validates it.
-enum Top<'a> {
-    Object(RawObject<'a>),
-    Array(Vec<&'a RawValue>),
-    Other(&'static str),
-}
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Top<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{MapAccess, SeqAccess, Visitor};
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Top<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(16);
-                while let Some(k) = map.next_key::<json::BStr<'de>>()? {
-                    fields.push((k.0, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Top::Object(RawObject { fields }))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::new();
-                while let Some(v) = seq.next_element::<&'de RawValue>()? {
-                    items.push(v);
-                }
-                Ok(Top::Array(items))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Top::Other("string"))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Top::Other("boolean"))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Top::Other("number"))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Top::Other("number"))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Top::Other("number"))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Top::Other("null"))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Top::Other("null"))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -180,19 +124,15 @@ impl<'s, S: RowSink> Parser<'s, S> {
     /// Parses all JSON values in `text`. On a syntax error, returns the offset where the bad
     /// part starts and why, and whether any value before it was stored.
     fn text(&mut self, text: &str, first: u64, last: u64) -> Result<(), ((usize, String), bool)> {
-        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Top<'_>>();
         let mut any = false;
-        loop {
-            let start = stream.byte_offset();
-            match stream.next() {
-                None => return Ok(()),
-                Some(Ok(v)) => {
-                    let raw = text[start..stream.byte_offset()].trim_start();
+        for v in TopValues::new(text) {
+            match v {
+                Ok((v, raw)) => {
                     self.set_src(first, last, None);
                     self.top(v, raw);
                     any = true;
                 }
-                Some(Err(e)) => {
+                Err((start, e)) => {
                     let what = if e.is_eof() {
                         "truncated JSON"
                     } else {
@@ -203,6 +143,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
                 }
             }
         }
+        Ok(())
     }
 
     /// One top-level value parsed in a single pass (the common case: one record per line).
@@ -219,7 +160,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
 
     fn object(&mut self, obj: RawObject<'_>, raw: &str) {
         if let Some(recs) = obj.get("records") {
-            match serde_json::from_str::<Vec<&RawValue>>(recs.get()) {
+            match crate::scan::array_items(recs) {
                 Ok(items) => self.records(&items),
                 Err(_) => self.quarantine(
                     &format!(
@@ -249,12 +190,15 @@ impl<'s, S: RowSink> Parser<'s, S> {
             let no = first + i as u64;
             last_no = no;
             let t = line.trim().trim_end_matches(',').trim_end();
-            let salvageable = t.starts_with('{') && serde_json::from_str::<&RawValue>(t).is_ok();
-            if salvageable {
+            let salvageable = if t.starts_with('{') {
+                RawObject::parse(t).ok()
+            } else {
+                None
+            };
+            if let Some(obj) = salvageable {
                 flush(self, &mut bad_start, no - 1);
                 self.set_src(no, no, None);
-                let v: &RawValue = serde_json::from_str(t).expect("checked above");
-                self.value(v);
+                self.object(obj, t);
             } else if !t.is_empty() {
                 match &mut bad_start {
                     Some((_, raw)) => {
@@ -268,16 +212,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
         flush(self, &mut bad_start, last_no);
     }
 
-    /// One JSON value found by line salvage: an envelope, an array of records, or a record.
-    fn value(&mut self, v: &RawValue) {
-        let t = v.get();
-        match serde_json::from_str::<Top<'_>>(t) {
-            Ok(top) => self.top(top, t),
-            Err(e) => self.quarantine(&format!("invalid JSON: {e}"), t),
-        }
-    }
-
-    fn records(&mut self, items: &[&RawValue]) {
+    fn records(&mut self, items: &[Raw<'_>]) {
         let base = self.src.clone();
         for (i, item) in items.iter().enumerate() {
             self.src.clear();
@@ -285,12 +220,12 @@ impl<'s, S: RowSink> Parser<'s, S> {
             let t = item.get();
             if !t.starts_with('{') {
                 self.quarantine(
-                    &format!("record is not a JSON object (found {})", json::kind(item)),
+                    &format!("record is not a JSON object (found {})", json::kind(*item)),
                     t,
                 );
                 continue;
             }
-            match RawObject::parse(t) {
+            match RawObject::of(*item) {
                 Ok(obj) => self.object(obj, t),
                 Err(e) => self.quarantine(&format!("invalid record: {e}"), t),
             }
@@ -302,7 +237,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
     fn record_obj(&mut self, obj: &RawObject<'_>, raw: &str) {
         // One pass picks out the routing members: the first of each key, and the camelCase
         // spelling before the PascalCase one.
-        let mut found: [Option<&RawValue>; 5] = [None; 5];
+        let mut found: [Option<Raw<'_>>; 5] = [None; 5];
         for (k, v) in &obj.fields {
             let i = match k.as_ref() {
                 "category" => 0,
