@@ -147,6 +147,8 @@ pub struct IngestConfig {
     pub max_frame_mb: Option<usize>,
     pub compact: Option<bool>,
     pub mmap: Option<bool>,
+    pub parse_threads: Option<usize>,
+    pub split_mb: Option<usize>,
 }
 
 /// Loads the config file named by `--config`/`KVWATCH_CONFIG`, else `./kvwatch.toml` if present.

@@ -246,6 +246,13 @@ struct IngestArgs {
     /// byte, but a file truncated by another process while mapped ends kvwatch (SIGBUS).
     #[arg(long, env = "KVWATCH_INGEST_NO_MMAP")]
     no_mmap: bool,
+    /// Parser threads (default: one per core, at most 4). Inputs are parsed side by side; a
+    /// large JSON Lines file is cut at line boundaries into one range per thread.
+    #[arg(long, env = "KVWATCH_INGEST_PARSE_THREADS")]
+    parse_threads: Option<usize>,
+    /// Smallest JSON Lines file, in MiB, cut into ranges for the parser threads.
+    #[arg(long, env = "KVWATCH_INGEST_SPLIT_MB")]
+    split_mb: Option<usize>,
     /// Skip compaction of small files after ingesting.
     #[arg(long, env = "KVWATCH_INGEST_NO_COMPACT")]
     no_compact: bool,
@@ -343,6 +350,15 @@ async fn cmd_ingest(data: &std::path::Path, cfg: &Config, a: IngestArgs) -> Resu
             .map(|m| m << 20)
             .unwrap_or(d.max_frame),
         mmap: !a.no_mmap && cfg.ingest.mmap.unwrap_or(d.mmap),
+        parse_threads: a
+            .parse_threads
+            .or(cfg.ingest.parse_threads)
+            .unwrap_or(d.parse_threads),
+        split_min: a
+            .split_mb
+            .or(cfg.ingest.split_mb)
+            .map(|m| m << 20)
+            .unwrap_or(d.split_min),
     };
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();

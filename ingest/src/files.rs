@@ -1,5 +1,5 @@
 //! File and stdin sources: path expansion, gzip sniffing, and the ingest pipeline that runs
-//! parsing on one thread and storage on another.
+//! parsing on as many threads as there are cores and storage on another.
 
 use crate::batch::{
     Columns, activity_columns, events_columns, push_activity, push_event, push_quarantine,
@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -86,8 +86,11 @@ pub fn open(input: &Input, mmap: bool) -> io::Result<Box<dyn BufRead + Send>> {
         Input::File(p) => {
             let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
             let file = std::fs::File::open(p).map_err(named)?;
-            match mmap.then(|| Mapped::new(&file)).flatten() {
-                Some(m) => Box::new(m),
+            match mmap.then(|| map_file(&file)).flatten() {
+                Some(m) => {
+                    let len = m.len();
+                    Box::new(Mapped::range(m, 0, len))
+                }
                 None => Box::new(BufReader::with_capacity(1 << 20, file)),
             }
         }
@@ -103,11 +106,27 @@ pub fn open(input: &Input, mmap: bool) -> io::Result<Box<dyn BufRead + Send>> {
     }
 }
 
-/// A memory-mapped file read as a stream.
+/// Maps a file; `None` when it cannot or need not be mapped (empty, not a regular file,
+/// mapping refused), and the caller then reads it normally.
+fn map_file(file: &std::fs::File) -> Option<Arc<memmap2::Mmap>> {
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    // SAFETY: the map is read-only and private to this process. Another process truncating
+    // the file while it is mapped is the one hazard, documented on `open`.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(Arc::new(map))
+}
+
+/// A byte range of a memory-mapped file read as a stream. Several readers may share one map,
+/// each over its own range.
 struct Mapped {
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
     pos: usize,
-    /// Start of the range still mapped in: pages before it have been handed back.
+    end: usize,
+    /// Start of the range still mapped in: whole pages before it have been handed back.
     kept: usize,
 }
 
@@ -115,29 +134,25 @@ struct Mapped {
 /// pages count as resident memory, and a file is read once, front to back.
 const RELEASE_STEP: usize = 64 << 20;
 
+/// Pages are handed back whole: a range that starts inside a page leaves that page alone,
+/// since the range before it may still be reading it.
+const PAGE: usize = 4096;
+
 impl Mapped {
-    /// `None` when the file cannot or need not be mapped (empty, not a regular file, mapping
-    /// refused); the caller then reads it normally.
-    fn new(file: &std::fs::File) -> Option<Self> {
-        let meta = file.metadata().ok()?;
-        if !meta.is_file() || meta.len() == 0 {
-            return None;
-        }
-        // SAFETY: the map is read-only and private to this reader. Another process truncating
-        // the file while it is mapped is the one hazard, documented on `open`.
-        let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Some(Self {
+    fn range(map: Arc<memmap2::Mmap>, start: usize, end: usize) -> Self {
+        let end = end.min(map.len());
+        Self {
             map,
-            pos: 0,
-            kept: 0,
-        })
+            pos: start.min(end),
+            end,
+            kept: start.next_multiple_of(PAGE),
+        }
     }
 }
 
 impl Read for Mapped {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.map[self.pos..];
+        let rest = &self.map[self.pos..self.end];
         let n = rest.len().min(out.len());
         out[..n].copy_from_slice(&rest[..n]);
         self.consume(n);
@@ -147,11 +162,11 @@ impl Read for Mapped {
 
 impl BufRead for Mapped {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        Ok(&self.map[self.pos..])
+        Ok(&self.map[self.pos..self.end])
     }
     fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.map.len());
-        if self.pos - self.kept >= RELEASE_STEP {
+        self.pos = (self.pos + n).min(self.end);
+        if self.pos.saturating_sub(self.kept) >= RELEASE_STEP {
             let end = self.pos & !(RELEASE_STEP - 1);
             // SAFETY: only bytes already consumed are released, and nothing borrows them: a
             // caller's borrow of the buffer ends before it consumes. The map is a read-only
@@ -241,6 +256,12 @@ pub struct IngestOptions {
     pub max_frame: usize,
     /// Memory-map regular files instead of reading them (see [`open`]).
     pub mmap: bool,
+    /// Parser threads: inputs are parsed side by side, and a large JSON Lines file is cut at
+    /// line boundaries into one range per thread.
+    pub parse_threads: usize,
+    /// Smallest file cut into ranges for several parser threads: below it, the threads are
+    /// better spent on other inputs.
+    pub split_min: usize,
 }
 
 impl Default for IngestOptions {
@@ -249,6 +270,10 @@ impl Default for IngestOptions {
             batch_rows: 32 * 1024,
             max_frame: DEFAULT_MAX_FRAME,
             mmap: true,
+            // Each thread keeps a window of its mapped input and its own allocator arena; past
+            // four, memory would grow with the machine rather than stay under 1 GiB.
+            parse_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            split_min: 64 << 20,
         }
     }
 }
@@ -355,6 +380,227 @@ impl RowSink for Shipper {
     }
 }
 
+/// What the parser threads share.
+struct ParseCtx {
+    batch_rows: usize,
+    max_frame: usize,
+    mmap: bool,
+    threads: usize,
+    split_min: usize,
+    now: i64,
+    /// Bytes consumed so far, for progress.
+    read: Arc<AtomicU64>,
+    tx: mpsc::SyncSender<Msg>,
+}
+
+impl ParseCtx {
+    fn shipper(&self) -> Shipper {
+        Shipper {
+            events: events_columns(),
+            activity: activity_columns(),
+            quarantine: quarantine_columns(),
+            // Every thread fills its own builders: sharing the batch size between them keeps
+            // the rows in flight, and so memory, the same whatever the number of threads.
+            batch_rows: (self.batch_rows / self.threads).max(1024.min(self.batch_rows)),
+            now: self.now,
+            tx: self.tx.clone(),
+            closed: false,
+        }
+    }
+
+    /// Parses every input: large JSON Lines files one at a time with all threads on ranges
+    /// of the file, the others side by side, one per thread.
+    fn run(self, inputs: Vec<Input>) {
+        let mut whole = Vec::new();
+        let mut split = Vec::new();
+        for input in inputs {
+            match self.split_plan(&input) {
+                Some(map) => split.push((input, map)),
+                None => whole.push(input),
+            }
+        }
+        self.parse_whole(&whole);
+        for (input, map) in split {
+            if !self.parse_split(&input, map) {
+                break;
+            }
+        }
+    }
+
+    /// Reports a finished input; false once the store side has stopped listening.
+    fn report(&self, label: String, result: io::Result<ParseCounts>) -> bool {
+        let msg = match result {
+            Ok(c) => Msg::FileDone(c),
+            Err(e) => Msg::Failed(InputError {
+                input: label,
+                error: e.to_string(),
+            }),
+        };
+        self.tx.send(msg).is_ok()
+    }
+
+    fn parse_whole(&self, inputs: &[Input]) {
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut ship = self.shipper();
+            while let Some(input) = inputs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let label = input.label();
+                let result = open(input, self.mmap).and_then(|r| {
+                    parse_stream(
+                        Counted::new(r, &self.read),
+                        &label,
+                        &mut ship,
+                        self.max_frame,
+                    )
+                });
+                // Rows of a file are shipped before its completion is reported.
+                ship.ship_all();
+                if ship.closed || !self.report(label, result) {
+                    break;
+                }
+            }
+        };
+        // This thread is one of the workers, so parsing goes on even if no helper starts.
+        let helpers = self.threads.min(inputs.len()).saturating_sub(1);
+        std::thread::scope(|s| {
+            for i in 1..=helpers {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("kvwatch-parse-{i}"))
+                    .spawn_scoped(s, work);
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "could not start a parser thread");
+                }
+            }
+            work();
+        });
+    }
+
+    /// The file's map when it is worth cutting into ranges: several threads, a large regular
+    /// file, not compressed, and line-oriented (its first line is complete JSON, the same
+    /// test the framer applies), so that every range starts at a record.
+    fn split_plan(&self, input: &Input) -> Option<Arc<memmap2::Mmap>> {
+        let Input::File(path) = input else {
+            return None;
+        };
+        if self.threads < 2 || !self.mmap {
+            return None;
+        }
+        let map = map_file(&std::fs::File::open(path).ok()?)?;
+        if map.len() < self.split_min || map.starts_with(&[0x1f, 0x8b]) {
+            return None;
+        }
+        let mut probe = Framer::with_max(&map[..], self.max_frame);
+        probe.next_frame().ok()??;
+        probe.is_line_oriented().then_some(map)
+    }
+
+    /// Parses one large JSON Lines file on all threads; false once the store has stopped.
+    fn parse_split(&self, input: &Input, map: Arc<memmap2::Mmap>) -> bool {
+        let label = input.label();
+        let ranges = line_ranges(&map, self.threads);
+        tracing::debug!(input = %label, ranges = ranges.len(), "parsing in ranges");
+        // Sources name lines, so each range needs the number of lines before it: counted in
+        // parallel first (a fraction of the parse), through readers that hand pages back.
+        let lines: Vec<u64> = std::thread::scope(|s| {
+            let counters: Vec<_> = ranges
+                .iter()
+                .map(|r| {
+                    let mut reader = Mapped::range(map.clone(), r.start, r.end);
+                    s.spawn(move || count_lines(&mut reader))
+                })
+                .collect();
+            counters
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .collect()
+        });
+        let mut before = 0;
+        let starts: Vec<u64> = lines
+            .iter()
+            .map(|n| {
+                let first = before;
+                before += n;
+                first
+            })
+            .collect();
+        let results: Vec<io::Result<ParseCounts>> = std::thread::scope(|s| {
+            let workers: Vec<_> = ranges
+                .iter()
+                .zip(&starts)
+                .map(|(r, &after)| {
+                    let reader =
+                        Counted::new(Mapped::range(map.clone(), r.start, r.end), &self.read);
+                    let label = &label;
+                    s.spawn(move || {
+                        let mut ship = self.shipper();
+                        let mut framer = Framer::with_max(reader, self.max_frame)
+                            .lines_only()
+                            .after_line(after);
+                        let mut parser = Parser::new(&mut ship, label.as_str());
+                        while let Some(frame) = framer.next_frame()? {
+                            parser.frame(&frame);
+                        }
+                        let counts = parser.counts;
+                        ship.ship_all();
+                        Ok(counts)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a parser thread panicked")))
+                })
+                .collect()
+        });
+        let mut total = ParseCounts::default();
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(c) => total.add(&c),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        self.report(label, failed.map_or(Ok(total), Err))
+    }
+}
+
+/// Cuts `data` into up to `n` ranges that each end just after a newline (or at the end).
+fn line_ranges(data: &[u8], n: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::with_capacity(n);
+    let mut start = 0;
+    for k in 1..=n {
+        let end = if k == n {
+            data.len()
+        } else {
+            let cut = (data.len() / n * k).max(start);
+            memchr::memchr(b'\n', &data[cut..]).map_or(data.len(), |i| cut + i + 1)
+        };
+        if end > start {
+            ranges.push(start..end);
+        }
+        start = end;
+    }
+    ranges
+}
+
+/// Newlines in a stream.
+fn count_lines(r: &mut impl BufRead) -> u64 {
+    let mut n = 0;
+    while let Ok(buf) = r.fill_buf() {
+        if buf.is_empty() {
+            break;
+        }
+        let len = buf.len().min(1 << 20);
+        n += memchr::memchr_iter(b'\n', &buf[..len]).count() as u64;
+        r.consume(len);
+    }
+    n
+}
+
 /// Parses one readable stream into a sink. Used by the file pipeline and by other sources
 /// (Kafka messages) that hand over bytes.
 pub fn parse_stream<S: RowSink>(
@@ -371,8 +617,8 @@ pub fn parse_stream<S: RowSink>(
     Ok(parser.counts)
 }
 
-/// Ingests inputs into the store and commits. Parsing runs on a helper thread while this
-/// thread de-duplicates and writes Parquet, so the two halves overlap on two cores.
+/// Ingests inputs into the store and commits. Parsing runs on helper threads while this
+/// thread de-duplicates and writes Parquet, so the two halves overlap.
 pub fn ingest(
     writer: &mut StoreWriter,
     inputs: Vec<Input>,
@@ -383,47 +629,20 @@ pub fn ingest(
     let before = writer.stats();
     let total = inputs.len() as u64;
     let (tx, rx) = mpsc::sync_channel::<Msg>(4);
-    let batch_rows = opts.batch_rows.max(1);
-    let max_frame = opts.max_frame;
-    let mmap = opts.mmap;
-    let now = now_nanos();
     let read = Arc::new(AtomicU64::new(0));
-    let read_by_parser = read.clone();
+    let ctx = ParseCtx {
+        batch_rows: opts.batch_rows.max(1),
+        max_frame: opts.max_frame,
+        mmap: opts.mmap,
+        threads: opts.parse_threads.max(1),
+        split_min: opts.split_min.max(1),
+        now: now_nanos(),
+        read: read.clone(),
+        tx,
+    };
     let parser = std::thread::Builder::new()
         .name("kvwatch-parse".into())
-        .spawn(move || {
-            let mut ship = Shipper {
-                events: events_columns(),
-                activity: activity_columns(),
-                quarantine: quarantine_columns(),
-                batch_rows,
-                now,
-                tx: tx.clone(),
-                closed: false,
-            };
-            for input in inputs {
-                if ship.closed {
-                    break;
-                }
-                let label = input.label();
-                let result = open(&input, mmap).and_then(|r| {
-                    let r = Counted::new(r, &read_by_parser);
-                    parse_stream(r, &label, &mut ship, max_frame)
-                });
-                // Rows of a file are shipped before its completion is reported.
-                ship.ship_all();
-                let msg = match result {
-                    Ok(c) => Msg::FileDone(c),
-                    Err(e) => Msg::Failed(InputError {
-                        input: label,
-                        error: e.to_string(),
-                    }),
-                };
-                if tx.send(msg).is_err() {
-                    break;
-                }
-            }
-        })
+        .spawn(move || ctx.run(inputs))
         .map_err(|e| StoreError::Io {
             path: PathBuf::from("<parser thread>"),
             source: e,

@@ -107,6 +107,17 @@ impl<R: BufRead> Framer<R> {
         self
     }
 
+    /// Numbers lines from `n + 1`: for a reader that starts after `n` lines of its input.
+    pub fn after_line(mut self, n: u64) -> Self {
+        self.line = n;
+        self
+    }
+
+    /// Whether the input has shown itself line-oriented (known after the first frame).
+    pub fn is_line_oriented(&self) -> bool {
+        self.mode == Mode::Lines
+    }
+
     /// Reads one line (without its terminator) into `buf`, keeping at most `max` bytes.
     /// Returns `None` at end of input, else the line's full length.
     fn read_line(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<u64>> {
