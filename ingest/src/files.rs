@@ -485,6 +485,10 @@ impl ParseCtx {
         if self.threads < 2 || !self.mmap {
             return None;
         }
+        // Most inputs (hourly archive blobs) are small: decided without opening them.
+        if std::fs::metadata(path).ok()?.len() < self.split_min as u64 {
+            return None;
+        }
         let map = map_file(&std::fs::File::open(path).ok()?)?;
         if map.len() < self.split_min || map.starts_with(&[0x1f, 0x8b]) {
             return None;
