@@ -11,18 +11,6 @@ pub use crate::scan::{Raw, RawObject, SyntaxError};
 use std::borrow::Cow;
 use std::fmt;
 
-/// The JSON kind of a raw value, for error messages.
-pub fn kind(raw: Raw<'_>) -> &'static str {
-    match raw.get().as_bytes().first() {
-        Some(b'"') => "string",
-        Some(b'{') => "object",
-        Some(b'[') => "array",
-        Some(b't') | Some(b'f') => "boolean",
-        Some(b'n') => "null",
-        _ => "number",
-    }
-}
-
 /// Why a mapped field could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -46,9 +34,9 @@ impl fmt::Display for FieldError {
 fn err(field: &str, expected: &'static str, raw: Raw<'_>) -> FieldError {
     let text = raw.get();
     let found = if text.len() > 40 {
-        format!("{} {}…", kind(raw), &text[..text.floor_char_boundary(40)])
+        format!("{} {}…", raw.kind(), &text[..text.floor_char_boundary(40)])
     } else {
-        format!("{} {}", kind(raw), text)
+        format!("{} {}", raw.kind(), text)
     };
     FieldError {
         field: field.to_owned(),

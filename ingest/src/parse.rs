@@ -163,10 +163,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             match crate::scan::array_items(recs) {
                 Ok(items) => self.records(&items),
                 Err(_) => self.quarantine(
-                    &format!(
-                        "envelope `records` is not an array (found {})",
-                        json::kind(recs)
-                    ),
+                    &format!("envelope `records` is not an array (found {})", recs.kind()),
                     raw,
                 ),
             }
@@ -220,7 +217,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             let t = item.get();
             if !t.starts_with('{') {
                 self.quarantine(
-                    &format!("record is not a JSON object (found {})", json::kind(*item)),
+                    &format!("record is not a JSON object (found {})", item.kind()),
                     t,
                 );
                 continue;

@@ -48,6 +48,18 @@ impl<'a> Raw<'a> {
         self.text
     }
 
+    /// The JSON kind of the value, for messages.
+    pub fn kind(self) -> &'static str {
+        match self.text.as_bytes().first() {
+            Some(b'"') => "string",
+            Some(b'{') => "object",
+            Some(b'[') => "array",
+            Some(b't' | b'f') => "boolean",
+            Some(b'n') => "null",
+            _ => "number",
+        }
+    }
+
     /// For a string value, its contents when they need no decoding.
     pub fn plain_str(self) -> Option<&'a str> {
         match self.text.as_bytes().first() {
@@ -181,17 +193,14 @@ impl<'a> Iterator for TopValues<'a> {
         let top = match s.peek()? {
             b'{' => s.object_at_start().map(Top::Object),
             b'[' => s.array_at_start().map(Top::Array),
-            c => {
-                let kind = match c {
-                    b'"' => "string",
-                    b't' | b'f' => "boolean",
-                    b'n' => "null",
-                    _ => "number",
+            _ => s.scalar().and_then(|escapes| {
+                s.scalar_end()?;
+                let raw = Raw {
+                    text: &s.text[start..s.pos],
+                    escapes,
                 };
-                s.scalar()
-                    .and_then(|_| s.scalar_end())
-                    .map(|()| Top::Other(kind))
-            }
+                Ok(Top::Other(raw.kind()))
+            }),
         };
         match top {
             Ok(t) => Some(Ok((t, &s.text[start..s.pos]))),
@@ -348,23 +357,28 @@ impl<'a, const CHECK: bool> Scanner<'a, CHECK> {
         }
     }
 
-    /// At an opening quote: moves past the closing one and returns whether there are escapes.
+    /// From `i`, skips 8 bytes at a time while none is special. Every byte before the returned
+    /// index is plain; the byte there is special, or fewer than 8 bytes were left to test.
     #[inline(always)]
-    fn string(&mut self) -> Result<bool, SyntaxError> {
-        let b = self.b;
-        let mut i = self.pos + 1;
+    fn skip_plain(b: &[u8], mut i: usize) -> usize {
         while let Some(chunk) = b.get(i..i + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            let m = specials::<CHECK>(w);
+            let m = specials::<CHECK>(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
             if m != 0 {
-                i += (m.trailing_zeros() / 8) as usize;
-                if b[i] == b'"' {
-                    self.pos = i + 1;
-                    return Ok(false);
-                }
-                return self.string_rest(i, false);
+                return i + (m.trailing_zeros() / 8) as usize;
             }
             i += 8;
+        }
+        i
+    }
+
+    /// At an opening quote: moves past the closing one and returns whether there are escapes.
+    /// The common string (no escapes) stays inline.
+    #[inline(always)]
+    fn string(&mut self) -> Result<bool, SyntaxError> {
+        let i = Self::skip_plain(self.b, self.pos + 1);
+        if self.b.get(i) == Some(&b'"') {
+            self.pos = i + 1;
+            return Ok(false);
         }
         self.string_rest(i, false)
     }
@@ -374,17 +388,8 @@ impl<'a, const CHECK: bool> Scanner<'a, CHECK> {
     fn string_rest(&mut self, mut i: usize, mut escaped: bool) -> Result<bool, SyntaxError> {
         let b = self.b;
         loop {
+            i = Self::skip_plain(b, i);
             let c = loop {
-                if let Some(chunk) = b.get(i..i + 8) {
-                    let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                    let m = specials::<CHECK>(w);
-                    if m == 0 {
-                        i += 8;
-                        continue;
-                    }
-                    i += (m.trailing_zeros() / 8) as usize;
-                    break b[i];
-                }
                 match b.get(i) {
                     None => return Err(self.error_at(i, ErrorKind::Eof)),
                     Some(&c) if c == b'"' || c == b'\\' || (CHECK && c < 0x20) => break c,
