@@ -1,27 +1,38 @@
 //! Parse + normalise to Arrow, on generated realistic records (no I/O, no Parquet), next to
 //! floors measured on the same lines and machine: kvwatch's scanner and serde_json splitting
 //! each record into its top-level members (the least any parser must do), and serde_json
-//! decoding it into a `serde_json::Value`.
+//! decoding it into a `serde_json::Value`. A second group, `store`, times the store's share of
+//! an ingest on its own: the same records as Arrow batches, deduplicated and written as zstd
+//! Parquet into a fresh data directory.
 //! `cargo bench -p kvwatch-ingest --bench parse`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use datafusion::arrow::record_batch::RecordBatch;
 use kvwatch_ingest::activity::ActivityRow;
 use kvwatch_ingest::audit::EventRow;
 use kvwatch_ingest::batch::{Columns, events_columns, push_event};
 use kvwatch_ingest::framing::Framer;
 use kvwatch_ingest::parse::{Parser, RowSink};
+use kvwatch_ingest::schema::Table;
+use kvwatch_ingest::store::{StoreWriter, WriteOptions};
 use std::hint::black_box;
 
 struct ToArrow {
     cols: Columns,
     batches: usize,
+    /// Keeps the finished batches (for the store bench) instead of dropping them.
+    kept: Option<Vec<RecordBatch>>,
 }
 
 impl RowSink for ToArrow {
     fn event(&mut self, row: &EventRow<'_>, source: &str) {
         push_event(&mut self.cols, row, source, 0);
         if self.cols.len() >= 32 * 1024 {
-            black_box(self.cols.finish().unwrap());
+            let b = self.cols.finish().unwrap();
+            match &mut self.kept {
+                Some(kept) => kept.push(b),
+                None => drop(black_box(b)),
+            }
             self.batches += 1;
         }
     }
@@ -90,6 +101,7 @@ fn bench(c: &mut Criterion) {
             let mut sink = ToArrow {
                 cols: events_columns(),
                 batches: 0,
+                kept: None,
             };
             let mut p = Parser::new(&mut sink, "bench");
             let mut f = Framer::new(&data[..]);
@@ -131,6 +143,36 @@ fn bench(c: &mut Criterion) {
                 members += v.as_object().map_or(0, |o| o.len());
             }
             black_box(members)
+        })
+    });
+    g.finish();
+
+    // The store's share of an ingest: the same records, already in Arrow batches of the ingest's
+    // size, appended (dedup included) and committed as zstd Parquet into a fresh data directory.
+    let mut sink = ToArrow {
+        cols: events_columns(),
+        batches: 0,
+        kept: Some(Vec::new()),
+    };
+    let mut p = Parser::new(&mut sink, "bench");
+    let mut f = Framer::new(&data[..]);
+    while let Some(frame) = f.next_frame().unwrap() {
+        p.frame(&frame);
+    }
+    let mut kept = sink.kept.take().unwrap();
+    kept.push(sink.cols.finish().unwrap());
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(lines as u64));
+    g.sample_size(10);
+    g.bench_function("append_commit_events", |b| {
+        b.iter(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = StoreWriter::open(dir.path(), WriteOptions::default()).unwrap();
+            for batch in &kept {
+                w.append(Table::Events, batch).unwrap();
+            }
+            w.commit(None).unwrap();
+            assert_eq!(w.stats().events as usize, lines);
         })
     });
     g.finish();

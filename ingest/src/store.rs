@@ -244,6 +244,27 @@ fn now_ns() -> i64 {
 }
 
 fn parse_id(s: &str) -> u128 {
+    // Fast path for the 32-hex-digit IDs kvwatch writes (same value `from_str_radix` gives;
+    // that one checks overflow on a 128-bit multiply per digit, and this runs once per row).
+    fn half(h: &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for &b in h {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return None,
+            };
+            v = (v << 4) | u64::from(d);
+        }
+        Some(v)
+    }
+    if s.len() == 32 {
+        let (hi, lo) = s.as_bytes().split_at(16);
+        if let (Some(hi), Some(lo)) = (half(hi), half(lo)) {
+            return (u128::from(hi) << 64) | u128::from(lo);
+        }
+    }
     u128::from_str_radix(s, 16).unwrap_or_else(|_| {
         // IDs are our own 32-hex hashes; anything else still dedups, by its own hash.
         let h = blake3::hash(s.as_bytes());
@@ -398,8 +419,13 @@ impl StoreWriter {
             if kept == 0 {
                 continue;
             }
-            let sub = if idx.len() == batch.num_rows() {
-                batch.clone()
+            // Indices are ascending; input in time order gives one contiguous run per day,
+            // which a zero-copy slice covers without gathering every column.
+            let (first, last) = (idx[0] as usize, idx[idx.len() - 1] as usize);
+            let rows = idx.len();
+            let sliced = last - first + 1 == rows;
+            let sub = if sliced {
+                batch.slice(first, rows)
             } else {
                 take_record_batch(batch, &UInt32Array::from(idx))?
             };
@@ -413,7 +439,13 @@ impl StoreWriter {
                 Table::Activity => self.stats.activity += kept as u64,
                 Table::Quarantine => self.stats.quarantine += kept as u64,
             }
-            let size = sub.get_array_memory_size();
+            // A slice shares its parent's buffers: charge it its share, so the slices of one
+            // batch add up to the batch's memory instead of counting it once per slice.
+            let size = if sliced && kept == rows {
+                batch.get_array_memory_size() * sub.num_rows() / batch.num_rows()
+            } else {
+                sub.get_array_memory_size()
+            };
             let pkey = (table, part);
             let entry = self.pending.entry(pkey.clone()).or_default();
             entry.0.push(sub);
@@ -828,4 +860,26 @@ fn rel_path(root: &Path, p: &Path) -> String {
 /// Current time in nanoseconds since the epoch (ingest timestamps).
 pub fn now_nanos() -> i64 {
     now_ns()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn parse_id_fast_path_agrees_with_from_str_radix() {
+        for id in [
+            "0123456789abcdef0123456789ABCDEF",
+            "ffffffffffffffffffffffffffffffff",
+            "00000000000000000000000000000000",
+            "8f3a9c0d11e24b7fa0c65d2e7b19f4aa",
+        ] {
+            assert_eq!(parse_id(id), u128::from_str_radix(id, 16).unwrap(), "{id}");
+        }
+        // Not 32 hex digits: the general path, which hashes what it cannot read.
+        assert_eq!(parse_id("ff"), 0xff);
+        let odd = "0123456789abcdef0123456789abcdeg";
+        assert_ne!(parse_id(odd), parse_id("0123456789abcdef0123456789abcdef"));
+        assert_eq!(parse_id(odd), parse_id(odd));
+    }
 }
