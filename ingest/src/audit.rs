@@ -7,8 +7,11 @@
 
 use crate::derive::{self, ObjectRef};
 use crate::json::{self, FieldError, Raw, RawObject, opt_bool, opt_i64, opt_str};
+use crate::memo::Memo;
 use crate::time::parse_timestamp_ns;
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::convert::Infallible;
 
 type S<'a> = Option<Cow<'a, str>>;
 
@@ -164,19 +167,19 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
 
     // Object coordinates: `properties.id` carries the resolved version, `requestUri` the
     // operation's target when there is no id (lists, creates).
-    let mut from_id = row.object_uri.as_deref().map(derive::parse_object_uri);
+    let mut from_id = row.object_uri.as_deref().map(object_ref);
     // `requestUri` is parsed only when `id` does not settle the question (lists, creates,
     // records without a resource ID): it is the costlier of the two and usually redundant.
     let id_settles = from_id.as_ref().is_some_and(|o| o.object_type.is_some());
     let mut from_uri = if id_settles && resource_id.is_some() {
         None
     } else {
-        row.request_uri.as_deref().map(derive::parse_object_uri)
+        row.request_uri.as_deref().map(object_ref)
     };
 
     if let Some(rid) = resource_id {
-        let parts = derive::parse_resource_id(&rid);
-        row.resource_id = Some(rid.to_ascii_lowercase());
+        let (lower, parts) = resource(&rid);
+        row.resource_id = Some(lower);
         row.subscription_id = parts.subscription_id;
         row.resource_group = parts.resource_group;
         row.resource_type = parts.resource_type;
@@ -378,21 +381,110 @@ const OID_LONG: &str = "http://schemas.microsoft.com/identity/claims/objectident
 const UPN_LONG: &str = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn";
 const NAME_LONG: &str = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name";
 
+/// What an `identity` block contributes to a row. It depends on the block's text alone, so it
+/// is memoised per text (a caller's records repeat it verbatim).
+#[derive(Clone, Default)]
+struct Principal {
+    oid: Option<String>,
+    upn: Option<String>,
+    name: Option<String>,
+    appid: Option<String>,
+    mirid: Option<String>,
+    idtyp: Option<String>,
+    claims: ClaimsText,
+}
+
+/// Where the claim map's JSON text is: a byte range of the identity text itself (the usual
+/// case, borrowed again on every hit), or decoded text of its own.
+#[derive(Clone, Default)]
+enum ClaimsText {
+    #[default]
+    None,
+    Range(usize, usize),
+    Owned(String),
+}
+
+/// Per-thread memos of the derived fields that repeat across records (see [`crate::memo`]).
+struct Memos {
+    identity: Memo<Principal>,
+    resource: Memo<(String, derive::ResourceParts)>,
+    object: Memo<ObjectRef>,
+}
+
+thread_local! {
+    static MEMOS: RefCell<Memos> = RefCell::new(Memos {
+        identity: Memo::new(256),
+        resource: Memo::new(64),
+        object: Memo::new(512),
+    });
+}
+
+/// [`derive::parse_object_uri`], memoised.
+fn object_ref(uri: &str) -> ObjectRef {
+    MEMOS.with_borrow_mut(|m| {
+        m.object
+            .get_or(uri, |u| Ok::<_, Infallible>(derive::parse_object_uri(u)))
+            .unwrap_or_else(|e| match e {})
+    })
+}
+
+/// The lower-cased resource ID and its parts, memoised.
+fn resource(rid: &str) -> (String, derive::ResourceParts) {
+    MEMOS.with_borrow_mut(|m| {
+        m.resource
+            .get_or(rid, |r| {
+                Ok::<_, Infallible>((r.to_ascii_lowercase(), derive::parse_resource_id(r)))
+            })
+            .unwrap_or_else(|e| match e {})
+    })
+}
+
 /// Coalesces caller claims across the three naming styles; the first non-empty value wins in
 /// the order short name, long URI, nested `http_schemas_…` form.
 fn identity_claims<'a>(row: &mut EventRow<'a>, raw: Raw<'a>) -> Result<(), RecordError> {
-    row.claims = match json::opt_object_text("identity", raw)? {
-        None => None,
+    let text = raw.get();
+    let p = MEMOS.with_borrow_mut(|m| m.identity.get_or(text, |_| principal(raw)))?;
+    row.claims = match p.claims {
+        ClaimsText::None => None,
+        ClaimsText::Range(a, b) => Some(Cow::Borrowed(&text[a..b])),
+        ClaimsText::Owned(s) => Some(Cow::Owned(s)),
+    };
+    row.principal_oid = p.oid;
+    row.principal_upn = p.upn;
+    row.principal_name = p.name;
+    row.principal_appid = p.appid;
+    row.principal_mirid = p.mirid;
+    row.claims_idtyp = p.idtyp;
+    Ok(())
+}
+
+fn principal(raw: Raw<'_>) -> Result<Principal, RecordError> {
+    let mut p = Principal::default();
+    let text = raw.get();
+    p.claims = match json::opt_object_text("identity", raw)? {
+        None => ClaimsText::None,
         Some(json::ObjectText::Raw(r)) => {
             let ident = RawObject::of(r).map_err(nested("identity"))?;
-            Some(claims_of(row, r.get(), &ident)?)
+            match claims_of(&mut p, r.get(), &ident)? {
+                Cow::Borrowed(c) => {
+                    // `c` lies inside `text`: keep its offsets, valid for any equal text.
+                    let a = (c.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+                    match a.checked_add(c.len()).and_then(|b| text.get(a..b)) {
+                        Some(inner) if inner.as_ptr() == c.as_ptr() => {
+                            ClaimsText::Range(a, a + c.len())
+                        }
+                        _ => ClaimsText::Owned(c.to_owned()),
+                    }
+                }
+                Cow::Owned(c) => ClaimsText::Owned(c),
+            }
         }
         Some(json::ObjectText::Decoded(t)) => {
             let ident = RawObject::parse(&t).map_err(nested("identity"))?;
-            Some(Cow::Owned(claims_of(row, &t, &ident)?.into_owned()))
+            ClaimsText::Owned(claims_of(&mut p, &t, &ident)?.into_owned())
         }
     };
-    Ok(())
+    Ok(p)
 }
 
 /// Maps a nested object's syntax error to the record error naming its field.
@@ -405,7 +497,7 @@ fn nested(field: &'static str) -> impl Fn(json::SyntaxError) -> RecordError {
 
 /// Fills the principal columns from an `identity` object and returns the claim map's JSON text.
 fn claims_of<'b>(
-    row: &mut EventRow<'_>,
+    p: &mut Principal,
     text: &'b str,
     ident: &RawObject<'b>,
 ) -> Result<Cow<'b, str>, RecordError> {
@@ -429,9 +521,9 @@ fn claims_of<'b>(
             UPN_LONG => upn[1] = val()?,
             "unique_name" => name[0] = val()?,
             NAME_LONG => name[1] = val()?,
-            "appid" => row.principal_appid = val()?.map(|s| s.to_ascii_lowercase()),
-            "idtyp" => row.claims_idtyp = val()?,
-            "xms_mirid" => row.principal_mirid = val()?,
+            "appid" => p.appid = val()?.map(|s| s.to_ascii_lowercase()),
+            "idtyp" => p.idtyp = val()?,
+            "xms_mirid" => p.mirid = val()?,
             "http_schemas_microsoft_com_identity" => {
                 oid[2] = nested_claim(v, "objectidentifier");
             }
@@ -444,13 +536,13 @@ fn claims_of<'b>(
             _ => {}
         }
     }
-    row.principal_oid = oid
+    p.oid = oid
         .into_iter()
         .flatten()
         .next()
         .map(|s| s.to_ascii_lowercase());
-    row.principal_upn = upn.into_iter().flatten().next();
-    row.principal_name = name.into_iter().flatten().next();
+    p.upn = upn.into_iter().flatten().next();
+    p.name = name.into_iter().flatten().next();
     Ok(match claim_text {
         json::ObjectText::Raw(r) => Cow::Borrowed(r.get()),
         json::ObjectText::Decoded(s) => Cow::Owned(s),

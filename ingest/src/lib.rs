@@ -17,6 +17,7 @@ pub mod files;
 pub mod framing;
 pub mod json;
 pub mod kafka;
+pub mod memo;
 pub mod parse;
 pub mod query;
 pub mod scan;
