@@ -12,8 +12,11 @@
 /// hold on to memory an adversarial record chose.
 pub const MAX_KEY: usize = 2048;
 
+/// One slot: the exact key text and the value computed from it.
+type Slot<V> = Option<(Box<str>, V)>;
+
 pub struct Memo<V> {
-    slots: Box<[Option<(Box<str>, V)>]>,
+    slots: Box<[Slot<V>]>,
 }
 
 impl<V: Clone> Memo<V> {
