@@ -585,22 +585,13 @@ fn event_id(row: &EventRow<'_>) -> String {
     }
     fn put_int(key: &mut Vec<u8>, v: i64) {
         let mut digits = [0u8; 20];
-        let mut n = v.unsigned_abs();
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
+        let d = crate::parse::decimal(v.unsigned_abs(), &mut digits);
         let neg = usize::from(v < 0);
-        key.extend_from_slice(&((digits.len() - i + neg) as u32).to_le_bytes());
+        key.extend_from_slice(&((d.len() + neg) as u32).to_le_bytes());
         if neg == 1 {
             key.push(b'-');
         }
-        key.extend_from_slice(&digits[i..]);
+        key.extend_from_slice(d.as_bytes());
     }
     fn b(s: Option<&str>) -> Option<&[u8]> {
         s.map(str::as_bytes)

@@ -41,6 +41,21 @@ impl ParseCounts {
     }
 }
 
+/// `n` in decimal, written into `buf`: the source label and the event ID's key write numbers
+/// for every record, and `fmt` machinery costs more than the digits.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
 /// Largest raw sample kept for an oversized input.
 const OVERSIZED_SAMPLE: usize = 4096;
 
@@ -63,15 +78,21 @@ impl<'s, S: RowSink> Parser<'s, S> {
         }
     }
 
+    /// Sets the source label `{origin}:{first}[-{last}][#{index}]`. Runs once or twice per
+    /// record, so digits are written directly rather than through `fmt`.
     fn set_src(&mut self, first: u64, last: u64, index: Option<usize>) {
+        let mut digits = [0u8; 20];
         self.src.clear();
-        if first == last {
-            let _ = write!(self.src, "{}:{}", self.origin, first);
-        } else {
-            let _ = write!(self.src, "{}:{}-{}", self.origin, first, last);
+        self.src.push_str(&self.origin);
+        self.src.push(':');
+        self.src.push_str(decimal(first, &mut digits));
+        if first != last {
+            self.src.push('-');
+            self.src.push_str(decimal(last, &mut digits));
         }
         if let Some(i) = index {
-            let _ = write!(self.src, "#{i}");
+            self.src.push('#');
+            self.src.push_str(decimal(i as u64, &mut digits));
         }
     }
 

@@ -419,13 +419,11 @@ impl StoreWriter {
             if kept == 0 {
                 continue;
             }
-            // Indices are ascending; input in time order gives one contiguous run per day,
-            // which a zero-copy slice covers without gathering every column.
-            let (first, last) = (idx[0] as usize, idx[idx.len() - 1] as usize);
-            let rows = idx.len();
-            let sliced = last - first + 1 == rows;
-            let sub = if sliced {
-                batch.slice(first, rows)
+            // A batch within one day is kept as it is. One that crosses midnight is gathered
+            // per day rather than sliced: a slice would pin the whole parent batch in memory
+            // until every day's share of it is flushed.
+            let sub = if idx.len() == batch.num_rows() {
+                batch.clone()
             } else {
                 take_record_batch(batch, &UInt32Array::from(idx))?
             };
@@ -439,13 +437,7 @@ impl StoreWriter {
                 Table::Activity => self.stats.activity += kept as u64,
                 Table::Quarantine => self.stats.quarantine += kept as u64,
             }
-            // A slice shares its parent's buffers: charge it its share, so the slices of one
-            // batch add up to the batch's memory instead of counting it once per slice.
-            let size = if sliced && kept == rows {
-                batch.get_array_memory_size() * sub.num_rows() / batch.num_rows()
-            } else {
-                sub.get_array_memory_size()
-            };
+            let size = sub.get_array_memory_size();
             let pkey = (table, part);
             let entry = self.pending.entry(pkey.clone()).or_default();
             entry.0.push(sub);
