@@ -11,7 +11,6 @@ use crate::memo::Memo;
 use crate::time::parse_timestamp_ns;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::convert::Infallible;
 
 type S<'a> = Option<Cow<'a, str>>;
 
@@ -421,21 +420,15 @@ thread_local! {
 
 /// [`derive::parse_object_uri`], memoised.
 fn object_ref(uri: &str) -> ObjectRef {
-    MEMOS.with_borrow_mut(|m| {
-        m.object
-            .get_or(uri, |u| Ok::<_, Infallible>(derive::parse_object_uri(u)))
-            .unwrap_or_else(|e| match e {})
-    })
+    MEMOS.with_borrow_mut(|m| m.object.get(uri, derive::parse_object_uri))
 }
 
 /// The lower-cased resource ID and its parts, memoised.
 fn resource(rid: &str) -> (String, derive::ResourceParts) {
     MEMOS.with_borrow_mut(|m| {
-        m.resource
-            .get_or(rid, |r| {
-                Ok::<_, Infallible>((r.to_ascii_lowercase(), derive::parse_resource_id(r)))
-            })
-            .unwrap_or_else(|e| match e {})
+        m.resource.get(rid, |r| {
+            (r.to_ascii_lowercase(), derive::parse_resource_id(r))
+        })
     })
 }
 

@@ -28,6 +28,14 @@ impl<V: Clone> Memo<V> {
         }
     }
 
+    /// `f(key)` for an `f` that cannot fail; see [`get_or`](Self::get_or).
+    pub fn get(&mut self, key: &str, f: impl FnOnce(&str) -> V) -> V {
+        match self.get_or(key, |k| Ok::<_, std::convert::Infallible>(f(k))) {
+            Ok(v) => v,
+            Err(e) => match e {},
+        }
+    }
+
     /// `f(key)`, from the memo when the same text was seen last in its slot. `f` must be a pure
     /// function of `key`; `Err` results are not kept.
     pub fn get_or<E>(&mut self, key: &str, f: impl FnOnce(&str) -> Result<V, E>) -> Result<V, E> {
@@ -83,6 +91,7 @@ mod tests {
         assert_eq!(m.get_or("abc", f).unwrap(), 3);
         assert_eq!(m.get_or("abc", f).unwrap(), 3);
         assert_eq!(calls.get(), 1, "second lookup of the same text is a hit");
+        assert_eq!(m.get("abc", |_| unreachable!("a hit does not compute")), 3);
         // Many distinct keys through 4 slots: every answer is still right.
         for i in 0..100 {
             let k = "x".repeat(i);
