@@ -24,14 +24,39 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Stdin,
-    File(PathBuf),
+    /// A file, and the label its rows' `source` names it by.
+    File {
+        path: PathBuf,
+        label: String,
+    },
 }
 
 impl Input {
+    /// A file named by itself: labelled with its file name.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Input::File { path, label }
+    }
+
+    /// The input's name in `source` labels: `stdin`, a file's name, or for a file found in a
+    /// directory, its path from that directory (the directory's own name first). Never the
+    /// path above what the user named, so stored rows and alert evidence do not reveal where
+    /// the service keeps its files.
     pub fn label(&self) -> String {
         match self {
             Input::Stdin => "stdin".to_owned(),
-            Input::File(p) => p.display().to_string(),
+            Input::File { label, .. } => label.clone(),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Input::Stdin => None,
+            Input::File { path, .. } => Some(path),
         }
     }
 }
@@ -53,26 +78,115 @@ pub fn expand(paths: &[String]) -> io::Result<(Vec<Input>, Vec<PathBuf>)> {
         let meta = std::fs::metadata(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         if meta.is_dir() {
+            // Labels start at the directory's own name (`archive/resourceId=…/PT1H.json`).
+            let name = std::fs::canonicalize(&path)
+                .ok()
+                .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
             for entry in walkdir::WalkDir::new(&path).sort_by_file_name() {
                 let entry = entry.map_err(|e| io::Error::other(e.to_string()))?;
                 if !entry.file_type().is_file() {
                     continue;
                 }
-                let name = entry.file_name().to_string_lossy();
+                let file = entry.file_name().to_string_lossy();
                 let known = EXTENSIONS
                     .iter()
-                    .any(|ext| name.to_ascii_lowercase().ends_with(&format!(".{ext}")));
-                if known && !name.starts_with('.') {
-                    inputs.push(Input::File(entry.into_path()));
+                    .any(|ext| file.to_ascii_lowercase().ends_with(&format!(".{ext}")));
+                if known && !file.starts_with('.') {
+                    let below = entry
+                        .path()
+                        .strip_prefix(&path)
+                        .unwrap_or(entry.path())
+                        .to_string_lossy()
+                        .into_owned();
+                    let label = if name.is_empty() {
+                        below
+                    } else {
+                        format!("{name}/{below}")
+                    };
+                    inputs.push(Input::File {
+                        path: entry.into_path(),
+                        label,
+                    });
                 } else {
                     skipped.push(entry.into_path());
                 }
             }
         } else {
-            inputs.push(Input::File(path));
+            inputs.push(Input::file(path));
         }
     }
     Ok((inputs, skipped))
+}
+
+/// An opened input: its bytes, and for gzip, whether the compressed stream broke.
+pub struct Opened {
+    reader: Box<dyn BufRead + Send>,
+    damage: Option<Damage>,
+}
+
+impl Opened {
+    /// The reader, and where a damaged compressed stream leaves its error once the reader has
+    /// been read to its end.
+    pub fn into_parts(self) -> (Box<dyn BufRead + Send>, Option<Damage>) {
+        (self.reader, self.damage)
+    }
+}
+
+/// Where a [`Salvage`] reader leaves the error that ended its stream.
+#[derive(Clone, Default)]
+pub struct Damage(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Damage {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A decompressor whose stream may be damaged (truncated, a bad CRC, trailing garbage): it
+/// hands out everything decompressed before the damage and then ends, keeping the error in
+/// [`Damage`]. The records before the break are parsed like any others, and the break itself
+/// becomes one quarantine row, instead of the whole file failing.
+pub struct Salvage<R> {
+    inner: R,
+    out: u64,
+    damage: Damage,
+}
+
+impl<R> Salvage<R> {
+    pub fn new(inner: R) -> (Self, Damage) {
+        let damage = Damage::default();
+        (
+            Self {
+                inner,
+                out: 0,
+                damage: damage.clone(),
+            },
+            damage,
+        )
+    }
+}
+
+impl<R: Read> Read for Salvage<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.damage.get().is_some() {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.out += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                *self.damage.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "damaged gzip stream after {} decompressed bytes: {e}; what followed could not be read",
+                    self.out
+                ));
+                Ok(0)
+            }
+        }
+    }
 }
 
 /// Opens an input, transparently decompressing gzip (detected by its magic bytes, not its name).
@@ -80,10 +194,10 @@ pub fn expand(paths: &[String]) -> io::Result<(Vec<Input>, Vec<PathBuf>)> {
 /// on the page cache directly, saving the kernel's copy of every byte (a tenth of the CPU of
 /// an ingest). Like ripgrep, which maps for the same reason, a file truncated by another
 /// process while it is mapped ends the process (SIGBUS); `--no-mmap` avoids that risk.
-pub fn open(input: &Input, mmap: bool) -> io::Result<Box<dyn BufRead + Send>> {
+pub fn open(input: &Input, mmap: bool) -> io::Result<Opened> {
     let mut buf: Box<dyn BufRead + Send> = match input {
         Input::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
-        Input::File(p) => {
+        Input::File { path: p, .. } => {
             let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
             let file = std::fs::File::open(p).map_err(named)?;
             match mmap.then(|| map_file(&file)).flatten() {
@@ -97,12 +211,16 @@ pub fn open(input: &Input, mmap: bool) -> io::Result<Box<dyn BufRead + Send>> {
     };
     let head = buf.fill_buf()?;
     if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
-        Ok(Box::new(BufReader::with_capacity(
-            1 << 20,
-            MultiGzDecoder::new(buf),
-        )))
+        let (salvage, damage) = Salvage::new(MultiGzDecoder::new(buf));
+        Ok(Opened {
+            reader: Box::new(BufReader::with_capacity(1 << 20, salvage)),
+            damage: Some(damage),
+        })
     } else {
-        Ok(buf)
+        Ok(Opened {
+            reader: buf,
+            damage: None,
+        })
     }
 }
 
@@ -445,13 +563,18 @@ impl ParseCtx {
             let mut ship = self.shipper();
             while let Some(input) = inputs.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let label = input.label();
-                let result = open(input, self.mmap).and_then(|r| {
-                    parse_stream(
-                        Counted::new(r, &self.read),
-                        &label,
-                        &mut ship,
-                        self.max_frame,
-                    )
+                let result = open(input, self.mmap).and_then(|opened| {
+                    let (reader, damage) = opened.into_parts();
+                    let mut framer =
+                        Framer::with_max(Counted::new(reader, &self.read), self.max_frame);
+                    let mut parser = Parser::new(&mut ship, label.as_str());
+                    while let Some(frame) = framer.next_frame()? {
+                        parser.frame(&frame);
+                    }
+                    if let Some(why) = damage.as_ref().and_then(Damage::get) {
+                        parser.unreadable(framer.line() + 1, &why);
+                    }
+                    Ok(parser.counts)
                 });
                 // Rows of a file are shipped before its completion is reported.
                 ship.ship_all();
@@ -479,7 +602,7 @@ impl ParseCtx {
     /// file, not compressed, and line-oriented (its first line is complete JSON, the same
     /// test the framer applies), so that every range starts at a record.
     fn split_plan(&self, input: &Input) -> Option<Arc<memmap2::Mmap>> {
-        let Input::File(path) = input else {
+        let Input::File { path, .. } = input else {
             return None;
         };
         if self.threads < 2 || !self.mmap {

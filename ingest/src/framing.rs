@@ -113,6 +113,11 @@ impl<R: BufRead> Framer<R> {
         self
     }
 
+    /// Lines read so far.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
     /// Whether the input has shown itself line-oriented (known after the first frame).
     pub fn is_line_oriented(&self) -> bool {
         self.mode == Mode::Lines

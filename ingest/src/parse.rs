@@ -104,6 +104,13 @@ impl<'s, S: RowSink> Parser<'s, S> {
         self.src = src;
     }
 
+    /// Records that the input could not be read beyond `line` (a damaged compressed stream):
+    /// one quarantine row, counted like a record, so the loss is seen and not silent.
+    pub fn unreadable(&mut self, line: u64, reason: &str) {
+        self.set_src(line, line, None);
+        self.quarantine(reason, "");
+    }
+
     /// Parses one frame.
     pub fn frame(&mut self, f: &Frame) {
         self.counts.bytes += f.bytes.len() as u64;

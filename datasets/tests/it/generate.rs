@@ -52,8 +52,8 @@ fn parse_dir(dir: &Path) -> Seen {
         .collect();
     files.sort();
     for f in files {
-        let input = Input::File(f.clone());
-        let r = open(&input, false).unwrap();
+        let input = Input::file(f.clone());
+        let (r, _) = open(&input, false).unwrap().into_parts();
         parse_stream(r, &f.display().to_string(), &mut seen, 1 << 28).unwrap();
     }
     seen

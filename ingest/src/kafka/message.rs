@@ -3,7 +3,7 @@
 //! The file parser handles all of those; this module adds what is specific to messages: the
 //! size limit, gzip bombs, empty bodies and the source label that names the exact offset.
 
-use crate::files::parse_stream;
+use crate::files::{Salvage, parse_stream};
 use crate::parse::{ParseCounts, RowSink};
 use flate2::read::MultiGzDecoder;
 use std::io::Read;
@@ -58,19 +58,34 @@ pub fn parse_message<S: RowSink>(
     }
     if body.len() >= 2 && body[0] == 0x1f && body[1] == 0x8b {
         // Decompress with the same limit, so a small message cannot expand without bound.
+        // A damaged stream keeps what decompressed before the damage: those records are
+        // parsed, and the damage is one quarantine row of its own.
         let mut out = Vec::with_capacity(body.len() * 8);
-        let read = MultiGzDecoder::new(body)
-            .take(max_bytes as u64 + 1)
-            .read_to_end(&mut out);
-        return match read {
-            Err(e) => quarantine(sink, format!("invalid gzip: {e}"), sample(body), body.len()),
-            Ok(n) if n > max_bytes => quarantine(
+        let (salvage, damage) = Salvage::new(MultiGzDecoder::new(body));
+        let read = salvage.take(max_bytes as u64 + 1).read_to_end(&mut out);
+        return match (read, damage.get()) {
+            (Err(e), _) => quarantine(sink, format!("invalid gzip: {e}"), sample(body), body.len()),
+            (Ok(n), _) if n > max_bytes => quarantine(
                 sink,
                 format!("oversized message: gzip expands beyond the limit of {max_bytes} bytes"),
                 sample(&out),
                 body.len(),
             ),
-            Ok(_) => parse_body(&out, origin, max_bytes, sink),
+            (Ok(_), Some(why)) => {
+                let mut c = quarantine(
+                    sink,
+                    format!("invalid gzip: {why}"),
+                    sample(body),
+                    body.len(),
+                );
+                if !out.is_empty() {
+                    let salvaged = parse_body(&out, origin, max_bytes, sink);
+                    c.add(&salvaged);
+                    c.bytes = body.len() as u64;
+                }
+                c
+            }
+            (Ok(_), None) => parse_body(&out, origin, max_bytes, sink),
         };
     }
     parse_body(body, origin, max_bytes, sink)

@@ -179,7 +179,7 @@ pub fn publish(
     let mut last_progress = Instant::now();
     for input in inputs {
         s.report.files += 1;
-        let reader = open(&input, false)?;
+        let (reader, damage) = open(&input, false)?.into_parts();
         let framer = Framer::with_max(reader, DEFAULT_MAX_FRAME);
         let mut framer = if opts.raw {
             framer.lines_only()
@@ -223,6 +223,14 @@ pub fn publish(
                 last_progress = Instant::now();
                 progress(&s.report);
             }
+        }
+        // Records read before the damage were sent; the file's loss is reported, not hidden.
+        if let Some(why) = damage.as_ref().and_then(|d| d.get()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {why}", input.label()),
+            )
+            .into());
         }
     }
     if in_body > 0 {

@@ -32,7 +32,7 @@ async fn uncommitted_and_temp_files_are_invisible_then_removed() {
         let mut w = StoreWriter::open(root, Default::default()).unwrap();
         ingest(
             &mut w,
-            vec![Input::File(sample("PT1H.json"))],
+            vec![Input::file(sample("PT1H.json"))],
             &IngestOptions::default(),
             |_| {},
         )
@@ -88,7 +88,7 @@ async fn checkpoints_commit_with_rows() {
     let opts = IngestOptions::default();
     ingest(
         &mut w,
-        vec![Input::File(sample("single.json"))],
+        vec![Input::file(sample("single.json"))],
         &opts,
         |_| {},
     )
@@ -122,9 +122,9 @@ async fn small_memory_budget_still_dedups_across_flushes() {
         ..Default::default()
     };
     let inputs = vec![
-        Input::File(sample("PT1H.json")),
-        Input::File(sample("envelope-compact.json")),
-        Input::File(sample("PT1H.json")),
+        Input::file(sample("PT1H.json")),
+        Input::file(sample("envelope-compact.json")),
+        Input::file(sample("PT1H.json")),
     ];
     let r = ingest(&mut w, inputs, &small, |_| {}).unwrap();
     assert_eq!(r.stored.events, 9);
@@ -146,7 +146,7 @@ async fn trimmed_id_sets_reload_from_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let mut w = StoreWriter::open(root, Default::default()).unwrap();
-    let input = || vec![Input::File(sample("PT1H.json"))];
+    let input = || vec![Input::file(sample("PT1H.json"))];
     let first = ingest(&mut w, input(), &IngestOptions::default(), |_| {}).unwrap();
     assert!(first.stored.events > 0);
     w.trim_ids(0);
