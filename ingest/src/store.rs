@@ -310,6 +310,19 @@ impl StoreWriter {
         &self.root
     }
 
+    /// Starts over from the store as it is on disk, keeping the lock: forgets buffered rows,
+    /// staged files and ID sets, re-reads the manifest and removes what a failed write left
+    /// behind. For a writer whose last write or commit failed (a full or read-only disk),
+    /// before it tries the same data again.
+    pub fn recover(&mut self) -> Result<()> {
+        self.manifest = read_manifest(&self.root)?;
+        self.ids.clear();
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.staged.clear();
+        self.remove_orphans()
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

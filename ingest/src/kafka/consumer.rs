@@ -101,6 +101,12 @@ pub struct Metrics {
     pub offset_gap_messages: AtomicU64,
     /// Consumer lag per `topic/partition`, from librdkafka statistics (-1 = unknown).
     pub lag: Mutex<BTreeMap<String, i64>>,
+    /// 1 while the store refuses writes (disk full or read-only) and the writer retries.
+    pub store_stalled: AtomicU64,
+    /// Attempts to store a batch again after the store refused it.
+    pub store_retries: AtomicU64,
+    /// Why the store last refused a batch (cleared when a batch is stored).
+    pub store_error: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +123,13 @@ impl Metrics {
     }
     pub fn lag(&self) -> BTreeMap<String, i64> {
         lock(&self.lag).clone()
+    }
+
+    /// Why the store refuses batches now, if it does.
+    pub fn store_error(&self) -> Option<String> {
+        (Self::get(&self.store_stalled) == 1)
+            .then(|| lock(&self.store_error).clone())
+            .flatten()
     }
 }
 
@@ -233,6 +246,8 @@ struct Shared {
     dead_letter: Option<DeadLetter>,
     metrics: Arc<Metrics>,
     opts: ConsumeOptions,
+    /// Set when the consumer is asked to stop: a writer retrying a refused batch gives up.
+    stop: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -625,26 +640,28 @@ fn writer_loop(
         };
         if let Some(w) = work {
             let before = writer.stats();
-            let result = (|| {
-                for (t, b) in &w.batches {
-                    writer.append(*t, b)?;
-                }
-                writer.commit_checkpoints(
-                    w.positions
-                        .iter()
-                        .map(|((t, p), o)| (checkpoint_key(t, *p), serde_json::json!(o))),
-                )
-            })();
+            let result = match store_work(&mut writer, &w) {
+                Ok(()) => Ok(()),
+                // Nothing of the batch is acknowledged yet: keep it and try again until the
+                // store takes it (a full or read-only disk recovers) or the consumer stops.
+                Err(e) => retry_work(&mut writer, &w, &shared, e),
+            };
             match result {
                 Ok(()) => {
                     lock(&shared.durable).extend(w.positions.clone());
                     shared.durable_version.fetch_add(1, Ordering::Release);
                     let after = writer.stats();
                     Metrics::add(&m.records, w.counts.records);
-                    Metrics::add(&m.events, after.events - before.events);
-                    Metrics::add(&m.activity, after.activity - before.activity);
-                    Metrics::add(&m.quarantined, after.quarantine - before.quarantine);
-                    Metrics::add(&m.duplicates, after.duplicates - before.duplicates);
+                    Metrics::add(&m.events, after.events.saturating_sub(before.events));
+                    Metrics::add(&m.activity, after.activity.saturating_sub(before.activity));
+                    Metrics::add(
+                        &m.quarantined,
+                        after.quarantine.saturating_sub(before.quarantine),
+                    );
+                    Metrics::add(
+                        &m.duplicates,
+                        after.duplicates.saturating_sub(before.duplicates),
+                    );
                     Metrics::add(&m.batches, 1);
                     let ms = w.started.elapsed().as_millis() as u64;
                     m.last_batch_latency_ms.store(ms, Ordering::Relaxed);
@@ -655,8 +672,7 @@ fn writer_loop(
                     }
                     writer.trim_ids(3);
                 }
-                Err(e) => {
-                    let msg = e.to_string();
+                Err(msg) => {
                     tracing::error!(error = %msg, "store write failed; the consumer stops without advancing");
                     *lock(&shared.writer_error) = Some(msg.clone());
                     if let Some(d) = w.done {
@@ -680,6 +696,57 @@ fn writer_loop(
         }
     }
     writer
+}
+
+/// Appends a batch and publishes it with its positions in one manifest commit.
+fn store_work(writer: &mut StoreWriter, w: &Work) -> Result<(), crate::store::StoreError> {
+    for (t, b) in &w.batches {
+        writer.append(*t, b)?;
+    }
+    writer.commit_checkpoints(
+        w.positions
+            .iter()
+            .map(|((t, p), o)| (checkpoint_key(t, *p), serde_json::json!(o))),
+    )
+}
+
+/// The store refused a batch: start the writer over from the store on disk (dropping whatever
+/// the failed write left half done) and store the batch again, backing off up to 30 s, until
+/// it succeeds or the consumer is stopped. Kafka positions do not advance meanwhile, so
+/// nothing is lost either way.
+fn retry_work(
+    writer: &mut StoreWriter,
+    w: &Work,
+    shared: &Shared,
+    first: crate::store::StoreError,
+) -> Result<(), String> {
+    let m = &shared.metrics;
+    let mut error = first.to_string();
+    let mut wait = Duration::from_millis(500);
+    m.store_stalled.store(1, Ordering::Relaxed);
+    loop {
+        tracing::error!(error = %error, retry_in_ms = wait.as_millis() as u64, "store refused a batch; retrying (positions do not advance)");
+        *lock(&m.store_error) = Some(error.clone());
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if shared.stop.load(Ordering::Relaxed) {
+                return Err(error);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+        Metrics::add(&m.store_retries, 1);
+        let attempt = writer.recover().and_then(|()| store_work(writer, w));
+        match attempt {
+            Ok(()) => {
+                m.store_stalled.store(0, Ordering::Relaxed);
+                *lock(&m.store_error) = None;
+                tracing::info!("store takes writes again; the batch is stored");
+                return Ok(());
+            }
+            Err(e) => error = e.to_string(),
+        }
+    }
 }
 
 fn consumer_config(opts: &ConsumeOptions) -> Result<ClientConfig, KafkaError> {
@@ -742,6 +809,7 @@ pub fn consume(
         dead_letter,
         metrics: metrics.clone(),
         opts: opts.clone(),
+        stop: shutdown.clone(),
     });
     let writer_shared = shared.clone();
     let writer_thread = std::thread::Builder::new()
@@ -860,6 +928,7 @@ mod tests {
             dead_letter: None,
             metrics: Arc::new(Metrics::default()),
             opts: ConsumeOptions::default(),
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
