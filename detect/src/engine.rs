@@ -465,6 +465,7 @@ impl Engine {
             .await
             .map_err(|e| invalid(e.to_string()))?;
         let sql = rule.render(&self.data_start_sql());
+        shape_check(&sql).map_err(invalid)?;
         let df = self
             .ctx
             .sql_with_options(&sql, read_only())
@@ -571,6 +572,20 @@ impl Engine {
 }
 
 /// Checks every rule plans against the schemas; the first failure names file and line.
+/// A rule's SQL must be one statement within the shape limits analyst SQL has: a rule file is
+/// text written by a person too.
+fn shape_check(sql: &str) -> Result<(), String> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    let statements = DFParser::parse_sql(sql).map_err(|e| format!("SQL does not parse: {e}"))?;
+    for s in &statements {
+        if let Statement::Statement(s) = s {
+            kvwatch_ingest::sqlshape::measure(s, kvwatch_ingest::sqlshape::Shape::default())
+                .map_err(|m| format!("SQL is too complex: {m}"))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn check_all(rules: &[Rule]) -> Result<(), RuleError> {
     let engine = Engine::empty();
     for r in rules {
@@ -585,4 +600,18 @@ pub fn parameters_used(rule: &Rule) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rule_nested_too_deep_is_refused_at_load() {
+        let deep = format!(
+            "SELECT vault FROM events WHERE {}",
+            vec!["vault = 'x'"; 600].join(" OR ")
+        );
+        let e = super::shape_check(&deep).unwrap_err();
+        assert!(e.contains("too complex") && e.contains("256"), "{e}");
+        assert!(super::shape_check("SELECT vault FROM events WHERE vault IN ('a', 'b')").is_ok());
+    }
 }

@@ -388,6 +388,24 @@ fn rank(s: Severity) -> i64 {
     s as i64
 }
 
+/// Keeps a WAL database's `-wal` and `-shm` files when its last connection closes. A
+/// WAL-mode database can be opened read-only on a read-only filesystem only if those files
+/// exist, so a service that starts on a disk that turned read-only still reads its alerts
+/// and keys.
+pub fn persist_wal(conn: &Connection) {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: the handle is this open connection's; SQLITE_FCNTL_PERSIST_WAL reads and writes
+    // one int through the pointer, which lives across the call.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        );
+    }
+}
+
 impl AlertStore {
     /// Opens (creating and migrating) `alerts.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<AlertStore> {
@@ -421,9 +439,14 @@ impl AlertStore {
         if v > known {
             return Err(AlertStoreError::TooNew { found: v, known });
         }
+        if v == 0 {
+            // Not created yet, or being created by a writer right now (creation is one
+            // transaction, so a reader sees either nothing or the whole schema): no store.
+            return Ok(None);
+        }
         if v < known {
-            // A store written by an older kvwatch: upgrade it once (the migrations are
-            // transactional), then read as asked. Readers would otherwise fail on columns the
+            // A store written by an older kvwatch: upgrade it once (under the write lock, see
+            // `init`), then read as asked. Readers would otherwise fail on columns the
             // queries expect.
             drop(conn);
             tracing::info!(from = v, to = known, "upgrading the alert store schema");
@@ -442,22 +465,40 @@ impl AlertStore {
         }))
     }
 
+    /// Whether this connection can only read (SQLite opened it read-only because the disk
+    /// refused writes). Such a connection keeps every later one of this process read-only
+    /// too, so a writer holding one should drop it and open anew.
+    pub fn is_read_only(&self) -> bool {
+        self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true)
+    }
+
     fn init(conn: Connection) -> Result<AlertStore> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        persist_wal(&conn);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        let known = MIGRATIONS.len() as i64;
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if v > MIGRATIONS.len() as i64 {
-            return Err(AlertStoreError::TooNew {
-                found: v,
-                known: MIGRATIONS.len() as i64,
-            });
+        if v > known {
+            return Err(AlertStoreError::TooNew { found: v, known });
         }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
-            let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(m)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        if v < known {
+            // Creation and upgrades take the write lock first and read the version again
+            // under it: of two processes opening a new store at once, one creates it and the
+            // other finds it created. All pending migrations commit together or not at all.
+            let tx = rusqlite::Transaction::new_unchecked(
+                &conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let v: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if v > known {
+                return Err(AlertStoreError::TooNew { found: v, known });
+            }
+            for m in MIGRATIONS.iter().skip(v as usize) {
+                tx.execute_batch(m)?;
+            }
+            tx.pragma_update(None, "user_version", known)?;
             tx.commit()?;
         }
         Ok(AlertStore {
@@ -1208,5 +1249,41 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len() as i64);
         // The listing reads columns the later migrations added.
         assert!(store.list(&AlertFilter::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn readers_racing_a_creating_writer_never_fail_or_migrate_it() {
+        for round in 0..150 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().to_owned();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let mut seen_store = false;
+                        for _ in 0..40 {
+                            match AlertStore::open_read_only(&path) {
+                                Ok(Some(st)) => {
+                                    st.list(&AlertFilter::default()).unwrap();
+                                    seen_store = true;
+                                }
+                                Ok(None) => {}
+                                Err(e) => panic!("round {round}: a reader failed: {e}"),
+                            }
+                        }
+                        seen_store
+                    })
+                })
+                .collect();
+            start.wait();
+            AlertStore::open(&path).unwrap();
+            for r in readers {
+                r.join().unwrap();
+            }
+            // After the race the store is complete and readable.
+            assert!(AlertStore::open_read_only(&path).unwrap().is_some());
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod parse;
 pub mod query;
 pub mod scan;
 pub mod schema;
+pub mod sqlshape;
 pub mod store;
 pub mod time;
 
