@@ -3,7 +3,7 @@
 //! (nothing to brute-force), and verification costs microseconds per request.
 
 use rand::RngCore;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Mutex;
@@ -66,11 +66,27 @@ pub struct KeyInfo {
 }
 
 /// The key store (`DATA/auth.db`).
+///
+/// Active keys are also held in memory, so that authenticating a request needs no disk at
+/// all: a full or read-only disk does not lock anyone out. The copy is refreshed whenever
+/// the database changed (`PRAGMA data_version` tells of other processes' commits, e.g.
+/// `kvwatch apikey revoke`; this process's own changes reset it), so revocation still takes
+/// effect at the next request.
 pub struct KeyStore {
+    data: std::path::PathBuf,
     conn: Mutex<Connection>,
+    cache: Mutex<KeyCache>,
     /// When `last_used_at` was last written per key: it is refreshed at most once a minute,
     /// so authenticating a request is a read, not a disk write.
     last_written: Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// Active keys by hash, as of a database version.
+#[derive(Default)]
+struct KeyCache {
+    /// `PRAGMA data_version` when loaded; `None` forces a reload.
+    version: Option<i64>,
+    by_hash: std::collections::HashMap<String, (String, Role)>,
 }
 
 /// How stale `last_used_at` may be.
@@ -88,12 +104,32 @@ fn now() -> i64 {
 
 impl KeyStore {
     pub fn open(data: &Path) -> Result<KeyStore, AuthError> {
-        std::fs::create_dir_all(data)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let conn = Connection::open(data.join("auth.db"))?;
+        let conn = Self::connect(data)?;
+        Ok(KeyStore {
+            data: data.to_owned(),
+            conn: Mutex::new(conn),
+            cache: Mutex::new(KeyCache::default()),
+            last_written: Mutex::new(Default::default()),
+        })
+    }
+
+    /// A connection to `auth.db`, creating it if needed. On a disk that refuses writes SQLite
+    /// opens the existing database read-only, and keys can still be checked.
+    fn connect(data: &Path) -> Result<Connection, AuthError> {
+        let path = data.join("auth.db");
+        if !path.exists() {
+            std::fs::create_dir_all(data)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        }
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        kvwatch_detect::store::persist_wal(&conn);
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            tracing::warn!("auth.key_store_read_only");
+            return Ok(conn);
+        }
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
-             PRAGMA busy_timeout=5000;
              PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS api_keys (
                  name TEXT PRIMARY KEY,
@@ -104,14 +140,39 @@ impl KeyStore {
                  last_used_at INTEGER
              );",
         )?;
-        Ok(KeyStore {
-            conn: Mutex::new(conn),
-            last_written: Mutex::new(Default::default()),
-        })
+        Ok(conn)
+    }
+
+    /// The connection, for a write: one opened read-only (the disk refused writes when it was
+    /// opened) is replaced by a new one if the disk takes writes again.
+    fn writable(&self) -> Result<std::sync::MutexGuard<'_, Connection>, AuthError> {
+        let mut conn = self.conn();
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            // SQLite shares a file's shared-memory index among the connections of a process;
+            // the read-only one must be closed before a writable one can be had.
+            *conn = Connection::open_in_memory()?;
+            let fresh = Self::connect(&self.data)?;
+            if fresh.is_readonly(rusqlite::MAIN_DB)? {
+                *conn = fresh;
+                self.invalidate();
+                return Err(AuthError::Db(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                    Some("the key store is on a disk that refuses writes".into()),
+                )));
+            }
+            *conn = fresh;
+            self.invalidate();
+        }
+        Ok(conn)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the in-memory copy after a change made through this store.
+    fn invalidate(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).version = None;
     }
 
     /// Creates a key and returns its secret, which is not stored and cannot be shown again.
@@ -130,10 +191,11 @@ impl KeyStore {
             "{PREFIX}{}",
             raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        let r = self.conn().execute(
+        let r = self.writable()?.execute(
             "INSERT INTO api_keys (name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, role.as_str(), hash(&secret), now()],
         );
+        self.invalidate();
         match r {
             Ok(_) => Ok(secret),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -146,10 +208,11 @@ impl KeyStore {
     }
 
     pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
-        let n = self.conn().execute(
+        let n = self.writable()?.execute(
             "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
             params![name, now()],
         )?;
+        self.invalidate();
         if n == 0 {
             return Err(AuthError::NoSuchKey(name.to_owned()));
         }
@@ -184,19 +247,34 @@ impl KeyStore {
         Ok(out)
     }
 
-    /// The active key a presented secret belongs to.
+    /// The active key a presented secret belongs to. Answers from memory when the database
+    /// cannot be read; `last_used_at` is refreshed best-effort (a disk that refuses the write
+    /// does not refuse the caller).
     pub fn verify(&self, secret: &str) -> Result<Option<(String, Role)>, AuthError> {
         if !secret.starts_with(PREFIX) {
             return Ok(None);
         }
         let conn = self.conn();
-        let found: Option<(String, String)> = conn
-            .query_row(
-                "SELECT name, role FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
-                params![hash(secret)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let found = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let version = conn
+                .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
+                .ok();
+            if version.is_none() || cache.version != version {
+                match load_active(&conn) {
+                    Ok(by_hash) => {
+                        cache.by_hash = by_hash;
+                        cache.version = version;
+                    }
+                    // Keep answering from the last copy; with no copy at all, say so.
+                    Err(e) if cache.version.is_none() && cache.by_hash.is_empty() => {
+                        return Err(e);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "auth.key_reload_failed"),
+                }
+            }
+            cache.by_hash.get(&hash(secret)).cloned()
+        };
         let Some((name, role)) = found else {
             return Ok(None);
         };
@@ -210,14 +288,38 @@ impl KeyStore {
             }
             due
         };
-        if due {
-            conn.execute(
+        if due && !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            let written = conn.execute(
                 "UPDATE api_keys SET last_used_at = ?2 WHERE name = ?1",
                 params![name, t],
-            )?;
+            );
+            if let Err(e) = written {
+                tracing::warn!(key = %name, error = %e, "auth.last_used_not_recorded");
+            }
         }
-        Ok(Some((name, Role::parse(&role)?)))
+        Ok(Some((name, role)))
     }
+}
+
+/// The active keys by hash.
+fn load_active(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, (String, Role)>, AuthError> {
+    let mut st =
+        conn.prepare_cached("SELECT hash, name, role FROM api_keys WHERE revoked_at IS NULL")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = std::collections::HashMap::new();
+    for row in rows {
+        let (h, name, role) = row?;
+        out.insert(h, (name, Role::parse(&role)?));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -253,5 +355,24 @@ mod tests {
         let raw = std::fs::read(dir.path().join("auth.db")).unwrap();
         assert!(!raw.windows(k.len()).any(|w| w == k.as_bytes()));
         assert!(Role::Reader < Role::Analyst && Role::Analyst < Role::Admin);
+    }
+
+    #[test]
+    fn another_process_revoking_a_key_is_seen_at_the_next_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = KeyStore::open(dir.path()).unwrap();
+        let k = server.create("soc-2", Role::Reader).unwrap();
+        assert!(server.verify(&k).unwrap().is_some());
+        // `kvwatch apikey revoke` in another process: another connection commits.
+        KeyStore::open(dir.path()).unwrap().revoke("soc-2").unwrap();
+        assert_eq!(server.verify(&k).unwrap(), None);
+        let k2 = KeyStore::open(dir.path())
+            .unwrap()
+            .create("soc-3", Role::Admin)
+            .unwrap();
+        assert_eq!(
+            server.verify(&k2).unwrap(),
+            Some(("soc-3".into(), Role::Admin))
+        );
     }
 }

@@ -5,9 +5,10 @@
 // Handlers short-circuit with a ready `Response` as the error; boxing it buys nothing here.
 #![allow(clippy::result_large_err)]
 
-use crate::auth::{AuthError, KeyInfo, Role};
-use crate::server::{Caller, Shared, error};
-use crate::sql::{self, SqlError};
+use crate::auth::{KeyInfo, Role};
+use crate::error::ApiError;
+use crate::server::{Caller, Shared};
+use crate::sql::Tables;
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,8 +23,17 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 /// An error answer.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong, for people.
     pub error: String,
+    /// A stable code for programs: bad_request, unauthorized, forbidden, not_found, conflict,
+    /// timeout, refused, too_complex, query_failed, memory_limit, busy, unavailable, internal…
+    pub code: String,
+    /// The ID of the request (also in the `X-Request-Id` header); the service log has the
+    /// details of an internal error under it.
+    pub request_id: String,
 }
+
+type Answer = Result<Response, ApiError>;
 
 /// Query parameters of `GET /alerts`.
 #[derive(Deserialize, IntoParams)]
@@ -148,62 +158,43 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
     Some((t.parse().ok()?, id.to_owned()))
 }
 
-fn rfc3339(name: &str, v: &str) -> Result<i64, Response> {
+fn rfc3339(name: &str, v: &str) -> Result<i64, ApiError> {
     chrono::DateTime::parse_from_rfc3339(v)
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("{name}: {v:?} is not an RFC 3339 time"),
-            )
-        })
+        .ok_or_else(|| bad(format!("{name}: {v:?} is not an RFC 3339 time")))
 }
 
-fn bad(m: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, m)
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::bad_request(m)
 }
 
 /// List alerts with filters, sorting and cursor pagination.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(ListParams),
     responses((status = 200, body = AlertPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -> Response {
+pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -> Answer {
     let mut f = AlertFilter::default();
     if let Some(v) = &p.severity {
-        match Severity::parse(v) {
-            Some(x) => f.min_severity = Some(x),
-            None => return bad(format!("unknown severity {v:?}")),
-        }
+        f.min_severity =
+            Some(Severity::parse(v).ok_or_else(|| bad(format!("unknown severity {v:?}")))?);
     }
     if let Some(v) = &p.status {
-        match Status::parse(v) {
-            Some(x) => f.status = Some(x),
-            None => return bad(format!("unknown status {v:?}")),
-        }
+        f.status = Some(Status::parse(v).ok_or_else(|| bad(format!("unknown status {v:?}")))?);
     }
     if let Some(v) = &p.sort {
-        match AlertSort::parse(v) {
-            Some(x) => f.sort = x,
-            None => return bad(format!("unknown sort {v:?}")),
-        }
+        f.sort = AlertSort::parse(v).ok_or_else(|| bad(format!("unknown sort {v:?}")))?;
     }
     for (name, value, slot) in [
         ("since", &p.since, &mut f.since),
         ("until", &p.until, &mut f.until),
     ] {
         if let Some(v) = value {
-            match rfc3339(name, v) {
-                Ok(t) => *slot = Some(t),
-                Err(r) => return r,
-            }
+            *slot = Some(rfc3339(name, v)?);
         }
     }
     if let Some(c) = &p.cursor {
-        match decode_cursor(c) {
-            Some(x) => f.after = Some(x),
-            None => return bad("malformed cursor"),
-        }
+        f.after = Some(decode_cursor(c).ok_or_else(|| bad("malformed cursor"))?);
     }
     f.rule = p.rule;
     f.vault = p.vault;
@@ -212,7 +203,7 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
     f.assignee = p.assignee;
     f.text = p.q.filter(|t| !t.is_empty());
     if f.text.as_ref().is_some_and(|t| t.chars().count() < 3) {
-        return bad("q needs at least 3 characters");
+        return Err(bad("q needs at least 3 characters"));
     }
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     f.limit = Some(limit);
@@ -240,16 +231,15 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
                 source,
             })
         })
-        .await;
-    match page {
-        Ok(Some(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Ok(None) => Json(AlertPage {
+        .await?;
+    Ok(match page {
+        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        None => Json(AlertPage {
             alerts: Listed::Items(Vec::new()),
             next_cursor: None,
         })
         .into_response(),
-        Err(r) => r,
-    }
+    })
 }
 
 /// An alert with its audit trail and evidence events.
@@ -269,7 +259,7 @@ pub struct AlertDetail {
     params(("id" = String, Path, description = "Alert ID")),
     responses((status = 200, body = AlertDetail), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_alert(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+pub async fn get_alert(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
     let found = s
         .read_alerts(move |st| {
             Ok(match st.get(&id)? {
@@ -277,22 +267,17 @@ pub async fn get_alert(State(s): State<Shared>, UrlPath(id): UrlPath<String>) ->
                 None => None,
             })
         })
-        .await;
-    let (history, alert) = match found {
-        Ok(Some(Some(x))) => x,
-        Ok(_) => return error(StatusCode::NOT_FOUND, "no such alert"),
-        Err(r) => return r,
+        .await?;
+    let Some(Some((history, alert))) = found else {
+        return Err(ApiError::not_found("no such alert"));
     };
-    let events = match evidence_events(&s.data, &alert.evidence).await {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")),
-    };
-    Json(AlertDetail {
+    let events = evidence_events(&s.data, &alert.evidence).await?;
+    Ok(Json(AlertDetail {
         alert,
         history,
         events,
     })
-    .into_response()
+    .into_response())
 }
 
 /// An analyst's change: any of the fields.
@@ -329,68 +314,73 @@ pub async fn patch_alert(
     UrlPath(id): UrlPath<String>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
-    let patch: AlertPatch = match json_body(req, 64 * 1024).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+) -> Answer {
+    let patch: AlertPatch = json_body(req, 64 * 1024).await?;
     let mut update = AlertUpdate::default();
     if let Some(v) = &patch.status {
-        match Status::parse(v) {
-            Some(st) => update.status = Some(st),
-            None => return bad(format!("unknown status {v:?}")),
-        }
+        update.status = Some(Status::parse(v).ok_or_else(|| bad(format!("unknown status {v:?}")))?);
     }
     if let Some(a) = patch.assignee {
         let a = a.map(|x| x.trim().to_owned()).filter(|x| !x.is_empty());
         if a.as_ref().is_some_and(|x| x.chars().count() > 200) {
-            return bad("assignee over 200 characters");
+            return Err(bad("assignee over 200 characters"));
         }
         update.assignee = Some(a);
     }
     if let Some(c) = patch.comment {
         if c.trim().is_empty() || c.chars().count() > 4000 {
-            return bad("comment must be 1 to 4000 characters");
+            return Err(bad("comment must be 1 to 4000 characters"));
         }
         update.comment = Some(c);
     }
     if update.status.is_none() && update.assignee.is_none() && update.comment.is_none() {
-        return bad("nothing to change: give status, assignee or comment");
+        return Err(bad("nothing to change: give status, assignee or comment"));
     }
     let now = kvwatch_ingest::store::now_nanos();
     let actor = caller.name.clone();
     let (aid, who) = (id.clone(), actor.clone());
-    if let Err(r) = s
-        .write_alerts(move |st| st.update(&aid, &update, &who, now))
-        .await
-    {
-        return r;
-    }
+    s.write_alerts(move |st| st.update(&aid, &update, &who, now))
+        .await?;
     tracing::info!(alert = %id, key = %actor, status = ?patch.status, "api.alert_updated");
     get_alert(State(s), UrlPath(id)).await
 }
 
-/// Reads a JSON body of at most `limit` bytes.
+/// How long a client may take to send a request body.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a JSON body of at most `limit` bytes, sent within [`BODY_DEADLINE`].
 async fn json_body<T: serde::de::DeserializeOwned>(
     req: Request,
     limit: usize,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
-        return Err(error(
+        return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
             "send application/json",
         ));
     }
-    let body = axum::body::to_bytes(req.into_body(), limit)
+    let body = tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(req.into_body(), limit))
         .await
         .map_err(|_| {
-            error(
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_DEADLINE.as_secs()
+                ),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
                 format!("body over {} KiB", limit / 1024),
             )
         })?;
@@ -402,24 +392,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     params(("id" = String, Path, description = "Alert ID")),
     responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
-    let alert = match s.read_alerts(move |st| st.get(&id)).await {
-        Ok(Some(Some(a))) => a,
-        Ok(_) => return error(StatusCode::NOT_FOUND, "no such alert"),
-        Err(r) => return r,
+pub async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
+    let Some(Some(alert)) = s.read_alerts(move |st| st.get(&id)).await? else {
+        return Err(ApiError::not_found("no such alert"));
     };
-    match evidence_events(&s.data, &alert.evidence).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("events: {e}")),
-    }
+    Ok(Json(evidence_events(&s.data, &alert.evidence).await?).into_response())
 }
 
-/// `events` rows with the given IDs as a JSON array.
-async fn evidence_events(
-    data: &Path,
-    evidence: &[String],
-) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-    // Event IDs are our own hex hashes; anything else is not put into SQL.
+/// `events` rows with the given IDs as a JSON array. The statement is the service's own
+/// (event IDs are hex hashes, checked before they go into it), so it runs in-process.
+async fn evidence_events(data: &Path, evidence: &[String]) -> Result<Value, ApiError> {
     let ids: Vec<&String> = evidence
         .iter()
         .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -433,12 +415,21 @@ async fn evidence_events(
         .collect::<Vec<_>>()
         .join(",");
     let sql = format!("SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id");
-    let ctx = kvwatch_ingest::query::open_session(data).await?;
-    let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql).await?;
-    let batches = df.collect().await?;
-    Ok(serde_json::from_slice(
-        &kvwatch_ingest::query::batches_json(&batches)?,
-    )?)
+    let internal = |e: &dyn std::fmt::Display| ApiError::internal(format!("evidence events: {e}"));
+    let ctx = kvwatch_ingest::query::open_session(data)
+        .await
+        .map_err(|e| internal(&e))?;
+    let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql)
+        .await
+        .map_err(|e| internal(&e))?;
+    let batches = df.collect().await.map_err(|e| internal(&e))?;
+    rows_json(&batches)
+}
+
+/// Record batches as a JSON array of row objects.
+fn rows_json(batches: &[datafusion::arrow::array::RecordBatch]) -> Result<Value, ApiError> {
+    let bytes = kvwatch_ingest::query::batches_json(batches).map_err(ApiError::internal)?;
+    serde_json::from_slice(&bytes).map_err(ApiError::internal)
 }
 
 /// Query parameters of `GET /export`.
@@ -469,40 +460,36 @@ pub struct ExportPage {
 #[utoipa::path(get, path = "/api/v1/export", tag = "export", params(ExportParams),
     responses((status = 200, body = ExportPage), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn export(State(s): State<Shared>, Query(p): Query<ExportParams>) -> Response {
+pub async fn export(State(s): State<Shared>, Query(p): Query<ExportParams>) -> Answer {
     let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => 0,
-        Some(c) => match c.parse::<i64>() {
-            Ok(v) if v >= 0 => v,
-            _ => return bad("malformed cursor"),
-        },
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| bad("malformed cursor"))?,
     };
-    let Some(format) =
-        crate::forward::PayloadFormat::parse(p.format.as_deref().unwrap_or("native"))
-    else {
-        return bad("unknown format (native, ocsf or cef)");
-    };
+    let format = crate::forward::PayloadFormat::parse(p.format.as_deref().unwrap_or("native"))
+        .ok_or_else(|| bad("unknown format (native, ocsf or cef)"))?;
     let limit = p.limit.unwrap_or(500).clamp(1, 5000);
-    match s.read_alerts(move |st| st.changes(after, limit)).await {
-        Ok(rows) => {
-            let rows = rows.unwrap_or_default();
-            let next = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
-            let alerts = rows.iter().map(|(_, a)| format.render(a)).collect();
-            Json(ExportPage {
-                alerts,
-                next_cursor: next.to_string(),
-            })
-            .into_response()
-        }
-        Err(r) => r,
-    }
+    let rows = s
+        .read_alerts(move |st| st.changes(after, limit))
+        .await?
+        .unwrap_or_default();
+    let next = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
+    let alerts = rows.iter().map(|(_, a)| format.render(a)).collect();
+    Ok(Json(ExportPage {
+        alerts,
+        next_cursor: next.to_string(),
+    })
+    .into_response())
 }
 
 /// The rules this service evaluates (summaries).
 #[utoipa::path(get, path = "/api/v1/rules", tag = "rules",
     responses((status = 200, body = Object, description = "{\"rules\": [...]}")),
     security(("bearer" = [])))]
-pub async fn list_rules(State(s): State<Shared>) -> Response {
+pub async fn list_rules(State(s): State<Shared>) -> Answer {
     let keep = [
         "id",
         "title",
@@ -525,7 +512,7 @@ pub async fn list_rules(State(s): State<Shared>) -> Response {
                 .into()
         })
         .collect();
-    Json(json!({"rules": rules})).into_response()
+    Ok(Json(json!({"rules": rules})).into_response())
 }
 
 /// One rule: metadata, parameters and SQL.
@@ -533,10 +520,10 @@ pub async fn list_rules(State(s): State<Shared>) -> Response {
     params(("id" = String, Path, description = "Rule ID")),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+pub async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
     match s.rules.iter().find(|r| r["id"] == id.as_str()) {
-        Some(r) => Json(r.clone()).into_response(),
-        None => error(StatusCode::NOT_FOUND, "no such rule"),
+        Some(r) => Ok(Json(r.clone()).into_response()),
+        None => Err(ApiError::not_found("no such rule")),
     }
 }
 
@@ -544,7 +531,8 @@ pub async fn get_rule(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
-    /// One SELECT over `events`, `activity`, `alerts` or `azure_diagnostics`.
+    /// One SELECT over `events`, `activity`, `alerts`, `alert_history`, `azure_diagnostics`
+    /// or `information_schema`.
     sql: String,
     /// json (default) or csv.
     format: Option<String>,
@@ -555,6 +543,7 @@ pub struct QueryRequest {
 /// Rows of an analyst query.
 #[derive(Serialize, ToSchema)]
 pub struct QueryResponse {
+    /// Column names, in the order of the statement's select list.
     columns: Vec<String>,
     #[schema(value_type = Vec<Object>)]
     rows: Value,
@@ -564,45 +553,42 @@ pub struct QueryResponse {
     elapsed_ms: u64,
 }
 
-/// Read-only SQL for analysts: one SELECT, with a row limit, a timeout and a memory limit;
-/// nothing outside the event and alert stores can be named.
+/// Read-only SQL for analysts: one SELECT, run in a separate worker process with a row and
+/// byte limit, a timeout and a memory limit; nothing outside the event and alert stores can
+/// be named, and statements nested too deeply are refused.
 #[utoipa::path(post, path = "/api/v1/query", tag = "query", request_body = QueryRequest,
     responses((status = 200, body = QueryResponse, description = "JSON, or text/csv when format is csv"),
-        (status = 400, body = ErrorBody, description = "Refused or failed statement"),
-        (status = 408, body = ErrorBody, description = "Timed out")),
+        (status = 400, body = ErrorBody, description = "Refused, too complex, failed, or over the memory limit"),
+        (status = 408, body = ErrorBody, description = "Timed out"),
+        (status = 503, body = ErrorBody, description = "Every SQL worker is busy")),
     security(("bearer" = [])))]
 pub async fn query(
     State(s): State<Shared>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
-    let q: QueryRequest = match json_body(req, 256 * 1024).await {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
+) -> Answer {
+    let q: QueryRequest = json_body(req, 256 * 1024).await?;
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
-        Some(f) => return bad(format!("unknown format {f:?} (json or csv)")),
+        Some(f) => return Err(bad(format!("unknown format {f:?} (json or csv)"))),
     };
     let mut limits = s.sql_limits;
     if let Some(m) = q.max_rows {
         limits.max_rows = limits.max_rows.min(m.max(1));
     }
-    // The statement is logged (it is the analyst's own text), never its results.
-    let r = sql::run(&s.data, &q.sql, limits).await;
+    // The statement is logged (it is the analyst's own text) as a quoted field, never its
+    // results.
+    let r = s.sql.run(&q.sql, limits, Tables::Analyst).await;
     match &r {
         Ok(res) => {
-            tracing::info!(key = %caller.name, rows = res.rows, truncated = res.truncated, elapsed_ms = res.elapsed.as_millis() as u64, sql = %q.sql, "api.query")
+            tracing::info!(key = %caller.name, rows = res.rows, truncated = res.truncated, elapsed_ms = res.elapsed.as_millis() as u64, sql = ?q.sql, "api.query")
         }
-        Err(e) => tracing::warn!(key = %caller.name, error = %e, sql = %q.sql, "api.query_refused"),
+        Err(e) => {
+            tracing::warn!(key = %caller.name, code = e.code(), error = %e, sql = ?q.sql, "api.query_refused")
+        }
     }
-    let res = match r {
-        Ok(res) => res,
-        Err(e @ SqlError::Timeout(_)) => return error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(e @ (SqlError::Refused(_) | SqlError::Query(_))) => return bad(e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let res = r?;
     if csv {
         let mut buf = Vec::new();
         {
@@ -610,12 +596,19 @@ pub async fn query(
                 .with_header(true)
                 .build(&mut buf);
             for b in &res.batches {
-                if let Err(e) = w.write(b) {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                }
+                w.write(b).map_err(ApiError::internal)?;
             }
         }
-        return (
+        if res.batches.is_empty() {
+            let names: Vec<&str> = res
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            buf = format!("{}\n", names.join(",")).into_bytes();
+        }
+        return Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
                 (
@@ -625,24 +618,23 @@ pub async fn query(
             ],
             buf,
         )
-            .into_response();
+            .into_response());
     }
-    let columns = kvwatch_ingest::query::column_names(&res.batches);
-    let rows = match kvwatch_ingest::query::batches_json(&res.batches)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    Json(QueryResponse {
+    let columns = res
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let rows = rows_json(&res.batches)?;
+    Ok(Json(QueryResponse {
         columns,
         rows,
         row_count: res.rows,
         truncated: res.truncated,
         elapsed_ms: res.elapsed.as_millis() as u64,
     })
-    .into_response()
+    .into_response())
 }
 
 /// Query parameters of `GET /stats`.
@@ -675,24 +667,24 @@ pub struct Stats {
 #[utoipa::path(get, path = "/api/v1/stats", tag = "stats", params(StatsParams),
     responses((status = 200, body = Stats), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn stats(State(s): State<Shared>, Query(p): Query<StatsParams>) -> Response {
-    let to = match p.to.as_deref().map(|v| rfc3339("to", v)).transpose() {
-        Ok(t) => t.unwrap_or_else(kvwatch_ingest::store::now_nanos),
-        Err(r) => return r,
+pub async fn stats(State(s): State<Shared>, Query(p): Query<StatsParams>) -> Answer {
+    let to = match p.to.as_deref() {
+        Some(v) => rfc3339("to", v)?,
+        None => kvwatch_ingest::store::now_nanos(),
     };
-    let from = match p.from.as_deref().map(|v| rfc3339("from", v)).transpose() {
-        Ok(t) => t.unwrap_or(to - 24 * 3_600_000_000_000),
-        Err(r) => return r,
+    let from = match p.from.as_deref() {
+        Some(v) => rfc3339("from", v)?,
+        None => to - 24 * 3_600_000_000_000,
     };
     if from >= to {
-        return bad("from must be before to");
+        return Err(bad("from must be before to"));
     }
     if let Some(v) = &p.vault
         && !v
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return bad("vault names are letters, digits and '-'");
+        return Err(bad("vault names are letters, digits and '-'"));
     }
     let ts = |ns: i64| kvwatch_ingest::time::format_ns(ns);
     let vault_filter = p
@@ -706,37 +698,28 @@ pub async fn stats(State(s): State<Shared>, Query(p): Query<StatsParams>) -> Res
          FROM events WHERE time >= to_timestamp_nanos({from}) AND time < to_timestamp_nanos({to}){vault_filter} \
          GROUP BY 1, 2 ORDER BY 2, 1"
     );
-    let limits = sql::SqlLimits {
+    let limits = crate::sql::SqlLimits {
         max_rows: 100_000,
         ..s.sql_limits
     };
-    let rows = match sql::run(&s.data, &sql, limits).await {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let per_hour: Value = match kvwatch_ingest::query::batches_json(&rows.batches)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
+    let rows = s.sql.run(&sql, limits, Tables::Analyst).await?;
+    let per_hour = rows_json(&rows.batches)?;
     let total = per_hour
         .as_array()
         .map(|a| a.iter().map(|r| r["events"].as_i64().unwrap_or(0)).sum())
         .unwrap_or(0);
-    let alerts = match s.read_alerts(move |st| st.counts(from, to)).await {
-        Ok(c) => c.unwrap_or_default(),
-        Err(r) => return r,
-    };
-    Json(Stats {
+    let alerts = s
+        .read_alerts(move |st| st.counts(from, to))
+        .await?
+        .unwrap_or_default();
+    Ok(Json(Stats {
         from: ts(from),
         to: ts(to),
         events_per_vault_hour: per_hour,
         events_total: total,
         alerts,
     })
-    .into_response()
+    .into_response())
 }
 
 /// A push forwarder and where it stands.
@@ -764,15 +747,12 @@ pub struct SinkInfo {
 /// The push forwarders of this service.
 #[utoipa::path(get, path = "/api/v1/sinks", tag = "sinks",
     responses((status = 200, body = Vec<SinkInfo>)), security(("bearer" = [])))]
-pub async fn list_sinks(State(s): State<Shared>) -> Response {
+pub async fn list_sinks(State(s): State<Shared>) -> Answer {
     use std::sync::atomic::Ordering::Relaxed;
-    let (head, dead) = match s
+    let (head, dead) = s
         .read_alerts(|st| Ok((st.head_seq()?, st.dead_letter_counts()?)))
-        .await
-    {
-        Ok(v) => v.unwrap_or_default(),
-        Err(r) => return r,
-    };
+        .await?
+        .unwrap_or_default();
     let out: Vec<SinkInfo> = s
         .sinks
         .iter()
@@ -795,14 +775,14 @@ pub async fn list_sinks(State(s): State<Shared>) -> Response {
             last_success: x.last_success.load(Relaxed),
         })
         .collect();
-    Json(out).into_response()
+    Ok(Json(out).into_response())
 }
 
-fn known_sink(s: &Shared, name: &str) -> Result<(), Response> {
+fn known_sink(s: &Shared, name: &str) -> Result<(), ApiError> {
     if s.sinks.iter().any(|x| x.name == name) {
         Ok(())
     } else {
-        Err(error(StatusCode::NOT_FOUND, "no such sink"))
+        Err(ApiError::not_found("no such sink"))
     }
 }
 
@@ -811,17 +791,13 @@ fn known_sink(s: &Shared, name: &str) -> Result<(), Response> {
     params(("name" = String, Path, description = "Sink name")),
     responses((status = 200, body = Vec<DeadLetter>), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn dead_letters(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Response {
-    if let Err(r) = known_sink(&s, &name) {
-        return r;
-    }
-    match s
+pub async fn dead_letters(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
+    known_sink(&s, &name)?;
+    let list = s
         .read_alerts(move |st| st.dead_letters(Some(&name), 10_000))
-        .await
-    {
-        Ok(v) => Json(v.unwrap_or_default()).into_response(),
-        Err(r) => r,
-    }
+        .await?
+        .unwrap_or_default();
+    Ok(Json(list).into_response())
 }
 
 /// Queue a sink's dead letters for another delivery (after fixing the cause).
@@ -833,28 +809,19 @@ pub async fn retry_dead_letters(
     State(s): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(r) = known_sink(&s, &name) {
-        return r;
-    }
+) -> Answer {
+    known_sink(&s, &name)?;
     let n = name.clone();
-    match s.write_alerts(move |st| st.retry_dead_letters(&n)).await {
-        Ok(queued) => {
-            tracing::info!(sink = %name, queued, key = %caller.name, "api.dead_letters_requeued");
-            Json(json!({"queued": queued})).into_response()
-        }
-        Err(r) => r,
-    }
+    let queued = s.write_alerts(move |st| st.retry_dead_letters(&n)).await?;
+    tracing::info!(sink = %name, queued, key = %caller.name, "api.dead_letters_requeued");
+    Ok(Json(json!({"queued": queued})).into_response())
 }
 
 /// API keys (never their secrets).
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
     responses((status = 200, body = Vec<KeyInfo>)), security(("bearer" = [])))]
-pub async fn list_keys(State(s): State<Shared>) -> Response {
-    match s.keys.list() {
-        Ok(k) => Json(k).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+pub async fn list_keys(State(s): State<Shared>) -> Answer {
+    Ok(Json(s.keys.list()?).into_response())
 }
 
 /// A new key's name and role.
@@ -882,31 +849,31 @@ pub async fn create_key(
     State(s): State<Shared>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
-    let k: NewKey = match json_body(req, 4096).await {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let role = match Role::parse(&k.role) {
-        Ok(r) => r,
-        Err(e) => return bad(e.to_string()),
-    };
-    match s.keys.create(&k.name, role) {
-        Ok(key) => {
-            tracing::info!(created = %k.name, role = role.as_str(), key = %caller.name, "api.key_created");
-            (
-                StatusCode::CREATED,
-                Json(CreatedKey {
-                    name: k.name,
-                    role,
-                    key,
-                }),
-            )
-                .into_response()
-        }
-        Err(e @ AuthError::Exists(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ AuthError::BadName) => bad(e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+) -> Answer {
+    let k: NewKey = json_body(req, 4096).await?;
+    let role = Role::parse(&k.role)?;
+    let key = s
+        .keys
+        .create(&k.name, role)
+        .inspect_err(|e| note_key_write(&s, e))?;
+    tracing::info!(created = %k.name, role = role.as_str(), key = %caller.name, "api.key_created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            name: k.name,
+            role,
+            key,
+        }),
+    )
+        .into_response())
+}
+
+/// A key-store write the disk refused marks the disk for `/readyz`.
+fn note_key_write(s: &Shared, e: &crate::auth::AuthError) {
+    if let crate::auth::AuthError::Db(db) = e
+        && crate::error::is_disk_refusal(db)
+    {
+        s.disk.write_failed("the key store", db);
     }
 }
 
@@ -919,27 +886,21 @@ pub async fn revoke_key(
     State(s): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    match s.keys.revoke(&name) {
-        Ok(()) => {
-            tracing::info!(revoked = %name, key = %caller.name, "api.key_revoked");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e @ AuthError::NoSuchKey(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+) -> Answer {
+    s.keys
+        .revoke(&name)
+        .inspect_err(|e| note_key_write(&s, e))?;
+    tracing::info!(revoked = %name, key = %caller.name, "api.key_revoked");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Stored reports, newest first.
 #[utoipa::path(get, path = "/api/v1/reports", tag = "reports",
     responses((status = 200, body = Vec<crate::report::StoredReport>)), security(("bearer" = [])))]
-pub async fn list_reports(State(s): State<Shared>) -> Response {
+pub async fn list_reports(State(s): State<Shared>) -> Answer {
     let data = s.data.clone();
-    match tokio::task::spawn_blocking(move || crate::report::list(&data)).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    let list = tokio::task::spawn_blocking(move || crate::report::list(&data)).await??;
+    Ok(Json(list).into_response())
 }
 
 /// Download a stored report (HTML, CSV or JSON as generated).
@@ -947,31 +908,28 @@ pub async fn list_reports(State(s): State<Shared>) -> Response {
     params(("id" = String, Path, description = "Report ID")),
     responses((status = 200, description = "The report file"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_report(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+pub async fn get_report(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
     let data = s.data.clone();
-    match tokio::task::spawn_blocking(move || crate::report::load(&data, &id)).await {
-        Ok(Ok(Some((meta, body)))) => {
-            let format =
-                crate::report::Format::parse(&meta.format).unwrap_or(crate::report::Format::Json);
+    let Some((meta, body)) =
+        tokio::task::spawn_blocking(move || crate::report::load(&data, &id)).await??
+    else {
+        return Err(ApiError::not_found("no such report"));
+    };
+    let format = crate::report::Format::parse(&meta.format).unwrap_or(crate::report::Format::Json);
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_owned()),
             (
-                [
-                    (header::CONTENT_TYPE, format.content_type().to_owned()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!(
-                            "attachment; filename=\"kvwatch-{}.{}\"",
-                            meta.id, meta.format
-                        ),
-                    ),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such report"),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"kvwatch-{}.{}\"",
+                    meta.id, meta.format
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// A report to generate now.
@@ -1000,49 +958,46 @@ pub async fn create_report(
     State(s): State<Shared>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Response {
+) -> Answer {
     use crate::report::{Format, Kind, ReportOptions};
-    let r: ReportRequest = match json_body(req, 16 * 1024).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
+    let r: ReportRequest = json_body(req, 16 * 1024).await?;
+    let kind = Kind::parse(r.kind.as_deref().unwrap_or("compliance"))
+        .ok_or_else(|| bad("unknown kind"))?;
+    let format = Format::parse(r.format.as_deref().unwrap_or("html"))
+        .ok_or_else(|| bad("unknown format (html, csv or json)"))?;
+    let to = match r.to.as_deref() {
+        Some(v) => rfc3339("to", v)?,
+        None => kvwatch_ingest::store::now_nanos(),
     };
-    let Some(kind) = Kind::parse(r.kind.as_deref().unwrap_or("compliance")) else {
-        return bad("unknown kind");
-    };
-    let Some(format) = Format::parse(r.format.as_deref().unwrap_or("html")) else {
-        return bad("unknown format (html, csv or json)");
-    };
-    let to = match r.to.as_deref().map(|v| rfc3339("to", v)).transpose() {
-        Ok(t) => t.unwrap_or_else(kvwatch_ingest::store::now_nanos),
-        Err(resp) => return resp,
-    };
-    let from = match r.from.as_deref().map(|v| rfc3339("from", v)).transpose() {
-        Ok(t) => t.unwrap_or(to - 30 * 86_400_000_000_000),
-        Err(resp) => return resp,
+    let from = match r.from.as_deref() {
+        Some(v) => rfc3339("from", v)?,
+        None => to - 30 * 86_400_000_000_000,
     };
     if from >= to {
-        return bad("from must be before to");
+        return Err(bad("from must be before to"));
     }
     let mut o = ReportOptions::new(kind, from, to);
     o.vaults = r.vaults.iter().map(|v| v.trim().to_lowercase()).collect();
-    let rep = match crate::report::run(&s.data, &o).await {
-        Ok(rep) => rep,
-        Err(e @ crate::report::ReportError::Invalid(_)) => return bad(e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let rep = crate::report::run(&s.data, &o).await?;
     let body = crate::report::render(&rep, format);
     let data = s.data.clone();
     let by = format!("api:{}", caller.name);
-    match tokio::task::spawn_blocking(move || crate::report::save(&data, &rep, format, &body, &by))
-        .await
-    {
-        Ok(Ok(meta)) => {
-            tracing::info!(report = %meta.id, key = %caller.name, "api.report_generated");
-            (StatusCode::CREATED, Json(meta)).into_response()
+    let saved =
+        tokio::task::spawn_blocking(move || crate::report::save(&data, &rep, format, &body, &by))
+            .await?;
+    let meta = match saved {
+        Ok(m) => m,
+        Err(crate::report::ReportError::Io(e)) => {
+            s.disk.write_failed("a report", &e);
+            return Err(ApiError::unavailable(
+                "the report could not be stored (disk full or read-only)",
+                e,
+            ));
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(report = %meta.id, key = %caller.name, "api.report_generated");
+    Ok((StatusCode::CREATED, Json(meta)).into_response())
 }
 
 struct BearerAuth;

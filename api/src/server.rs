@@ -4,9 +4,11 @@
 //! name (never the key).
 
 use crate::auth::{KeyStore, Role};
+use crate::error::ApiError;
 use crate::forward::SinkStatus;
 use crate::handlers;
-use crate::sql::SqlLimits;
+use crate::health::{Disk, DiskHealth};
+use crate::sql::{PoolOptions, SqlLimits, SqlPool};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -18,7 +20,6 @@ use kvwatch_ingest::kafka::Metrics as KafkaMetrics;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,10 +38,19 @@ pub struct ApiState {
     pub sinks: Vec<Arc<SinkStatus>>,
     /// Bounds of analyst SQL.
     pub sql_limits: SqlLimits,
+    /// The worker processes analyst SQL runs in.
+    pub sql: Arc<SqlPool>,
+    /// Whether the data directory takes writes.
+    pub disk: Arc<DiskHealth>,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     denied: AtomicU64,
     /// Idle read-only alert-store connections, reused across requests.
-    readers: Mutex<Vec<AlertStore>>,
+    readers: Mutex<Vec<(u64, AlertStore)>>,
+    /// Generation of the pooled readers: connections of an older generation are closed when
+    /// they come back. Bumped when the disk takes writes again, because SQLite shares one
+    /// shared-memory index per file among a process's connections, and one opened while the
+    /// disk was read-only would keep every new connection read-only.
+    reader_generation: AtomicU64,
     /// Alert-store reads running at once. Reads are CPU-bound: with one blocking thread per
     /// request, 50 clients time-sliced 50 reads over two cores (and opened a connection for
     /// every read beyond the pool), so every page took as long as the slowest; queued in
@@ -59,8 +69,18 @@ fn read_slot_count() -> usize {
 const READER_POOL: usize = 16;
 
 impl ApiState {
-    pub fn new(data: PathBuf, keys: KeyStore, kafka: Option<Arc<KafkaMetrics>>) -> Self {
+    /// State for `data` with the default SQL pool (workers started from this executable)
+    /// and a disk prober that wants `min_free` bytes free.
+    pub fn new(
+        data: PathBuf,
+        keys: KeyStore,
+        kafka: Option<Arc<KafkaMetrics>>,
+        pool: PoolOptions,
+        min_free: u64,
+    ) -> Self {
         Self {
+            sql: SqlPool::new(pool),
+            disk: Arc::new(DiskHealth::new(data.clone(), min_free)),
             data,
             keys,
             kafka,
@@ -71,13 +91,14 @@ impl ApiState {
             requests: Mutex::new(BTreeMap::new()),
             denied: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
+            reader_generation: AtomicU64::new(0),
             read_slots: Arc::new(tokio::sync::Semaphore::new(read_slot_count())),
         }
     }
 
     /// Runs `f` on a pooled read-only alert-store connection, off the async workers.
     /// `Ok(None)`: there is no alert store yet.
-    pub(crate) async fn read_alerts<T, F>(self: &Arc<Self>, f: F) -> Result<Option<T>, Response>
+    pub(crate) async fn read_alerts<T, F>(self: &Arc<Self>, f: F) -> Result<Option<T>, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&AlertStore) -> Result<T, AlertStoreError> + Send + 'static,
@@ -86,52 +107,66 @@ impl ApiState {
         let slot = self.read_slots.clone().acquire_owned().await;
         let r = tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let generation = s.reader_generation.load(Ordering::Acquire);
             let pooled = s.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let store = match pooled {
-                Some(st) => st,
-                None => match AlertStore::open_read_only(&s.data)? {
+                Some((g, st)) if g == generation => st,
+                _ => match AlertStore::open_read_only(&s.data)? {
                     Some(st) => st,
                     None => return Ok(None),
                 },
             };
             let out = f(&store);
             let mut pool = s.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < READER_POOL {
-                pool.push(store);
+            if pool.len() < READER_POOL && s.reader_generation.load(Ordering::Acquire) == generation
+            {
+                pool.push((generation, store));
             }
             out.map(Some)
         })
-        .await;
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("alert store: {e}"),
-            )),
-            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        }
+        .await?;
+        Ok(r?)
     }
 
-    /// Runs `f` on a read-write alert-store connection, off the async workers.
-    pub(crate) async fn write_alerts<T, F>(self: &Arc<Self>, f: F) -> Result<T, Response>
+    /// Runs `f` on a read-write alert-store connection, off the async workers. A write the
+    /// disk refuses marks the disk (`/readyz`) and answers 503.
+    pub(crate) async fn write_alerts<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&AlertStore) -> Result<T, AlertStoreError> + Send + 'static,
+        F: Fn(&AlertStore) -> Result<T, AlertStoreError> + Send + 'static,
     {
-        let data = self.data.clone();
-        let r = tokio::task::spawn_blocking(move || f(&AlertStore::open(&data)?)).await;
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(AlertStoreError::NoSuchAlert(_))) => {
-                Err(error(StatusCode::NOT_FOUND, "no such alert"))
+        let s = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let first = f_once(&s.data, &f);
+            match first {
+                // The disk may take writes again while connections opened when it did not are
+                // still pooled: close them and try once more.
+                Err(AlertStoreError::Sql(ref e))
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) =>
+                {
+                    s.reader_generation.fetch_add(1, Ordering::AcqRel);
+                    s.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    f_once(&s.data, &f)
+                }
+                other => other,
             }
-            Ok(Err(e)) => Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("alert store: {e}"),
-            )),
-            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        })
+        .await?;
+        if let Err(AlertStoreError::Sql(e)) = &r
+            && crate::error::is_disk_refusal(e)
+        {
+            self.disk.write_failed("the alert store", e);
         }
+        Ok(r?)
     }
+}
+
+/// Opens the alert store for writing and runs `f` on it.
+fn f_once<T>(
+    data: &std::path::Path,
+    f: &impl Fn(&AlertStore) -> Result<T, AlertStoreError>,
+) -> Result<T, AlertStoreError> {
+    f(&AlertStore::open(data)?)
 }
 
 /// A per-sink metric: name, type, help, and how to read it.
@@ -144,8 +179,31 @@ type SinkFamily = (
 
 pub type Shared = Arc<ApiState>;
 
+/// An error answer with a message for the client (see [`ApiError`] for internal failures).
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({"error": msg.into()}))).into_response()
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "error",
+    };
+    ApiError::new(status, code, msg).into_response()
+}
+
+/// The token of an `Authorization` header: the scheme is matched without regard to case
+/// (RFC 9110), the token as sent.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The caller, put into request extensions by the auth layer.
@@ -160,13 +218,17 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let route = req.uri().path().to_owned();
+    // A low-cardinality label for metrics: the route as declared, IDs as `{id}`.
+    let family = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| route.clone(), |m| m.as_str().to_owned());
     let method = req.method().clone();
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(token) = token else {
         state.denied.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%method, route, "api.unauthenticated");
@@ -187,8 +249,8 @@ async fn authenticate(
             return error(StatusCode::UNAUTHORIZED, "unknown or revoked API key");
         }
         Err(e) => {
-            tracing::error!(error = %e, "api.key_store_failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "key store unavailable");
+            return ApiError::unavailable("the key store cannot be read now; retry shortly", e)
+                .into_response();
         }
     };
     if role < need {
@@ -213,25 +275,9 @@ async fn authenticate(
         .requests
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry((route_family(&route), status))
+        .entry((family, status))
         .or_default() += 1;
     resp
-}
-
-/// A low-cardinality label for a path: IDs are replaced by `{id}` / `{name}`.
-fn route_family(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').collect();
-    match parts.as_slice() {
-        ["", "api", "v1", "alerts", _, "events"] => "/api/v1/alerts/{id}/events".into(),
-        ["", "api", "v1", "alerts", _] => "/api/v1/alerts/{id}".into(),
-        ["", "api", "v1", "rules", _] => "/api/v1/rules/{id}".into(),
-        ["", "api", "v1", "keys", _] => "/api/v1/keys/{name}".into(),
-        ["", "api", "v1", "reports", _] => "/api/v1/reports/{id}".into(),
-        ["", "api", "v1", "sinks", _, rest @ ..] => {
-            format!("/api/v1/sinks/{{name}}/{}", rest.join("/"))
-        }
-        _ => path.to_owned(),
-    }
 }
 
 /// The router: probes and the OpenAPI document open; reading for `reader`, triage and SQL
@@ -284,24 +330,29 @@ pub fn router(state: Shared) -> Router {
         .merge(reader)
         .merge(analyst)
         .merge(admin)
+        .layer(middleware::from_fn(crate::error::request_ids))
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Shared,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 async fn ready(State(s): State<Shared>) -> Response {
-    match s.read_alerts(|st| st.head_seq()).await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "alert store unavailable"),
+    let mut reasons = Vec::new();
+    if let Disk::Refusing(r) = s.disk.state() {
+        reasons.push(r);
+    }
+    if let Some(e) = s.kafka.as_ref().and_then(|k| k.store_error()) {
+        reasons.push(format!("the Kafka source cannot store its batches: {e}"));
+    }
+    if s.read_alerts(|st| st.head_seq()).await.is_err() {
+        reasons.push("the alert store cannot be read".to_owned());
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reasons": reasons})),
+        )
+            .into_response()
     }
 }
 
@@ -319,6 +370,47 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "# TYPE kvwatch_http_denied_total counter\nkvwatch_http_denied_total {}",
         s.denied.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP kvwatch_disk_writable 1 while the data directory takes writes\n# TYPE kvwatch_disk_writable gauge\nkvwatch_disk_writable {}",
+        i64::from(s.disk.state() == Disk::Writable)
+    );
+    let m = &s.sql.metrics;
+    for (name, v, help) in [
+        ("sql_queries_total", &m.queries, "analyst queries received"),
+        ("sql_failed_total", &m.failed, "queries refused or failed"),
+        (
+            "sql_timeouts_total",
+            &m.timeouts,
+            "queries cancelled at the deadline",
+        ),
+        (
+            "sql_memory_limited_total",
+            &m.memory_limited,
+            "queries stopped at the memory limit",
+        ),
+        (
+            "sql_worker_crashes_total",
+            &m.crashed,
+            "workers that ended without an answer",
+        ),
+        (
+            "sql_busy_total",
+            &m.busy,
+            "queries refused because every worker was busy",
+        ),
+        (
+            "sql_workers_started_total",
+            &m.spawned,
+            "worker processes started",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP kvwatch_{name} {help}\n# TYPE kvwatch_{name} counter\nkvwatch_{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
     if let Some(k) = &s.kafka {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for (name, v, help) in [
@@ -356,6 +448,16 @@ async fn metrics(State(s): State<Shared>) -> Response {
                 "messages missing from the log",
             ),
             ("kafka_errors_total", g(&k.kafka_errors), "client errors"),
+            (
+                "kafka_store_stalled",
+                g(&k.store_stalled),
+                "1 while the store refuses batches",
+            ),
+            (
+                "kafka_store_retries_total",
+                g(&k.store_retries),
+                "batches tried again after the store refused them",
+            ),
             (
                 "kafka_last_batch_latency_ms",
                 g(&k.last_batch_latency_ms),

@@ -13,6 +13,8 @@ pub struct Config {
     pub data: Option<PathBuf>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: Option<String>,
+    /// Log line format: `text` or `json`.
+    pub log_format: Option<String>,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
@@ -96,6 +98,20 @@ pub struct ApiConfig {
     pub sql_timeout_secs: Option<u64>,
     /// Memory an analyst query may hold, in MiB.
     pub sql_memory_mb: Option<usize>,
+    /// Result bytes an analyst query returns at most, in MiB.
+    pub sql_max_result_mb: Option<usize>,
+    /// Deepest expression nesting (and most UNION terms) of an analyst query.
+    pub sql_max_depth: Option<usize>,
+    /// Analyst queries that run at once, each in its own worker process.
+    pub sql_workers: Option<usize>,
+    /// Open connections at most; more are answered 503.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's header (also the keep-alive idle limit).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay silent while no request is being handled.
+    pub idle_timeout_secs: Option<u64>,
+    /// Free disk space, in MiB, below which the service reports not ready.
+    pub min_free_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

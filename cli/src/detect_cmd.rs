@@ -290,7 +290,7 @@ pub async fn follow(
 ) -> Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
     let rules = load_rules(cfg, &a.source, true).await?;
-    let mut store = alert_store(data, cfg, a.max_evidence)?;
+    let mut store = Some(alert_store(data, cfg, a.max_evidence)?);
     let interval = a.interval.or(cfg.detect.interval_secs).unwrap_or(30).max(1);
     let models = (!a.no_models).then_some(&cfg.models);
     loop {
@@ -304,7 +304,21 @@ pub async fn follow(
                 ..Default::default()
             }
         } else {
-            match incremental(data, &rules, models, &mut store, &mut progress(true)).await {
+            // A store opened while the disk refused writes is read-only; it is dropped before
+            // opening anew (SQLite would otherwise keep the new one read-only too).
+            if store.as_ref().is_none_or(|s| s.is_read_only()) {
+                drop(store.take());
+                store = alert_store(data, cfg, a.max_evidence)
+                    .inspect_err(|e| tracing::warn!(error = %e, "detect.alert_store_unavailable"))
+                    .ok();
+            }
+            let pass = match store.as_mut() {
+                Some(st) => incremental(data, &rules, models, st, &mut progress(true))
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the alert store could not be opened".to_owned()),
+            };
+            match pass {
                 Ok(r) => {
                     metrics.passes.fetch_add(1, Relaxed);
                     metrics.created.fetch_add(r.totals.created, Relaxed);

@@ -7,12 +7,13 @@ mod kafka_cmd;
 mod output;
 mod report_cmd;
 mod serve_cmd;
+mod sql_cmd;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use config::Config;
 use kvwatch_ingest::files::{IngestOptions, IngestReport, Progress, expand};
-use kvwatch_ingest::{StoreWriter, WriteOptions, query};
+use kvwatch_ingest::{StoreWriter, WriteOptions};
 use output::{Format, kv_table, thousands};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -34,6 +35,10 @@ struct Cli {
     /// Log filter, e.g. `info` or `kvwatch_ingest=debug` [default: warn].
     #[arg(long, global = true, env = "KVWATCH_LOG")]
     log: Option<String>,
+    /// Log line format: `text` (key=value, control characters escaped) or `json` (one object
+    /// per line) [default: text].
+    #[arg(long, global = true, env = "KVWATCH_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -59,9 +64,9 @@ enum Cmd {
     /// Compliance and blast-radius reports (HTML with charts, CSV or JSON); every number comes
     /// with the SQL that reproduces it.
     Report(report_cmd::ReportArgs),
-    /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts`, `alert_history` and
-    /// `azure_diagnostics`.
-    Query(QueryArgs),
+    /// Run read-only SQL over `events`, `activity`, `quarantine`, `alerts`, `alert_history`,
+    /// `azure_diagnostics` and `information_schema`.
+    Query(sql_cmd::QueryArgs),
     /// Evaluate the detection rules: new data since the last run, a --from/--to range, or --follow.
     Detect(detect_cmd::DetectArgs),
     /// List alerts (table, JSON, or OCSF Detection Findings).
@@ -79,6 +84,16 @@ enum Cmd {
     Eval(EvalArgs),
     /// Generate a week of traffic with attacks, ingest it, and summarise what kvwatch sees.
     Demo(DemoArgs),
+    /// Internal: a worker process of the analyst-SQL pool (started by `serve` and `query`).
+    #[command(hide = true)]
+    SqlWorker,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -261,14 +276,6 @@ struct IngestArgs {
 }
 
 #[derive(Args)]
-struct QueryArgs {
-    /// The SQL query (SELECT only).
-    sql: String,
-    #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
-    format: Format,
-}
-
-#[derive(Args)]
 struct CompactArgs {
     #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
     format: Format,
@@ -287,20 +294,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colour only for people: log files and collectors get plain `key=value` text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // JSON escapes every string by itself.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Colour only for people: log files and collectors get plain `key=value` text, with
+        // control characters in values escaped so that no value (a statement, a name from
+        // the logs) can start a line that looks like one of ours.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(output::escaped_fields())
+            .try_init(),
+    };
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::SqlWorker = cli.cmd {
+        // Started by the query pool with the data directory; no config file, logs to stderr
+        // (which the parent reads).
+        init_logging(cli.log.as_deref().unwrap_or("warn"), LogFormat::Text);
+        let data = cli
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("kvwatch-data"));
+        return Ok(sql_cmd::cmd_sql_worker(&data));
+    }
     let cfg = config::load(cli.config.as_deref())?;
-    init_logging(cli.log.as_deref().or(cfg.log.as_deref()).unwrap_or("warn"));
+    let log_format = match (cli.log_format, cfg.log_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, None | Some("text")) => LogFormat::Text,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some(other)) => bail!("config log_format {other:?}: text or json"),
+    };
+    init_logging(
+        cli.log.as_deref().or(cfg.log.as_deref()).unwrap_or("warn"),
+        log_format,
+    );
     let data = cli
         .data
         .clone()
@@ -322,7 +356,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", kvwatch_api::handlers::openapi_json());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Query(a) => rt.block_on(cmd_query(&data, a)),
+        Cmd::Query(a) => rt.block_on(sql_cmd::cmd_query(&data, &cfg, a)),
         Cmd::Detect(a) => rt.block_on(detect_cmd::cmd_detect(&data, &cfg, a)),
         Cmd::Alerts(a) => detect_cmd::cmd_alerts(&data, a),
         Cmd::Alert(a) => detect_cmd::cmd_alert(&data, a),
@@ -331,6 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Eval(a) => rt.block_on(cmd_eval(&data, a)),
         Cmd::Demo(a) => rt.block_on(demo::run(&data, &cfg, a)),
+        Cmd::SqlWorker => unreachable!("dispatched before the config is read"),
     }
 }
 
@@ -463,23 +498,6 @@ fn print_ingest_report(
         )?;
     }
     Ok(())
-}
-
-async fn cmd_query(data: &std::path::Path, a: QueryArgs) -> Result<ExitCode> {
-    if !data.join(kvwatch_ingest::store::MANIFEST).exists() && !data.exists() {
-        bail!(
-            "no event store at {} (run `kvwatch ingest` first, or pass --data)",
-            data.display()
-        );
-    }
-    let ctx = query::open_session(data).await?;
-    kvwatch_detect::table::register_alerts(&ctx, data)?;
-    kvwatch_detect::table::register_alert_history(&ctx, data)?;
-    let df = query::read_only_sql(&ctx, &a.sql).await?;
-    let batches = df.collect().await?;
-    let mut out = std::io::stdout().lock();
-    output::write_batches(&mut out, &batches, a.format)?;
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn cmd_compact(data: &std::path::Path, cfg: &Config, a: CompactArgs) -> Result<ExitCode> {

@@ -9,7 +9,6 @@ use crate::output::Format;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kvwatch_api::forward;
-use kvwatch_api::sql::SqlLimits;
 use kvwatch_ingest::kafka::Metrics;
 use std::io::Write;
 use std::path::Path;
@@ -23,15 +22,22 @@ pub struct ServeArgs {
     /// Address of the HTTP API [default: 127.0.0.1:8080].
     #[arg(long, env = "KVWATCH_LISTEN")]
     listen: Option<String>,
-    /// Rows an analyst query (`POST /api/v1/query`) returns at most [default: 10000].
-    #[arg(long, env = "KVWATCH_SQL_MAX_ROWS")]
-    sql_max_rows: Option<usize>,
-    /// Seconds an analyst query may run [default: 30].
-    #[arg(long, env = "KVWATCH_SQL_TIMEOUT_SECS")]
-    sql_timeout_secs: Option<u64>,
-    /// Memory an analyst query may hold, in MiB [default: 1024].
-    #[arg(long, env = "KVWATCH_SQL_MEMORY_MB")]
-    sql_memory_mb: Option<usize>,
+    #[command(flatten)]
+    sql: crate::sql_cmd::SqlArgs,
+    /// Open connections at most; more are answered 503 at once [default: 512].
+    #[arg(long, env = "KVWATCH_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request's header; also how long a keep-alive
+    /// connection may wait for its next request [default: 10].
+    #[arg(long, env = "KVWATCH_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay silent while none of its requests is being handled
+    /// (e.g. a client that stopped reading its answer) [default: 60].
+    #[arg(long, env = "KVWATCH_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// Free disk space, in MiB, below which the service reports not ready [default: 64].
+    #[arg(long, env = "KVWATCH_MIN_FREE_MB")]
+    min_free_mb: Option<u64>,
     /// Do not run the `[[sinks]]` forwarders of the config file (e.g. on a standby node).
     #[arg(long, env = "KVWATCH_NO_FORWARD")]
     no_forward: bool,
@@ -80,34 +86,38 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         );
     }
     eprintln!("serve: API on http://{}", listener.local_addr()?);
+    let min_free = a.min_free_mb.or(cfg.api.min_free_mb).unwrap_or(64) << 20;
     let mut state = kvwatch_api::ApiState::new(
         data.to_owned(),
         keys,
         a.consume.configured(&cfg.kafka).then(|| metrics.clone()),
+        a.sql.pool(cfg, data)?,
+        min_free,
     );
+    let d = kvwatch_api::ConnLimits::default();
+    let conn_limits = kvwatch_api::ConnLimits {
+        max_connections: a
+            .max_connections
+            .or(cfg.api.max_connections)
+            .unwrap_or(d.max_connections)
+            .max(1),
+        header_read_timeout: a
+            .header_read_timeout_secs
+            .or(cfg.api.header_read_timeout_secs)
+            .map(|s| Duration::from_secs(s.max(1)))
+            .unwrap_or(d.header_read_timeout),
+        idle_timeout: a
+            .idle_timeout_secs
+            .or(cfg.api.idle_timeout_secs)
+            .map(|s| Duration::from_secs(s.max(1)))
+            .unwrap_or(d.idle_timeout),
+    };
     state.rules = detect_cmd::load_rules(cfg, &a.detect.source, true)
         .await?
         .iter()
         .map(|r| r.detail())
         .collect();
-    let d = SqlLimits::default();
-    state.sql_limits = SqlLimits {
-        max_rows: a
-            .sql_max_rows
-            .or(cfg.api.sql_max_rows)
-            .unwrap_or(d.max_rows)
-            .max(1),
-        timeout: a
-            .sql_timeout_secs
-            .or(cfg.api.sql_timeout_secs)
-            .map(Duration::from_secs)
-            .unwrap_or(d.timeout),
-        memory_bytes: a
-            .sql_memory_mb
-            .or(cfg.api.sql_memory_mb)
-            .map(|m| m.max(16) << 20)
-            .unwrap_or(d.memory_bytes),
-    };
+    state.sql_limits = a.sql.limits(cfg);
     let mut forwarders = Vec::new();
     for sink in sinks {
         let status = Arc::new(forward::SinkStatus::new(&sink));
@@ -142,10 +152,29 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     let pass_metrics = Arc::new(kvwatch_detect::run::PassMetrics::default());
     state.detect = Some(pass_metrics.clone());
     let state = Arc::new(state);
+    state.disk.probe();
+    let prober = {
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let stopped = async {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            state.disk.run(Duration::from_secs(5), stopped).await;
+        })
+    };
+    let pool = state.sql.clone();
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(kvwatch_api::serve(listener, state, async move {
-        let _ = api_stopped.await;
-    }));
+    let api = tokio::spawn(kvwatch_api::serve(
+        listener,
+        state,
+        async move {
+            let _ = api_stopped.await;
+        },
+        conn_limits,
+    ));
     let consumer = if a.consume.configured(&cfg.kafka) {
         let opts = a.consume.options(&cfg.kafka)?;
         Some(spawn_consumer(
@@ -166,8 +195,11 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     })
     .await;
     stop.store(true, Ordering::Relaxed);
+    // Running analyst queries end now rather than hold the shutdown for their timeout.
+    pool.close();
     let _ = api_stop.send(());
     api.await?.context("HTTP API")?;
+    let _ = prober.await;
     if let Some(t) = scheduler {
         let _ = t.await;
     }
