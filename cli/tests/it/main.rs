@@ -5,6 +5,7 @@ mod api;
 mod common;
 mod detect;
 mod generate;
+mod hardening;
 mod ingest;
 mod kafka;
 mod query;
