@@ -16,9 +16,10 @@ pub mod store;
 pub mod table;
 pub mod udf;
 
+pub use alert::Severity;
 pub use alert::{Alert, Occurrence, Principal, Status};
 pub use engine::{Engine, EngineError};
-pub use rule::{Param, Rule, RuleError, Severity};
+pub use rule::{Param, Rule, RuleError};
 pub use store::{
     AlertCounts, AlertFilter, AlertSort, AlertStore, AlertStoreError, AlertUpdate, ApplyStats,
     DeadLetter, HistoryEntry,

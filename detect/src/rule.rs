@@ -7,8 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::alert::Severity;
 
 /// Errors from loading, rendering or planning rules.
 #[derive(Debug, thiserror::Error)]
@@ -34,75 +35,6 @@ pub enum RuleError {
     Unknown(String),
     #[error("rule {rule}: unknown parameter {param} in the configuration")]
     UnknownParam { rule: String, param: String },
-}
-
-/// Alert severity, ordered from least to most severe.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Informational,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 5] = [
-        Severity::Informational,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Informational => "informational",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    /// Parses a severity name; `info` is accepted for `informational`.
-    pub fn parse(s: &str) -> Option<Severity> {
-        let s = s.trim().to_ascii_lowercase();
-        if s == "info" {
-            return Some(Severity::Informational);
-        }
-        Severity::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// OCSF `severity_id`.
-    pub fn ocsf_id(self) -> u8 {
-        match self {
-            Severity::Informational => 1,
-            Severity::Low => 2,
-            Severity::Medium => 3,
-            Severity::High => 4,
-            Severity::Critical => 5,
-        }
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A duration written `30s`, `10m`, `1h` or `14d`.

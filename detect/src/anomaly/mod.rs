@@ -104,7 +104,7 @@ fn judge_day(b: &mut Baselines, cfg: &ModelConfig, day: i32) -> Vec<Occurrence> 
             first_seen: window_start,
             last_seen: window_start + 24 * HOUR_NS - 1,
             event_count: actual as i64,
-            severity: crate::rule::Severity::Low,
+            severity: crate::alert::Severity::Low,
             summary: format!(
                 "{ip_name} made {actual} secret/key/vault reads on {} vs {:.0} expected from its {}-day trend (score {:.1})",
                 &kvwatch_ingest::time::format_ns(window_start)[..10],

@@ -3,8 +3,8 @@
 
 use super::baseline::{Baselines, HOUR_NS, Principal, Series, hour_of_week, known, touch};
 use super::stats::{Moments, surprise, upper_tail};
+use crate::alert::Severity;
 use crate::alert::{Occurrence, Principal as AlertPrincipal};
-use crate::rule::Severity;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
