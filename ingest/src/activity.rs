@@ -6,8 +6,9 @@
 //! (`claims`, `caller`, `status.value`, `eventTimestamp`). Volume is low, so this path favours
 //! clarity over speed and works on `serde_json::Value`.
 
-use crate::audit::{RecordError, hex16};
 use crate::derive::parse_resource_id;
+use crate::ids::hex16;
+use crate::record::RecordError;
 use crate::time::parse_timestamp_ns;
 use serde_json::{Map, Value};
 

@@ -6,8 +6,10 @@
 //! `VaultPut`/`VaultPatch`. Whatever is not mapped to a column is kept as JSON text.
 
 use crate::derive::{self, ObjectRef};
+use crate::ids::{decimal, hex16};
 use crate::json::{self, FieldError, Raw, RawObject, opt_bool, opt_i64, opt_str};
 use crate::memo::Memo;
+pub use crate::record::RecordError;
 use crate::time::parse_timestamp_ns;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -69,19 +71,6 @@ pub struct EventRow<'a> {
     pub properties: Option<String>,
     /// `idtyp` claim, used only to derive `principal_type`.
     pub claims_idtyp: Option<String>,
-}
-
-/// Why a record could not become an event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
-    #[error("{0}")]
-    Field(#[from] FieldError),
-    #[error("missing required field `{0}`")]
-    Missing(&'static str),
-    #[error("invalid time {0:?}")]
-    BadTime(String),
-    #[error("`{field}` is not valid JSON: {msg}")]
-    Nested { field: &'static str, msg: String },
 }
 
 /// Normalises a record already split into fields (see [`RawObject`]).
@@ -578,7 +567,7 @@ fn event_id(row: &EventRow<'_>) -> String {
     }
     fn put_int(key: &mut Vec<u8>, v: i64) {
         let mut digits = [0u8; 20];
-        let d = crate::parse::decimal(v.unsigned_abs(), &mut digits);
+        let d = decimal(v.unsigned_abs(), &mut digits);
         let neg = usize::from(v < 0);
         key.extend_from_slice(&((d.len() + neg) as u32).to_le_bytes());
         if neg == 1 {
@@ -606,17 +595,6 @@ fn event_id(row: &EventRow<'_>) -> String {
         put(key, b(row.principal_oid.as_deref()));
         hex16(blake3::hash(key).as_bytes())
     })
-}
-
-/// First 16 bytes of a hash as 32 lower-case hex characters.
-pub fn hex16(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for &b in &bytes[..16] {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -298,7 +298,7 @@ pub fn push_quarantine(c: &mut Columns, source: &str, reason: &str, raw: &str, r
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    let id = crate::audit::hex16(h.finalize().as_bytes());
+    let id = crate::ids::hex16(h.finalize().as_bytes());
     c.row(|w| {
         w.s(Some(&id))
             .ts(received_at)

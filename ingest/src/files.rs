@@ -6,6 +6,8 @@ use crate::batch::{
     quarantine_columns,
 };
 use crate::framing::{DEFAULT_MAX_FRAME, Framer};
+pub use crate::gzip::{Damage, Salvage};
+pub use crate::parse::parse_stream;
 use crate::parse::{ParseCounts, Parser, RowSink};
 use crate::schema::Table;
 use crate::store::{StoreError, StoreWriter, WriteStats, now_nanos};
@@ -130,62 +132,6 @@ impl Opened {
     /// been read to its end.
     pub fn into_parts(self) -> (Box<dyn BufRead + Send>, Option<Damage>) {
         (self.reader, self.damage)
-    }
-}
-
-/// Where a [`Salvage`] reader leaves the error that ended its stream.
-#[derive(Clone, Default)]
-pub struct Damage(Arc<std::sync::Mutex<Option<String>>>);
-
-impl Damage {
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// A decompressor whose stream may be damaged (truncated, a bad CRC, trailing garbage): it
-/// hands out everything decompressed before the damage and then ends, keeping the error in
-/// [`Damage`]. The records before the break are parsed like any others, and the break itself
-/// becomes one quarantine row, instead of the whole file failing.
-pub struct Salvage<R> {
-    inner: R,
-    out: u64,
-    damage: Damage,
-}
-
-impl<R> Salvage<R> {
-    pub fn new(inner: R) -> (Self, Damage) {
-        let damage = Damage::default();
-        (
-            Self {
-                inner,
-                out: 0,
-                damage: damage.clone(),
-            },
-            damage,
-        )
-    }
-}
-
-impl<R: Read> Read for Salvage<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.damage.get().is_some() {
-            return Ok(0);
-        }
-        match self.inner.read(buf) {
-            Ok(n) => {
-                self.out += n as u64;
-                Ok(n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
-            Err(e) => {
-                *self.damage.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                    "damaged gzip stream after {} decompressed bytes: {e}; what followed could not be read",
-                    self.out
-                ));
-                Ok(0)
-            }
-        }
     }
 }
 
@@ -726,22 +672,6 @@ fn count_lines(r: &mut impl BufRead) -> u64 {
         r.consume(len);
     }
     n
-}
-
-/// Parses one readable stream into a sink. Used by the file pipeline and by other sources
-/// (Kafka messages) that hand over bytes.
-pub fn parse_stream<S: RowSink>(
-    reader: impl BufRead,
-    origin: &str,
-    sink: &mut S,
-    max_frame: usize,
-) -> io::Result<ParseCounts> {
-    let mut framer = Framer::with_max(reader, max_frame);
-    let mut parser = Parser::new(sink, origin);
-    while let Some(frame) = framer.next_frame()? {
-        parser.frame(&frame);
-    }
-    Ok(parser.counts)
 }
 
 /// Ingests inputs into the store and commits. Parsing runs on helper threads while this

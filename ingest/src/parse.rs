@@ -3,7 +3,8 @@
 
 use crate::activity::{self, ActivityRow};
 use crate::audit::{self, EventRow};
-use crate::framing::Frame;
+use crate::framing::{Frame, Framer};
+use crate::ids::decimal;
 use crate::json::{self, Raw, RawObject};
 use crate::scan::{Top, TopValues};
 use serde::Serialize;
@@ -39,21 +40,6 @@ impl ParseCounts {
         self.other_category += o.other_category;
         self.bytes += o.bytes;
     }
-}
-
-/// `n` in decimal, written into `buf`: the source label and the event ID's key write numbers
-/// for every record, and `fmt` machinery costs more than the digits.
-pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 /// Largest raw sample kept for an oversized input.
@@ -322,6 +308,22 @@ impl<'s, S: RowSink> Parser<'s, S> {
         };
         self.quarantine(&reason, raw);
     }
+}
+
+/// Parses one readable stream into a sink. Used by the file pipeline and by other sources
+/// (Kafka messages) that hand over bytes.
+pub fn parse_stream<S: RowSink>(
+    reader: impl std::io::BufRead,
+    origin: &str,
+    sink: &mut S,
+    max_frame: usize,
+) -> std::io::Result<ParseCounts> {
+    let mut framer = Framer::with_max(reader, max_frame);
+    let mut parser = Parser::new(sink, origin);
+    while let Some(frame) = framer.next_frame()? {
+        parser.frame(&frame);
+    }
+    Ok(parser.counts)
 }
 
 #[cfg(test)]

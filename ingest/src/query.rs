@@ -7,90 +7,12 @@
 
 use crate::schema::Table;
 use crate::store::{Result, read_manifest};
+pub use crate::tables::{cast_to_schema, register_files, register_sorted_files};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, col};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-/// Registers `paths` (Parquet files of `table`'s schema) as `name` for queries.
-///
-/// The files are sorted by time, but the table does not say so: with a declared order
-/// DataFusion aggregates anything grouped by a time bucket in order, merging the (time-disjoint)
-/// file groups into one stream, so the scan runs on one core. Queries that need time order sort;
-/// the store's own merge, which only streams files in order, uses [`register_sorted_files`].
-pub fn register_files(
-    ctx: &SessionContext,
-    name: &str,
-    table: Table,
-    paths: &[PathBuf],
-) -> Result<()> {
-    register(ctx, name, table, paths, false)
-}
-
-/// Registers `paths` as `name`, declaring that every file is sorted by time.
-pub fn register_sorted_files(
-    ctx: &SessionContext,
-    name: &str,
-    table: Table,
-    paths: &[PathBuf],
-) -> Result<()> {
-    register(ctx, name, table, paths, true)
-}
-
-fn register(
-    ctx: &SessionContext,
-    name: &str,
-    table: Table,
-    paths: &[PathBuf],
-    sorted: bool,
-) -> Result<()> {
-    let schema = table.schema();
-    if paths.is_empty() {
-        let empty = MemTable::try_new(schema.clone(), vec![vec![]])?;
-        ctx.register_table(name, Arc::new(empty))?;
-        return Ok(());
-    }
-    let urls = paths
-        .iter()
-        .map(|p| {
-            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            ListingTableUrl::parse(abs.to_string_lossy())
-        })
-        .collect::<datafusion::error::Result<Vec<_>>>()?;
-    let mut opts =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    if sorted {
-        opts = opts.with_file_sort_order(vec![vec![col(table.time_column()).sort(true, false)]]);
-    }
-    let cfg = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(opts)
-        .with_schema(schema);
-    ctx.register_table(name, Arc::new(ListingTable::try_new(cfg)?))?;
-    Ok(())
-}
-
-/// Casts a batch's columns to `schema` (Parquet reads strings back as views).
-pub fn cast_to_schema(
-    b: &RecordBatch,
-    schema: &SchemaRef,
-) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    let cols = b
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| cast(c, f.data_type()))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), cols)
-}
 
 /// Record batches as one JSON array of objects keyed by column name, nulls explicit (`[]`
 /// for no rows): the one JSON shape of query results in the CLI, the API and reports.
@@ -156,9 +78,15 @@ pub async fn open_session(root: &Path) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-/// Registers the store's tables and compatibility views on an existing context.
+/// Registers the store's tables and compatibility views on an existing context: the files of
+/// the current manifest, or empty tables (with the same views) when there is no store yet. The
+/// one way every session (analyst SQL, reports, `kvwatch query`) sees the store.
 pub async fn register_store(ctx: &SessionContext, root: &Path) -> Result<()> {
-    let manifest = read_manifest(root)?;
+    let manifest = if root.join(crate::store::MANIFEST).exists() {
+        read_manifest(root)?
+    } else {
+        crate::store::Manifest::default()
+    };
     for t in Table::ALL {
         let paths: Vec<PathBuf> = manifest
             .files(t)

@@ -619,7 +619,7 @@ impl StoreWriter {
         if self.staged.is_empty() && checkpoints.is_empty() && expired.is_empty() {
             return Ok(());
         }
-        crate::kafka::crash_point("store-before-manifest");
+        crate::fault::crash_point("store-before-manifest");
         let mut next = self.manifest.clone();
         next.format = 1;
         next.version += 1;
@@ -752,7 +752,7 @@ impl StoreWriter {
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config(cfg);
         let paths: Vec<PathBuf> = files.iter().map(|f| self.root.join(&f.path)).collect();
-        crate::query::register_sorted_files(&ctx, "merge_input", table, &paths)?;
+        crate::tables::register_sorted_files(&ctx, "merge_input", table, &paths)?;
         let df = ctx
             .sql(&format!(
                 "SELECT * FROM merge_input ORDER BY {} ASC",
@@ -766,7 +766,7 @@ impl StoreWriter {
         while let Some(b) = stream.next().await {
             let b = b?;
             let b = RecordBatch::try_new(table.schema(), b.columns().to_vec())
-                .or_else(|_| crate::query::cast_to_schema(&b, &table.schema()))?;
+                .or_else(|_| crate::tables::cast_to_schema(&b, &table.schema()))?;
             chunk_rows += b.num_rows();
             chunk.push(b);
             if chunk_rows >= self.opts.file_rows {

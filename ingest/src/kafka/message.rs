@@ -3,7 +3,8 @@
 //! The file parser handles all of those; this module adds what is specific to messages: the
 //! size limit, gzip bombs, empty bodies and the source label that names the exact offset.
 
-use crate::files::{Salvage, parse_stream};
+use crate::gzip::Salvage;
+use crate::parse::parse_stream;
 use crate::parse::{ParseCounts, RowSink};
 use flate2::read::MultiGzDecoder;
 use std::io::Read;

@@ -26,6 +26,7 @@ pub use config::{ClientOptions, Property};
 pub use consumer::{ConsumeOptions, ConsumeReport, Metrics, consume};
 pub use publish::{PublishOptions, PublishReport, publish};
 
+pub use crate::fault::crash_point;
 use crate::store::StoreError;
 
 /// Errors of the Kafka source and publisher.
@@ -69,28 +70,6 @@ pub fn stored_positions(
             Some(((topic.to_owned(), part.parse().ok()?), v.as_i64()?))
         })
         .collect()
-}
-
-/// Fault injection for crash tests: when `KVWATCH_TEST_CRASH` is `NAME` or `NAME:N`, the
-/// process aborts (no unwinding, no flushing — like SIGKILL) the N-th time (default first)
-/// it passes the point called `NAME`. Unset in production, where this is one relaxed load.
-pub fn crash_point(name: &str) {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let spec = SPEC.get_or_init(|| {
-        let v = std::env::var("KVWATCH_TEST_CRASH").ok()?;
-        let (n, c) = v.split_once(':').unwrap_or((v.as_str(), "1"));
-        Some((n.to_owned(), c.parse().unwrap_or(1)))
-    });
-    if let Some((n, at)) = spec
-        && n == name
-        && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *at
-    {
-        eprintln!("KVWATCH_TEST_CRASH: aborting at {name}");
-        std::process::abort();
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,86 @@
+//! Parquet files of the store as DataFusion tables: the one place that registers them, for the
+//! store's own merge (compaction), query sessions and the detection engine.
+
+use crate::schema::Table;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{SessionContext, col};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Registers `paths` (Parquet files of `table`'s schema) as `name` for queries.
+///
+/// The files are sorted by time, but the table does not say so: with a declared order
+/// DataFusion aggregates anything grouped by a time bucket in order, merging the (time-disjoint)
+/// file groups into one stream, so the scan runs on one core. Queries that need time order sort;
+/// the store's own merge, which only streams files in order, uses [`register_sorted_files`].
+pub fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    table: Table,
+    paths: &[PathBuf],
+) -> datafusion::error::Result<()> {
+    register(ctx, name, table, paths, false)
+}
+
+/// Registers `paths` as `name`, declaring that every file is sorted by time.
+pub fn register_sorted_files(
+    ctx: &SessionContext,
+    name: &str,
+    table: Table,
+    paths: &[PathBuf],
+) -> datafusion::error::Result<()> {
+    register(ctx, name, table, paths, true)
+}
+
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: Table,
+    paths: &[PathBuf],
+    sorted: bool,
+) -> datafusion::error::Result<()> {
+    let schema = table.schema();
+    if paths.is_empty() {
+        let empty = MemTable::try_new(schema.clone(), vec![vec![]])?;
+        ctx.register_table(name, Arc::new(empty))?;
+        return Ok(());
+    }
+    let urls = paths
+        .iter()
+        .map(|p| {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            ListingTableUrl::parse(abs.to_string_lossy())
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let mut opts =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if sorted {
+        opts = opts.with_file_sort_order(vec![vec![col(table.time_column()).sort(true, false)]]);
+    }
+    let cfg = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(opts)
+        .with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(cfg)?))?;
+    Ok(())
+}
+
+/// Casts a batch's columns to `schema` (Parquet reads strings back as views).
+pub fn cast_to_schema(
+    b: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let cols = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), cols)
+}
