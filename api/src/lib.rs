@@ -1,7 +1,7 @@
 //! kvwatch-api: the HTTP face of kvwatch. [`auth`] holds API keys (hashed, with roles);
-//! [`server`] is the axum router (health, Prometheus metrics, authentication) and
-//! [`handlers`] the `/api/v1` endpoints with their OpenAPI description; [`error`] the one
-//! error answer and request IDs; [`listen`] accepts connections under limits; [`health`]
+//! [`state`] is what every request shares; [`server`] is the axum router (probes,
+//! authentication) and [`handlers`] the `/api/v1` endpoints with their OpenAPI description,
+//! one module per resource; [`error`] the one error answer and request IDs; [`listen`] accepts connections under limits; [`health`]
 //! watches the disk; [`sql`] runs analyst SQL under guards in worker processes; [`forward`]
 //! pushes alerts to SIEMs from durable cursors.
 
@@ -11,10 +11,13 @@ pub mod forward;
 pub mod handlers;
 pub mod health;
 pub mod listen;
+mod metrics;
 pub mod report;
 pub mod server;
 pub mod sql;
+pub mod state;
 
 pub use auth::{KeyStore, Role};
 pub use listen::{ConnLimits, serve};
-pub use server::{ApiState, router};
+pub use server::router;
+pub use state::{ApiState, Caller, Shared};

@@ -12,7 +12,7 @@
 //!
 //! On shutdown the listener closes at once and open connections finish their requests.
 
-use crate::server::Shared;
+use crate::state::Shared;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};

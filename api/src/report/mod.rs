@@ -557,13 +557,7 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
 /// A session over the store snapshot with the alert tables.
 async fn session(data: &Path) -> Result<SessionContext, ReportError> {
     let ctx = kvwatch_ingest::query::empty_context();
-    if data.join(kvwatch_ingest::store::MANIFEST).exists() {
-        kvwatch_ingest::query::register_store(&ctx, data).await?;
-    } else {
-        for t in kvwatch_ingest::schema::Table::ALL {
-            kvwatch_ingest::query::register_files(&ctx, t.name(), t, &[])?;
-        }
-    }
+    kvwatch_ingest::query::register_store(&ctx, data).await?;
     kvwatch_detect::table::register_alerts(&ctx, data)?;
     kvwatch_detect::table::register_alert_history(&ctx, data)?;
     Ok(ctx)

@@ -35,19 +35,9 @@ async fn session(
         .build();
     let ctx = SessionContext::new_with_state(state);
     kvwatch_ingest::buckets::register(&ctx);
-    if data.join(kvwatch_ingest::store::MANIFEST).exists() {
-        kvwatch_ingest::query::register_store(&ctx, data)
-            .await
-            .map_err(|e| internal(&e))?;
-    } else {
-        for t in kvwatch_ingest::schema::Table::ALL {
-            kvwatch_ingest::query::register_files(&ctx, t.name(), t, &[])
-                .map_err(|e| internal(&e))?;
-        }
-        ctx.sql(kvwatch_ingest::query::AZURE_DIAGNOSTICS_VIEW)
-            .await
-            .map_err(|e| internal(&e))?;
-    }
+    kvwatch_ingest::query::register_store(&ctx, data)
+        .await
+        .map_err(|e| internal(&e))?;
     if tables == Tables::Analyst {
         // Quarantined input is raw and unparsed: it is for operators (`kvwatch query`).
         ctx.deregister_table("quarantine")

@@ -11,3 +11,4 @@ mod kafka;
 mod query;
 mod report;
 mod sinks;
+mod structure;
