@@ -17,10 +17,6 @@ pub fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/samples")
 }
 
-pub fn reference_samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/samples")
-}
-
 pub struct Run {
     pub code: i32,
     pub stdout: String,
