@@ -14,6 +14,7 @@ pub mod listen;
 mod metrics;
 pub mod report;
 pub mod server;
+pub mod service;
 pub mod sql;
 pub mod state;
 

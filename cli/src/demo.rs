@@ -131,7 +131,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
             );
             let data = data.to_owned();
             tokio::task::spawn_blocking(move || {
-                crate::kafka_cmd::round_trip(&data, cfg_store, inputs, &brokers, &topic)
+                kvwatch_ingest::kafka::round_trip(&data, cfg_store, inputs, &brokers, &topic)
             })
             .await??
         }

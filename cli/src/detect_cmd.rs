@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use kvwatch_detect::engine::check_all;
 use kvwatch_detect::fixture::run_fixtures;
-use kvwatch_detect::rule::{Dur, Param, Rule, load_dir, load_embedded};
+use kvwatch_detect::follow::PassOutcome;
+use kvwatch_detect::rule::{self, Dur, Rule, RuleOverride};
 use kvwatch_detect::run::{DetectReport, backfill, incremental};
 use kvwatch_detect::{Alert, AlertFilter, AlertStore, Engine, Severity, Status};
 use kvwatch_ingest::time::{format_ns, parse_timestamp_ns};
@@ -40,6 +41,33 @@ pub struct DetectArgs {
 }
 
 /// Detection settings shared by `detect` and the continuous detection of `serve`.
+impl FollowArgs {
+    /// Prints each detection pass as `detect --follow` does, in the chosen format.
+    pub fn pass_printer(&self, cfg: &Config) -> kvwatch_detect::follow::PassListener {
+        let json = self.format == Format::Json;
+        let interval = self.follow_options(cfg).interval.as_secs();
+        Box::new(move |outcome| print_pass(outcome, json, interval))
+    }
+
+    /// How continuous detection runs, from flags, environment and the config file.
+    pub fn follow_options(&self, cfg: &Config) -> kvwatch_detect::follow::FollowOptions {
+        kvwatch_detect::follow::FollowOptions {
+            interval: std::time::Duration::from_secs(
+                self.interval
+                    .or(cfg.detect.interval_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            models: (!self.no_models).then(|| cfg.models),
+            max_evidence: self
+                .max_evidence
+                .or(cfg.detect.max_evidence)
+                .unwrap_or(1000)
+                .max(1),
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct FollowArgs {
     #[command(flatten)]
@@ -162,37 +190,22 @@ pub async fn load_rules(
     only_enabled: bool,
 ) -> Result<Vec<Rule>> {
     let dir = source.rules.clone().or_else(|| cfg.detect.rules.clone());
-    let mut rules = match &dir {
-        Some(d) => load_dir(d).with_context(|| format!("loading rules from {}", d.display()))?,
-        None => load_embedded().context("loading the built-in rule pack")?,
-    };
-    let known: Vec<String> = rules.iter().map(|r| r.id().to_owned()).collect();
-    for id in cfg.rules.keys() {
-        if !known.contains(id) {
-            bail!("configuration names rule {id:?}, which is not in the rule pack");
-        }
-    }
-    for r in &mut rules {
-        if let Some(rc) = cfg.rules.get(r.id()) {
-            let mut params = BTreeMap::new();
-            for (k, v) in &rc.params {
-                let p = Param::from_toml(v).with_context(|| {
-                    format!(
-                        "rule {}: parameter {k} must be a number, boolean, string or list",
-                        r.id()
-                    )
-                })?;
-                params.insert(k.clone(), p);
-            }
-            r.set_params(&params)?;
-            if let Some(e) = rc.enabled {
-                r.doc.enabled = e;
-            }
-        }
-    }
-    if only_enabled {
-        rules.retain(|r| r.doc.enabled);
-    }
+    let mut rules = rule::load(dir.as_deref()).with_context(|| match &dir {
+        Some(d) => format!("loading rules from {}", d.display()),
+        None => "loading the built-in rule pack".to_owned(),
+    })?;
+    let overrides: BTreeMap<String, RuleOverride> = cfg
+        .rules
+        .iter()
+        .map(|(id, rc)| {
+            let o = RuleOverride {
+                enabled: rc.enabled,
+                params: rc.params.clone(),
+            };
+            (id.clone(), o)
+        })
+        .collect();
+    rule::apply_overrides(&mut rules, &overrides, only_enabled)?;
     check_all(&rules).await?;
     Ok(rules)
 }
@@ -230,9 +243,15 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
         if a.from.is_some() || a.to.is_some() {
             bail!("--follow evaluates new data as it arrives; it does not take --from/--to");
         }
-        let mut shutdown = Shutdown::new()?;
+        let shutdown = crate::shutdown_on_signal()?;
+        let rules = load_rules(cfg, &a.common.source, true).await?;
         let metrics = kvwatch_detect::run::PassMetrics::default();
-        follow(data, cfg, &a.common, &mut shutdown, &metrics, || false).await?;
+        let opts = a.common.follow_options(cfg);
+        let mut print = a.common.pass_printer(cfg);
+        kvwatch_detect::follow::follow(data, &rules, &opts, &metrics, &shutdown, |outcome| {
+            print(outcome)
+        })
+        .await;
         return Ok(ExitCode::SUCCESS);
     }
     let c = &a.common;
@@ -276,127 +295,24 @@ pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// Continuous detection: an incremental pass every interval until SIGINT/SIGTERM, or until
-/// `stop_early` says so (checked between passes). The caller registers `shutdown` first thing,
-/// so a signal during start-up or a pass is kept until the pass ends. A store that does not exist yet (a fresh
-/// consumer has not committed) is waited for.
-pub async fn follow(
-    data: &Path,
-    cfg: &Config,
-    a: &FollowArgs,
-    shutdown: &mut Shutdown,
-    metrics: &kvwatch_detect::run::PassMetrics,
-    stop_early: impl Fn() -> bool,
-) -> Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let rules = load_rules(cfg, &a.source, true).await?;
-    let mut store = Some(alert_store(data, cfg, a.max_evidence)?);
-    let interval = a.interval.or(cfg.detect.interval_secs).unwrap_or(30).max(1);
-    let models = (!a.no_models).then_some(&cfg.models);
-    loop {
-        if stop_early() {
-            tracing::warn!("detect.stopped_early");
-            return Ok(());
+/// One line per pass of `detect --follow` (JSON Lines with `--format json`).
+fn print_pass(outcome: PassOutcome<'_>, json: bool, interval: u64) {
+    match outcome {
+        PassOutcome::Failed(e) => {
+            eprintln!("detect: pass failed, retrying in {interval} s: {e}");
         }
-        let report = if !data.join(kvwatch_ingest::store::MANIFEST).exists() {
-            DetectReport {
-                mode: "up-to-date".into(),
-                ..Default::default()
-            }
-        } else {
-            // A store opened while the disk refused writes is read-only; it is dropped before
-            // opening anew (SQLite would otherwise keep the new one read-only too).
-            if store.as_ref().is_none_or(|s| s.is_read_only()) {
-                drop(store.take());
-                store = alert_store(data, cfg, a.max_evidence)
-                    .inspect_err(|e| tracing::warn!(error = %e, "detect.alert_store_unavailable"))
-                    .ok();
-            }
-            let pass = match store.as_mut() {
-                Some(st) => incremental(data, &rules, models, st, &mut progress(true))
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("the alert store could not be opened".to_owned()),
-            };
-            match pass {
-                Ok(r) => {
-                    metrics.passes.fetch_add(1, Relaxed);
-                    metrics.created.fetch_add(r.totals.created, Relaxed);
-                    metrics.updated.fetch_add(r.totals.updated, Relaxed);
-                    metrics.folded.fetch_add(r.totals.folded, Relaxed);
-                    metrics.new_files.fetch_add(r.new_files as u64, Relaxed);
-                    metrics.last_pass_ms.store(r.elapsed_ms, Relaxed);
-                    metrics.last_pass_end.store(
-                        (kvwatch_ingest::store::now_nanos() / 1_000_000_000) as u64,
-                        Relaxed,
-                    );
-                    r
-                }
-                // A long-running pass survives transient failures: nothing was marked
-                // covered, so the next pass evaluates the same data again.
-                Err(e) => {
-                    metrics.failures.fetch_add(1, Relaxed);
-                    tracing::error!(error = %e, "detect.pass_failed");
-                    eprintln!("detect: pass failed, retrying in {interval} s: {e}");
-                    DetectReport {
-                        mode: "up-to-date".into(),
-                        ..Default::default()
-                    }
-                }
-            }
-        };
-        if report.mode != "up-to-date" {
-            tracing::info!(
-                created = report.totals.created,
-                updated = report.totals.updated,
-                folded = report.totals.folded,
-                new_files = report.new_files,
-                elapsed_ms = report.elapsed_ms,
-                "detect.pass"
-            );
-            if a.format == Format::Json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "{} detect: {} new alerts, {} updated, {} folded ({} new files, {} ms)",
-                    format_ns(kvwatch_ingest::store::now_nanos()),
-                    report.totals.created,
-                    report.totals.updated,
-                    report.totals.folded,
-                    report.new_files,
-                    report.elapsed_ms
-                );
-            }
+        PassOutcome::Done(r) if json => {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(interval)) => {}
-            _ = shutdown.recv() => {
-                tracing::info!("detect.stopped");
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// SIGINT or SIGTERM, registered once so none is lost between awaits.
-pub struct Shutdown {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Shutdown {
-    pub fn new() -> Result<Shutdown> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Shutdown {
-            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-        })
-    }
-    pub async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
+        PassOutcome::Done(r) => println!(
+            "{} detect: {} new alerts, {} updated, {} folded ({} new files, {} ms)",
+            format_ns(kvwatch_ingest::store::now_nanos()),
+            r.totals.created,
+            r.totals.updated,
+            r.totals.folded,
+            r.new_files,
+            r.elapsed_ms
+        ),
     }
 }
 

@@ -3,7 +3,6 @@
 
 use crate::StoreArgs;
 use crate::config::{Config, KafkaConfig};
-use crate::detect_cmd::Shutdown;
 use crate::output::{Format, kv_table, thousands};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -15,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Connection flags shared by every Kafka command.
@@ -196,59 +195,30 @@ pub struct PublishArgs {
     format: Format,
 }
 
-/// Starts the consumer on its own thread; `stop` ends it gracefully.
-pub(crate) fn spawn_consumer(
-    data: &Path,
-    cfg: &Config,
-    store: &StoreArgs,
-    opts: ConsumeOptions,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<Result<ConsumeReport, kafka::KafkaError>>> {
-    let writer = kvwatch_ingest::StoreWriter::open(data, store.options(cfg))
-        .with_context(|| format!("opening the event store {}", data.display()))?;
-    std::thread::Builder::new()
-        .name("kvwatch-kafka".into())
-        .spawn(move || kafka::consume(writer, opts, metrics, stop))
-        .context("starting the consumer thread")
-}
-
-/// Sets `stop` on SIGINT/SIGTERM.
-fn stop_on_signal(stop: Arc<AtomicBool>) -> Result<()> {
-    let mut shutdown = Shutdown::new()?;
-    tokio::spawn(async move {
-        shutdown.recv().await;
-        tracing::info!("shutdown requested: storing the open batch and committing");
-        stop.store(true, Ordering::Relaxed);
-    });
-    Ok(())
-}
-
 pub async fn cmd_consume(data: &Path, cfg: &Config, a: ConsumeArgs) -> Result<ExitCode> {
     kvwatch_ingest::files::keep_freed_memory();
     let opts = a.flags.options(&cfg.kafka)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(stop.clone())?;
+    let shutdown = crate::shutdown_on_signal()?;
     let metrics = Arc::new(Metrics::default());
-    let every = opts.stats_interval;
-    let handle = spawn_consumer(data, cfg, &a.store, opts, metrics.clone(), stop)?;
+    let every = opts.stats_interval.as_secs_f64();
+    let writer = kvwatch_ingest::StoreWriter::open(data, a.store.options(cfg))
+        .with_context(|| format!("opening the event store {}", data.display()))?;
     // People watching see progress whatever the log level.
-    tokio::spawn(async move {
-        let mut last = 0u64;
-        loop {
-            tokio::time::sleep(every).await;
-            let records = metrics.records.load(Ordering::Relaxed);
-            let lag: i64 = metrics.lag().values().filter(|l| **l > 0).sum();
-            eprintln!(
-                "consume: {} records stored ({}/s), {} quarantined, lag {} messages",
-                thousands(records),
-                thousands(((records - last) as f64 / every.as_secs_f64()) as u64),
-                thousands(metrics.quarantined.load(Ordering::Relaxed)),
-                thousands(lag as u64)
-            );
-            last = records;
-        }
-    });
+    let mut last = 0u64;
+    let progress = move |m: &Metrics| {
+        let records = m.records.load(Ordering::Relaxed);
+        let lag: i64 = m.lag().values().filter(|l| **l > 0).sum();
+        eprintln!(
+            "consume: {} records stored ({}/s), {} quarantined, lag {} messages",
+            thousands(records),
+            thousands((records.saturating_sub(last) as f64 / every) as u64),
+            thousands(m.quarantined.load(Ordering::Relaxed)),
+            thousands(lag as u64)
+        );
+        last = records;
+    };
+    let handle = kafka::spawn(writer, opts, metrics, shutdown, progress)
+        .context("starting the consumer thread")?;
     let report = tokio::task::spawn_blocking(move || handle.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
@@ -345,95 +315,4 @@ pub async fn cmd_publish(cfg: &Config, a: PublishArgs) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The demo's Kafka path: publish inputs, consume them into `data` until every published
-/// record is stored and the topic has gone quiet, and report like a file ingest.
-pub fn round_trip(
-    data: &Path,
-    store: kvwatch_ingest::WriteOptions,
-    inputs: Vec<kvwatch_ingest::Input>,
-    brokers: &str,
-    topic: &str,
-) -> Result<kvwatch_ingest::IngestReport> {
-    let started = std::time::Instant::now();
-    let client = ClientOptions {
-        brokers: brokers.to_owned(),
-        properties: Vec::new(),
-    };
-    let files = inputs.len() as u64;
-    let published = kafka::publish(
-        inputs,
-        &PublishOptions {
-            client: client.clone(),
-            topic: topic.to_owned(),
-            ..Default::default()
-        },
-        |_| {},
-    )?;
-    let opts = ConsumeOptions {
-        client,
-        topics: vec![topic.to_owned()],
-        // A group of its own: this run reads the topic from its start.
-        group: format!("kvwatch-demo-{}", kvwatch_ingest::store::now_nanos()),
-        batch_linger: Duration::from_millis(500),
-        compact_interval: None,
-        ..Default::default()
-    };
-    let writer = kvwatch_ingest::StoreWriter::open(data, store.clone())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::default());
-    let (m, s) = (metrics.clone(), stop.clone());
-    let handle = std::thread::spawn(move || kafka::consume(writer, opts, m, s));
-    let mut last = (0, std::time::Instant::now());
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if handle.is_finished() {
-            break;
-        }
-        let records = metrics.records.load(Ordering::Relaxed);
-        let messages = metrics.messages.load(Ordering::Relaxed);
-        if messages != last.0 {
-            last = (messages, std::time::Instant::now());
-        }
-        if records >= published.records && last.1.elapsed() >= Duration::from_secs(2) {
-            break;
-        }
-        if last.1.elapsed() >= Duration::from_secs(120) {
-            stop.store(true, Ordering::Relaxed);
-            let _ = handle.join();
-            bail!(
-                "consumed {records} of {} published records, then nothing for 2 minutes",
-                published.records
-            );
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let r = handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
-    let mut writer = kvwatch_ingest::StoreWriter::open(data, store)?;
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    rt.block_on(writer.compact())?;
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(kvwatch_ingest::IngestReport {
-        files,
-        parsed: kvwatch_ingest::parse::ParseCounts {
-            records: r.records,
-            events: r.events,
-            activity: r.activity,
-            quarantined: r.quarantined,
-            ..Default::default()
-        },
-        stored: kvwatch_ingest::store::WriteStats {
-            events: r.events,
-            activity: r.activity,
-            quarantine: r.quarantined,
-            duplicates: r.duplicates,
-            files_written: r.batches,
-        },
-        elapsed_secs: elapsed,
-        records_per_sec: r.records as f64 / elapsed.max(1e-9),
-        ..Default::default()
-    })
 }

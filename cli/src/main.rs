@@ -516,6 +516,25 @@ async fn cmd_compact(data: &std::path::Path, cfg: &Config, a: CompactArgs) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// A token cancelled by SIGINT or SIGTERM. Registered before anything slow, so a signal during
+/// start-up is not lost.
+pub(crate) fn shutdown_on_signal() -> Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
 fn progress_printer(what: &'static str) -> impl FnMut(u32, u32) {
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();

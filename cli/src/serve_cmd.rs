@@ -3,18 +3,16 @@
 
 use crate::StoreArgs;
 use crate::config::Config;
-use crate::detect_cmd::{self, Shutdown};
-use crate::kafka_cmd::{ConsumeFlags, print_consume_report, spawn_consumer};
+use crate::detect_cmd;
+use crate::kafka_cmd::{ConsumeFlags, print_consume_report};
 use crate::output::Format;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kvwatch_api::forward;
-use kvwatch_ingest::kafka::Metrics;
+use kvwatch_api::service::{Service, ServiceOptions};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Args)]
@@ -51,24 +49,16 @@ pub struct ServeArgs {
     detect: detect_cmd::FollowArgs,
 }
 
-/// The all-in-one service: the Kafka source (when configured) and continuous detection in one
-/// process, stopped gracefully by SIGINT/SIGTERM.
+/// The all-in-one service (`kvwatch_api::service`): flags, environment and the config file
+/// mapped to its options; SIGINT/SIGTERM cancel it.
 pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
     // Before anything slow: a SIGTERM during start-up still stops the service gracefully.
-    let mut shutdown = Shutdown::new()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::default());
+    let shutdown = crate::shutdown_on_signal()?;
     let listen = a
         .listen
         .clone()
         .or_else(|| cfg.api.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    // Migrates an older alert store before readers and forwarders use it.
-    kvwatch_detect::AlertStore::open(data)
-        .with_context(|| format!("opening the alert store in {}", data.display()))?;
     let sinks = if a.no_forward {
         Vec::new()
     } else {
@@ -79,144 +69,60 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
         .iter()
         .map(kvwatch_api::report::schedule::parse_schedule)
         .collect::<Result<Vec<_>, _>>()?;
-    let keys = kvwatch_api::KeyStore::open(data)?;
-    if keys.list()?.iter().all(|k| k.revoked_at.is_some()) {
-        eprintln!(
-            "serve: no active API keys; every API call will be refused until you run `kvwatch apikey create --role reader --name NAME`"
-        );
-    }
-    eprintln!("serve: API on http://{}", listener.local_addr()?);
-    let min_free = a.min_free_mb.or(cfg.api.min_free_mb).unwrap_or(64) << 20;
-    let mut state = kvwatch_api::ApiState::new(
-        data.to_owned(),
-        keys,
-        a.consume.configured(&cfg.kafka).then(|| metrics.clone()),
-        a.sql.pool(cfg, data)?,
-        min_free,
-    );
-    let d = kvwatch_api::ConnLimits::default();
-    let conn_limits = kvwatch_api::ConnLimits {
-        max_connections: a
-            .max_connections
-            .or(cfg.api.max_connections)
-            .unwrap_or(d.max_connections)
-            .max(1),
-        header_read_timeout: a
-            .header_read_timeout_secs
-            .or(cfg.api.header_read_timeout_secs)
-            .map(|s| Duration::from_secs(s.max(1)))
-            .unwrap_or(d.header_read_timeout),
-        idle_timeout: a
-            .idle_timeout_secs
-            .or(cfg.api.idle_timeout_secs)
-            .map(|s| Duration::from_secs(s.max(1)))
-            .unwrap_or(d.idle_timeout),
-    };
-    state.rules = detect_cmd::load_rules(cfg, &a.detect.source, true)
-        .await?
-        .iter()
-        .map(|r| r.detail())
-        .collect();
-    state.sql_limits = a.sql.limits(cfg);
-    let mut forwarders = Vec::new();
-    for sink in sinks {
-        let status = Arc::new(forward::SinkStatus::new(&sink));
-        eprintln!(
-            "serve: forwarding alerts to {} ({} {})",
-            sink.name, status.kind, status.target
-        );
-        state.sinks.push(status.clone());
-        forwarders.push(forward::spawn(data, sink, status, stop.clone()));
-    }
-    let scheduler = (!schedules.is_empty()).then(|| {
-        let mut tuning =
-            kvwatch_api::report::ReportOptions::new(kvwatch_api::report::Kind::Compliance, 0, 1);
-        a.report.apply(cfg, &mut tuning);
-        eprintln!("serve: {} scheduled reports", schedules.len());
-        let sch = kvwatch_api::report::schedule::Scheduler::new(data, schedules, tuning);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = sch.tick(chrono::Utc::now()).await {
-                    tracing::error!(error = %e, "report.schedule_failed");
-                }
-                for _ in 0..20 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        })
-    });
-    let pass_metrics = Arc::new(kvwatch_detect::run::PassMetrics::default());
-    state.detect = Some(pass_metrics.clone());
-    let state = Arc::new(state);
-    state.disk.probe();
-    let prober = {
-        let state = state.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let stopped = async {
-                while !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            };
-            state.disk.run(Duration::from_secs(5), stopped).await;
-        })
-    };
-    let pool = state.sql.clone();
-    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(kvwatch_api::serve(
-        listener,
-        state,
-        async move {
-            let _ = api_stopped.await;
-        },
-        conn_limits,
-    ));
-    let consumer = if a.consume.configured(&cfg.kafka) {
-        let opts = a.consume.options(&cfg.kafka)?;
-        Some(spawn_consumer(
-            data,
-            cfg,
-            &a.store,
-            opts,
-            metrics.clone(),
-            stop.clone(),
-        )?)
+    let mut report_tuning =
+        kvwatch_api::report::ReportOptions::new(kvwatch_api::report::Kind::Compliance, 0, 1);
+    a.report.apply(cfg, &mut report_tuning);
+    let kafka = if a.consume.configured(&cfg.kafka) {
+        Some((a.consume.options(&cfg.kafka)?, a.store.options(cfg)))
     } else {
-        eprintln!("serve: no Kafka source configured; running detection over the store only");
         None
     };
-    let detect = detect_cmd::follow(data, cfg, &a.detect, &mut shutdown, &pass_metrics, || {
-        // A consumer that died (store full, bad credentials at start) stops the service.
-        consumer.as_ref().is_some_and(|c| c.is_finished())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    // Running analyst queries end now rather than hold the shutdown for their timeout.
-    pool.close();
-    let _ = api_stop.send(());
-    api.await?.context("HTTP API")?;
-    let _ = prober.await;
-    if let Some(t) = scheduler {
-        let _ = t.await;
+    let d = kvwatch_api::ConnLimits::default();
+    let opts = ServiceOptions {
+        data: data.to_owned(),
+        listen,
+        conn: kvwatch_api::ConnLimits {
+            max_connections: a
+                .max_connections
+                .or(cfg.api.max_connections)
+                .unwrap_or(d.max_connections)
+                .max(1),
+            header_read_timeout: a
+                .header_read_timeout_secs
+                .or(cfg.api.header_read_timeout_secs)
+                .map(|s| Duration::from_secs(s.max(1)))
+                .unwrap_or(d.header_read_timeout),
+            idle_timeout: a
+                .idle_timeout_secs
+                .or(cfg.api.idle_timeout_secs)
+                .map(|s| Duration::from_secs(s.max(1)))
+                .unwrap_or(d.idle_timeout),
+        },
+        sql_limits: a.sql.limits(cfg),
+        pool: a.sql.pool(cfg, data)?,
+        min_free: a.min_free_mb.or(cfg.api.min_free_mb).unwrap_or(64) << 20,
+        kafka,
+        rules: detect_cmd::load_rules(cfg, &a.detect.source, true).await?,
+        follow: a.detect.follow_options(cfg),
+        sinks,
+        schedules,
+        report_tuning,
+        on_pass: Some(a.detect.pass_printer(cfg)),
+    };
+    let service = Service::start(opts, shutdown)
+        .await
+        .with_context(|| format!("starting the service on {}", data.display()))?;
+    for n in service.notices() {
+        eprintln!("serve: {n}");
     }
-    for f in forwarders {
-        match tokio::task::spawn_blocking(move || f.join()).await? {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("serve: {e}"),
-            Err(_) => eprintln!("serve: a forwarder thread panicked"),
-        }
+    eprintln!("serve: API on http://{}", service.local_addr());
+    let report = service.run().await?;
+    for e in &report.sink_errors {
+        eprintln!("serve: sink {e}");
     }
-    if let Some(c) = consumer {
-        let report = tokio::task::spawn_blocking(move || c.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
-        print_consume_report(&report, Format::Table)?;
+    if let Some(c) = &report.consume {
+        print_consume_report(c, Format::Table)?;
     }
-    detect?;
     Ok(ExitCode::SUCCESS)
 }
 

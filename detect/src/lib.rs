@@ -10,6 +10,7 @@ pub mod alert;
 pub mod anomaly;
 pub mod engine;
 pub mod fixture;
+pub mod follow;
 pub mod rule;
 pub mod run;
 pub mod store;

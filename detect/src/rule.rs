@@ -35,6 +35,10 @@ pub enum RuleError {
     Unknown(String),
     #[error("rule {rule}: unknown parameter {param} in the configuration")]
     UnknownParam { rule: String, param: String },
+    #[error("configuration names rule {0:?}, which is not in the rule pack")]
+    UnknownConfigured(String),
+    #[error("rule {rule}: parameter {param} must be a number, boolean, string or list")]
+    BadConfigValue { rule: String, param: String },
 }
 
 /// A duration written `30s`, `10m`, `1h` or `14d`.
@@ -565,6 +569,59 @@ pub fn load_embedded() -> Result<Vec<Rule>, RuleError> {
         .map(|(name, text)| Rule::parse(&format!("rules/{name}"), text, None))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique(rules)
+}
+
+/// The rule pack: the files of `dir`, or the built-in pack.
+pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
+    match dir {
+        Some(d) => load_dir(d),
+        None => load_embedded(),
+    }
+}
+
+/// A deployment's settings for one rule (`[rules.<id>]` of the config file).
+#[derive(Debug, Clone, Default)]
+pub struct RuleOverride {
+    /// Turns the rule on or off.
+    pub enabled: Option<bool>,
+    /// Parameter values, each of the kind of the rule's default.
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+/// Applies a deployment's settings to the pack: every named rule must exist, every parameter
+/// must be the rule's and of its default's kind. With `only_enabled`, disabled rules are
+/// dropped.
+pub fn apply_overrides(
+    rules: &mut Vec<Rule>,
+    overrides: &BTreeMap<String, RuleOverride>,
+    only_enabled: bool,
+) -> Result<(), RuleError> {
+    for id in overrides.keys() {
+        if !rules.iter().any(|r| r.id() == id) {
+            return Err(RuleError::UnknownConfigured(id.clone()));
+        }
+    }
+    for r in rules.iter_mut() {
+        let Some(o) = overrides.get(r.id()) else {
+            continue;
+        };
+        let mut params = BTreeMap::new();
+        for (k, v) in &o.params {
+            let p = Param::from_toml(v).ok_or_else(|| RuleError::BadConfigValue {
+                rule: r.id().to_owned(),
+                param: k.clone(),
+            })?;
+            params.insert(k.clone(), p);
+        }
+        r.set_params(&params)?;
+        if let Some(e) = o.enabled {
+            r.doc.enabled = e;
+        }
+    }
+    if only_enabled {
+        rules.retain(|r| r.doc.enabled);
+    }
+    Ok(())
 }
 
 /// Loads every `*.yaml`/`*.yml` file of `dir` (not recursive), sorted by file name.

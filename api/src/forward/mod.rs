@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -552,7 +553,7 @@ pub fn spawn(
     data: &Path,
     cfg: SinkConfig,
     status: Arc<SinkStatus>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> std::thread::JoinHandle<Result<(), ForwardError>> {
     let data = data.to_owned();
     std::thread::Builder::new()
@@ -569,16 +570,16 @@ pub fn spawn(
         .expect("spawning a thread")
 }
 
-/// Sleeps up to `d`, waking early when `stop` is set; returns whether it was.
-fn nap(d: Duration, stop: &AtomicBool) -> bool {
+/// Sleeps up to `d`, waking early when `stop` is cancelled; returns whether it was.
+fn nap(d: Duration, stop: &CancellationToken) -> bool {
     let end = std::time::Instant::now() + d;
     while std::time::Instant::now() < end {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_cancelled() {
             return true;
         }
         std::thread::sleep((end - std::time::Instant::now()).min(Duration::from_millis(50)));
     }
-    stop.load(Ordering::Relaxed)
+    stop.is_cancelled()
 }
 
 fn now_nanos() -> i64 {
@@ -590,14 +591,14 @@ fn run(
     data: &Path,
     cfg: &SinkConfig,
     status: &SinkStatus,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<(), ForwardError> {
     let store = AlertStore::open(data)?;
     let mut transport = transport::build(cfg)?;
     let mut cursor = store.sink_cursor(&cfg.name)?;
     status.cursor.store(cursor, Ordering::Relaxed);
     tracing::info!(sink = %cfg.name, kind = cfg.kind.type_name(), target = %cfg.kind.target(), cursor, "sink.started");
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_cancelled() {
         let retry = store.retry_queue(&cfg.name, cfg.batch_size)?;
         if !retry.is_empty() {
             let Some(out) = deliver(cfg, &mut *transport, &store, status, stop, &retry)? else {
@@ -648,7 +649,7 @@ fn deliver(
     t: &mut dyn Transport,
     store: &AlertStore,
     status: &SinkStatus,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     rows: &[(i64, Alert)],
 ) -> Result<Option<Delivered>, ForwardError> {
     let items: Vec<Vec<u8>> = rows.iter().map(|(s, a)| t.item(*s, a)).collect();

@@ -273,6 +273,24 @@ impl Scheduler {
         Ok(out)
     }
 
+    /// Ticks every `every` until `shutdown` is cancelled; a failed tick is logged and the next
+    /// one tries again (the state was not advanced).
+    pub async fn run(
+        self,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            if let Err(e) = self.tick(Utc::now()).await {
+                tracing::error!(error = %e, "report.schedule_failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
     /// Deletes the schedule's reports beyond its `keep` newest.
     fn retain(&self, s: &Schedule) -> Result<(), ReportError> {
         let by = format!("schedule:{}", s.name);

@@ -66,7 +66,10 @@ fn documented_archive_and_envelope_shapes() {
     assert_eq!(rows.len(), 3);
     let r0 = &rows[0];
     assert_eq!(r0["vault"], "finance-kv");
-    assert_eq!(r0["subscription_id"], "7c1e2a90-4d3b-4f6a-9e21-5b8d0c3f6a12");
+    assert_eq!(
+        r0["subscription_id"],
+        "7c1e2a90-4d3b-4f6a-9e21-5b8d0c3f6a12"
+    );
     assert_eq!(r0["resource_group"], "finance-rg");
     assert_eq!(r0["resource_type"], "vaults");
     assert_eq!(r0["operation"], "VaultGet");

@@ -31,9 +31,10 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 type Tp = (String, i32);
 type Positions = BTreeMap<Tp, i64>;
@@ -246,8 +247,8 @@ struct Shared {
     dead_letter: Option<DeadLetter>,
     metrics: Arc<Metrics>,
     opts: ConsumeOptions,
-    /// Set when the consumer is asked to stop: a writer retrying a refused batch gives up.
-    stop: Arc<AtomicBool>,
+    /// Cancelled when the consumer is asked to stop: a writer retrying a refused batch gives up.
+    stop: CancellationToken,
 }
 
 impl Shared {
@@ -729,7 +730,7 @@ fn retry_work(
         *lock(&m.store_error) = Some(error.clone());
         let until = Instant::now() + wait;
         while Instant::now() < until {
-            if shared.stop.load(Ordering::Relaxed) {
+            if shared.stop.is_cancelled() {
                 return Err(error);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -747,6 +748,19 @@ fn retry_work(
             Err(e) => error = e.to_string(),
         }
     }
+}
+
+/// Starts [`consume`] on a thread of its own.
+pub fn spawn(
+    writer: StoreWriter,
+    opts: ConsumeOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    mut progress: impl FnMut(&Metrics) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<Result<ConsumeReport, KafkaError>>> {
+    std::thread::Builder::new()
+        .name("kvwatch-kafka".into())
+        .spawn(move || consume(writer, opts, metrics, shutdown, &mut progress))
 }
 
 fn consumer_config(opts: &ConsumeOptions) -> Result<ClientConfig, KafkaError> {
@@ -769,13 +783,14 @@ fn consumer_config(opts: &ConsumeOptions) -> Result<ClientConfig, KafkaError> {
     ])
 }
 
-/// Consumes until `shutdown` is set, then stores the open batch and commits. Blocking: run it
-/// on its own thread.
+/// Consumes until `shutdown` is cancelled, then stores the open batch and commits. Blocking:
+/// run it on its own thread ([`spawn`]). `progress` is called every `stats_interval`.
 pub fn consume(
     writer: StoreWriter,
     opts: ConsumeOptions,
     metrics: Arc<Metrics>,
-    shutdown: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    progress: &mut dyn FnMut(&Metrics),
 ) -> Result<ConsumeReport, KafkaError> {
     if opts.topics.is_empty() {
         return Err(KafkaError::Config("no topic given (--topic)".into()));
@@ -828,7 +843,7 @@ pub fn consume(
     let mut last_records = 0u64;
     let mut error_streak = 0u32;
     let mut result = Ok(());
-    while !shutdown.load(Ordering::Relaxed) {
+    while !shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 error_streak = 0;
@@ -870,6 +885,7 @@ pub fn consume(
                 lag = ?metrics.lag(),
                 "consumer progress"
             );
+            progress(&metrics);
         }
         if let Some(e) = shared.failed() {
             result = Err(KafkaError::Writer(e));
@@ -928,7 +944,7 @@ mod tests {
             dead_letter: None,
             metrics: Arc::new(Metrics::default()),
             opts: ConsumeOptions::default(),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: CancellationToken::new(),
         }
     }
 

@@ -21,10 +21,12 @@ pub mod config;
 pub mod consumer;
 pub mod message;
 pub mod publish;
+pub mod roundtrip;
 
 pub use config::{ClientOptions, Property};
-pub use consumer::{ConsumeOptions, ConsumeReport, Metrics, consume};
+pub use consumer::{ConsumeOptions, ConsumeReport, Metrics, consume, spawn};
 pub use publish::{PublishOptions, PublishReport, publish};
+pub use roundtrip::round_trip;
 
 pub use crate::fault::crash_point;
 use crate::store::StoreError;

@@ -1,0 +1,284 @@
+//! `kvwatch serve` as one thing: the HTTP API, the Kafka source, continuous detection, the
+//! SIEM forwarders, scheduled reports and the disk prober, assembled from one options struct
+//! and stopped by one cancellation token.
+//!
+//! [`Service::start`] binds the listener and opens the stores, so that a bad address or an
+//! unreadable store fails before anything runs; [`Service::run`] runs until the token is
+//! cancelled (or a component the service cannot do without stops), then stops everything in
+//! order: analyst queries are killed, HTTP connections drain, the forwarders and the scheduler
+//! stop after their current step, and the consumer stores its open batch and commits.
+
+use crate::forward::{self, SinkConfig, SinkStatus};
+use crate::listen::{self, ConnLimits};
+use crate::report::ReportOptions;
+use crate::report::schedule::{Schedule, Scheduler};
+use crate::sql::{PoolOptions, SqlLimits};
+use crate::state::ApiState;
+use kvwatch_detect::follow::{FollowOptions, PassListener, PassOutcome, follow};
+use kvwatch_detect::rule::Rule;
+use kvwatch_detect::run::PassMetrics;
+use kvwatch_ingest::kafka::{self, ConsumeOptions, ConsumeReport, KafkaError, Metrics};
+use kvwatch_ingest::{StoreWriter, WriteOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `serve` runs, as configured.
+pub struct ServiceOptions {
+    pub data: PathBuf,
+    /// Address of the HTTP API.
+    pub listen: String,
+    pub conn: ConnLimits,
+    pub sql_limits: SqlLimits,
+    pub pool: PoolOptions,
+    /// Free disk space below which the service reports not ready.
+    pub min_free: u64,
+    /// The Kafka / Event Hubs source, when one is configured.
+    pub kafka: Option<(ConsumeOptions, WriteOptions)>,
+    /// The rule pack, loaded and checked.
+    pub rules: Vec<Rule>,
+    pub follow: FollowOptions,
+    pub sinks: Vec<SinkConfig>,
+    pub schedules: Vec<Schedule>,
+    /// Report thresholds for the schedules.
+    pub report_tuning: ReportOptions,
+    /// Hears of every detection pass that did something, and of failures (the binary prints
+    /// them); passes are logged either way.
+    pub on_pass: Option<PassListener>,
+}
+
+/// Why the service could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("opening the alert store: {0}")]
+    Alerts(#[from] kvwatch_detect::AlertStoreError),
+    #[error("opening the key store: {0}")]
+    Keys(#[from] crate::auth::AuthError),
+    #[error("opening the event store: {0}")]
+    Store(#[from] kvwatch_ingest::StoreError),
+    #[error("the Kafka source: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the HTTP API: {0}")]
+    Http(std::io::Error),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// What the service did, reported when it stops.
+#[derive(Debug, Default)]
+pub struct ServiceReport {
+    /// The Kafka source's totals, when there was one.
+    pub consume: Option<ConsumeReport>,
+    /// Forwarders that stopped on an error, with the error.
+    pub sink_errors: Vec<String>,
+}
+
+/// A started service.
+pub struct Service {
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    opts: ServiceOptions,
+    detect: Arc<PassMetrics>,
+    kafka: Option<Arc<Metrics>>,
+    notices: Vec<String>,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    /// Binds the listener, opens (and migrates) the alert store and the keys, and prepares
+    /// the shared state. Nothing runs until [`Service::run`].
+    pub async fn start(
+        opts: ServiceOptions,
+        shutdown: CancellationToken,
+    ) -> Result<Service, ServiceError> {
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .map_err(|source| ServiceError::Bind {
+                addr: opts.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ServiceError::Http)?;
+        // Migrates an older alert store before readers and forwarders use it. On a disk that
+        // refuses writes the store is still readable, and the service starts degraded.
+        let mut notices = Vec::new();
+        if let Err(e) = kvwatch_detect::AlertStore::open(&opts.data) {
+            match &e {
+                kvwatch_detect::AlertStoreError::Sql(db) if crate::error::is_disk_refusal(db) => {
+                    notices.push(format!(
+                        "the alert store cannot be written ({e}); serving reads"
+                    ));
+                }
+                _ => return Err(e.into()),
+            }
+        }
+        let keys = crate::KeyStore::open(&opts.data)?;
+        if keys.list()?.iter().all(|k| k.revoked_at.is_some()) {
+            notices.push("no active API keys; every API call will be refused until you run `kvwatch apikey create --role reader --name NAME`".into());
+        }
+        let kafka = opts.kafka.as_ref().map(|_| Arc::new(Metrics::default()));
+        let mut state = ApiState::new(
+            opts.data.clone(),
+            keys,
+            kafka.clone(),
+            opts.pool.clone(),
+            opts.min_free,
+        );
+        state.rules = opts.rules.iter().map(|r| r.detail()).collect();
+        state.sql_limits = opts.sql_limits;
+        for sink in &opts.sinks {
+            let status = Arc::new(SinkStatus::new(sink));
+            notices.push(format!(
+                "forwarding alerts to {} ({} {})",
+                sink.name, status.kind, status.target
+            ));
+            state.sinks.push(status);
+        }
+        if !opts.schedules.is_empty() {
+            notices.push(format!("{} scheduled reports", opts.schedules.len()));
+        }
+        if opts.kafka.is_none() {
+            notices
+                .push("no Kafka source configured; running detection over the store only".into());
+        }
+        let detect = Arc::new(PassMetrics::default());
+        state.detect = Some(detect.clone());
+        Ok(Service {
+            addr,
+            listener,
+            state: Arc::new(state),
+            opts,
+            detect,
+            kafka,
+            notices,
+            shutdown,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What an operator should know at start (sinks, schedules, missing keys…).
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// Runs every component until the shutdown token is cancelled, then stops them in order.
+    pub async fn run(self) -> Result<ServiceReport, ServiceError> {
+        let Service {
+            listener,
+            state,
+            opts,
+            detect,
+            kafka,
+            shutdown,
+            ..
+        } = self;
+        state.disk.probe();
+        let prober = {
+            let (state, stop) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                state
+                    .disk
+                    .run(Duration::from_secs(5), stop.cancelled_owned())
+                    .await
+            })
+        };
+        let pool = state.sql.clone();
+        let http_stop = CancellationToken::new();
+        let http = tokio::spawn(listen::serve(
+            listener,
+            state.clone(),
+            http_stop.clone().cancelled_owned(),
+            opts.conn,
+        ));
+        let mut forwarders: Vec<(String, JoinHandle<Result<(), forward::ForwardError>>)> =
+            Vec::new();
+        for (sink, status) in opts.sinks.into_iter().zip(state.sinks.iter()) {
+            let name = sink.name.clone();
+            let handle = forward::spawn(&opts.data, sink, status.clone(), shutdown.clone());
+            forwarders.push((name, handle));
+        }
+        let scheduler = (!opts.schedules.is_empty()).then(|| {
+            let sch = Scheduler::new(&opts.data, opts.schedules, opts.report_tuning);
+            tokio::spawn(sch.run(Duration::from_secs(10), shutdown.clone()))
+        });
+        let consumer = match (opts.kafka, &kafka) {
+            (Some((consume, store)), Some(metrics)) => {
+                let writer = StoreWriter::open(&opts.data, store)?;
+                let handle =
+                    kafka::spawn(writer, consume, metrics.clone(), shutdown.clone(), |_| {})
+                        .map_err(|e| ServiceError::Task(format!("starting the consumer: {e}")))?;
+                Some(handle)
+            }
+            _ => None,
+        };
+        // A consumer that stops by itself (bad credentials at start, a store error it cannot
+        // retry) stops the service: running without its source would look healthy and be blind.
+        let consumer = consumer.map(|handle| {
+            let stop = shutdown.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = handle.join();
+                if !stop.is_cancelled() {
+                    tracing::error!("kafka.consumer_stopped; stopping the service");
+                    stop.cancel();
+                }
+                r
+            })
+        });
+        let mut on_pass = opts.on_pass;
+        follow(
+            &opts.data,
+            &opts.rules,
+            &opts.follow,
+            &detect,
+            &shutdown,
+            |outcome| match on_pass.as_mut() {
+                Some(f) => f(outcome),
+                None => {
+                    if let PassOutcome::Failed(e) = outcome {
+                        tracing::warn!(error = %e, "detect.retrying_next_interval");
+                    }
+                }
+            },
+        )
+        .await;
+
+        // Stop: queries first (they would hold the drain for their timeout), then HTTP.
+        pool.close();
+        http_stop.cancel();
+        let mut report = ServiceReport::default();
+        let http = http.await.map_err(|e| ServiceError::Task(e.to_string()))?;
+        let _ = prober.await;
+        if let Some(t) = scheduler {
+            let _ = t.await;
+        }
+        for (name, f) in forwarders {
+            match tokio::task::spawn_blocking(move || f.join()).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => report.sink_errors.push(format!("{name}: {e}")),
+                _ => report
+                    .sink_errors
+                    .push(format!("{name}: the forwarder thread panicked")),
+            }
+        }
+        if let Some(c) = consumer {
+            let joined = c.await.map_err(|e| ServiceError::Task(e.to_string()))?;
+            let r =
+                joined.map_err(|_| ServiceError::Task("the consumer thread panicked".into()))?;
+            report.consume = Some(r?);
+        }
+        http.map_err(ServiceError::Http)?;
+        Ok(report)
+    }
+}

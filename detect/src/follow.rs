@@ -1,0 +1,118 @@
+//! Continuous detection: an incremental pass every interval until shutdown, for `kvwatch serve`
+//! and `kvwatch detect --follow`.
+//!
+//! A pass that fails is counted and retried at the next interval (nothing was marked covered,
+//! so the same data is evaluated again); a store that does not exist yet (a fresh consumer has
+//! not committed) is waited for; an alert store opened while the disk refused writes is
+//! reopened before the next pass, so the loop recovers by itself once the disk does.
+
+use crate::anomaly::ModelConfig;
+use crate::rule::Rule;
+use crate::run::{DetectReport, PassMetrics, incremental};
+use crate::store::AlertStore;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How continuous detection runs.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// Between the end of one pass and the start of the next.
+    pub interval: Duration,
+    /// The behavioural models' settings; `None` runs the rules only.
+    pub models: Option<ModelConfig>,
+    /// Evidence event IDs kept per alert.
+    pub max_evidence: usize,
+}
+
+/// What one turn of the loop did: a pass's report, or why it failed.
+pub enum PassOutcome<'a> {
+    Done(&'a DetectReport),
+    Failed(&'a str),
+}
+
+/// A listener for passes, as a service holds it.
+pub type PassListener = Box<dyn FnMut(PassOutcome<'_>) + Send>;
+
+/// Runs passes until `shutdown` is cancelled; `on_pass` hears of each one that did something
+/// (and of each failure).
+pub async fn follow(
+    data: &Path,
+    rules: &[Rule],
+    opts: &FollowOptions,
+    metrics: &PassMetrics,
+    shutdown: &CancellationToken,
+    mut on_pass: impl FnMut(PassOutcome<'_>),
+) {
+    let mut store: Option<AlertStore> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if data.join(kvwatch_ingest::store::MANIFEST).exists() {
+            match pass(data, rules, opts, &mut store).await {
+                Ok(r) => {
+                    metrics.passes.fetch_add(1, Relaxed);
+                    metrics.created.fetch_add(r.totals.created, Relaxed);
+                    metrics.updated.fetch_add(r.totals.updated, Relaxed);
+                    metrics.folded.fetch_add(r.totals.folded, Relaxed);
+                    metrics.new_files.fetch_add(r.new_files as u64, Relaxed);
+                    metrics.last_pass_ms.store(r.elapsed_ms, Relaxed);
+                    metrics.last_pass_end.store(
+                        (kvwatch_ingest::store::now_nanos() / 1_000_000_000) as u64,
+                        Relaxed,
+                    );
+                    if r.mode != "up-to-date" {
+                        tracing::info!(
+                            created = r.totals.created,
+                            updated = r.totals.updated,
+                            folded = r.totals.folded,
+                            new_files = r.new_files,
+                            elapsed_ms = r.elapsed_ms,
+                            "detect.pass"
+                        );
+                        on_pass(PassOutcome::Done(&r));
+                    }
+                }
+                Err(e) => {
+                    metrics.failures.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "detect.pass_failed");
+                    on_pass(PassOutcome::Failed(&e));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.interval) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("detect.stopped");
+}
+
+/// One incremental pass, (re)opening the alert store first when needed.
+async fn pass(
+    data: &Path,
+    rules: &[Rule],
+    opts: &FollowOptions,
+    store: &mut Option<AlertStore>,
+) -> Result<DetectReport, String> {
+    // A store opened while the disk refused writes is read-only; it is dropped before opening
+    // anew (SQLite would otherwise keep the new connection read-only too).
+    if store.as_ref().is_none_or(|s| s.is_read_only()) {
+        drop(store.take());
+        let mut s = AlertStore::open(data).map_err(|e| e.to_string())?;
+        s.max_evidence = opts.max_evidence.max(1);
+        *store = Some(s);
+    }
+    let st = store.as_mut().expect("opened above");
+    let r = incremental(data, rules, opts.models.as_ref(), st, &mut |_, _, _| {})
+        .await
+        .map_err(|e| e.to_string());
+    // Not kept while read-only: SQLite shares a file's shared-memory index among a process's
+    // connections, and a read-only one held here would make the API's writers read-only too.
+    if st.is_read_only() {
+        drop(store.take());
+    }
+    r
+}
