@@ -58,7 +58,7 @@ impl FollowArgs {
                     .unwrap_or(30)
                     .max(1),
             ),
-            models: (!self.no_models).then(|| cfg.models),
+            models: (!self.no_models).then_some(cfg.models),
             max_evidence: self
                 .max_evidence
                 .or(cfg.detect.max_evidence)
