@@ -36,32 +36,12 @@ pub struct Config {
     /// Per-rule settings: `[rules.<rule-id>]` with `enabled` and a `params` table.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleConfig>,
-    /// SIEM forwarders of `kvwatch serve`: `[[sinks]]` tables, checked by
-    /// `kvwatch_api::forward::parse_sink`.
+    /// SIEM forwarders of `kvwatch serve`: `[[sinks]]` tables, each tagged by its `type`.
     #[serde(default)]
-    pub sinks: Vec<toml::Value>,
-    /// Scheduled reports of `kvwatch serve`: `[[reports]]` tables, checked by
-    /// `kvwatch_api::report::schedule::parse_schedule`.
+    pub sinks: Vec<kvwatch_api::forward::SinkSpec>,
+    /// Scheduled reports of `kvwatch serve`: `[[reports]]` tables.
     #[serde(default)]
-    pub reports: Vec<toml::Value>,
-}
-
-impl Config {
-    /// The `[[reports]]` tables as JSON values, for the scheduler's parser.
-    pub fn reports_json(&self) -> Result<Vec<serde_json::Value>> {
-        self.reports
-            .iter()
-            .map(|v| serde_json::to_value(v).context("[[reports]] entry"))
-            .collect()
-    }
-
-    /// The `[[sinks]]` tables as JSON values, for the forwarder's parser.
-    pub fn sinks_json(&self) -> Result<Vec<serde_json::Value>> {
-        self.sinks
-            .iter()
-            .map(|v| serde_json::to_value(v).context("[[sinks]] entry"))
-            .collect()
-    }
+    pub reports: Vec<kvwatch_api::report::schedule::ScheduleSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -62,12 +62,12 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     let sinks = if a.no_forward {
         Vec::new()
     } else {
-        forward::parse_sinks(&cfg.sinks_json()?)?
+        forward::parse_sinks(&cfg.sinks)?
     };
     let schedules = cfg
-        .reports_json()?
+        .reports
         .iter()
-        .map(kvwatch_api::report::schedule::parse_schedule)
+        .map(kvwatch_api::report::schedule::Schedule::from_spec)
         .collect::<Result<Vec<_>, _>>()?;
     let mut report_tuning =
         kvwatch_api::report::ReportOptions::new(kvwatch_api::report::Kind::Compliance, 0, 1);
@@ -215,7 +215,7 @@ pub enum SinksCmd {
 }
 
 pub fn cmd_sinks(data: &Path, cfg: &Config, c: SinksCmd) -> Result<ExitCode> {
-    let sinks = forward::parse_sinks(&cfg.sinks_json()?)?;
+    let sinks = forward::parse_sinks(&cfg.sinks)?;
     let store = kvwatch_detect::AlertStore::open(data)?;
     let known = |name: &str| -> Result<()> {
         if sinks.iter().any(|s| s.name == name) {

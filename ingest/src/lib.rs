@@ -26,6 +26,7 @@ pub mod query;
 pub mod record;
 pub mod scan;
 pub mod schema;
+pub mod secret;
 pub mod sqlshape;
 pub mod store;
 pub mod tables;

@@ -19,7 +19,6 @@ use kvwatch_detect::{Alert, AlertStore, AlertStoreError, Severity};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,34 +33,12 @@ pub enum ForwardError {
     Store(#[from] AlertStoreError),
 }
 
-/// A credential from the config file, resolved from `${env:NAME}` / `${file:PATH}` when it
-/// has that form. Its Debug output is redacted so it never reaches a log line.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use kvwatch_ingest::secret::Secret;
 
 fn resolve_secret(sink: &str, field: &str, raw: &str) -> Result<Secret, ForwardError> {
-    let p = kvwatch_ingest::kafka::config::Property {
-        key: format!("sinks.{sink}.{field}"),
-        value: raw.to_owned(),
-    };
-    p.resolve().map(Secret).map_err(|e| ForwardError::Config {
+    Secret::resolve(raw).map_err(|e| ForwardError::Config {
         sink: sink.to_owned(),
-        msg: e.to_string(),
+        msg: format!("{field}: {e}"),
     })
 }
 
@@ -197,57 +174,136 @@ pub struct SinkConfig {
     pub timeout: Duration,
 }
 
-const COMMON: &[&str] = &[
-    "name",
-    "type",
-    "batch_size",
-    "max_batch_kb",
-    "min_severity",
-    "poll_interval_ms",
-    "max_backoff_secs",
-    "timeout_secs",
-];
+/// Declares a sink type's table: the keys every sink has, then the type's own; any other key
+/// is an error (`deny_unknown_fields`).
+macro_rules! sink_spec {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Unique name; also the key of the durable cursor.
+            pub name: String,
+            /// Alerts read from the change feed per round [default: 500].
+            pub batch_size: Option<usize>,
+            /// Largest request body in KiB [default: 1000 for Sentinel, 4096 otherwise].
+            pub max_batch_kb: Option<usize>,
+            /// Alerts below this severity are skipped.
+            pub min_severity: Option<String>,
+            /// Pause when caught up, in milliseconds [default: 1000].
+            pub poll_interval_ms: Option<u64>,
+            /// Longest wait between retries, in seconds [default: 60].
+            pub max_backoff_secs: Option<u64>,
+            /// Per-request timeout, in seconds [default: 30].
+            pub timeout_secs: Option<u64>,
+            $($(#[$fdoc])* pub $field: $ty,)*
+        }
+    };
+}
 
-/// The raw `[[sinks]]` table; which keys apply depends on `type`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSink {
-    name: String,
-    #[serde(rename = "type")]
-    kind: String,
+sink_spec!(
+    /// `type = "sentinel"`: the Logs Ingestion API of Azure Monitor.
+    SentinelSpec {
+        endpoint: Option<String>,
+        dcr_immutable_id: Option<String>,
+        stream: Option<String>,
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        /// `${env:…}` / `${file:…}` or the secret itself.
+        client_secret: Option<String>,
+        authority: Option<String>,
+        scope: Option<String>,
+    }
+);
+sink_spec!(
+    /// `type = "splunk_hec"`: Splunk's HTTP Event Collector.
+    HecSpec {
+        url: Option<String>,
+        token: Option<String>,
+        index: Option<String>,
+        source: Option<String>,
+        sourcetype: Option<String>,
+        host: Option<String>,
+        ack: Option<bool>,
+        channel: Option<String>,
+        ack_timeout_secs: Option<u64>,
+    }
+);
+sink_spec!(
+    /// `type = "syslog"`: RFC 5424 lines with CEF over TCP, TLS or UDP.
+    SyslogSpec {
+        address: Option<String>,
+        transport: Option<String>,
+        ca_file: Option<PathBuf>,
+        server_name: Option<String>,
+        facility: Option<String>,
+        hostname: Option<String>,
+        app_name: Option<String>,
+        max_message_bytes: Option<usize>,
+    }
+);
+sink_spec!(
+    /// `type = "webhook"`: JSON POSTs, signed when a secret is set.
+    WebhookSpec {
+        url: Option<String>,
+        secret: Option<String>,
+        format: Option<String>,
+    }
+);
+
+/// One `[[sinks]]` table as written in the config file, tagged by its `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkSpec {
+    Sentinel(SentinelSpec),
+    SplunkHec(HecSpec),
+    Syslog(SyslogSpec),
+    Webhook(WebhookSpec),
+}
+
+/// The keys every sink type shares.
+struct Common<'a> {
+    name: &'a str,
     batch_size: Option<usize>,
     max_batch_kb: Option<usize>,
-    min_severity: Option<String>,
+    min_severity: Option<&'a str>,
     poll_interval_ms: Option<u64>,
     max_backoff_secs: Option<u64>,
     timeout_secs: Option<u64>,
-    endpoint: Option<String>,
-    dcr_immutable_id: Option<String>,
-    stream: Option<String>,
-    tenant_id: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    authority: Option<String>,
-    scope: Option<String>,
-    url: Option<String>,
-    token: Option<String>,
-    index: Option<String>,
-    source: Option<String>,
-    sourcetype: Option<String>,
-    host: Option<String>,
-    ack: Option<bool>,
-    channel: Option<String>,
-    ack_timeout_secs: Option<u64>,
-    address: Option<String>,
-    transport: Option<String>,
-    ca_file: Option<PathBuf>,
-    server_name: Option<String>,
-    facility: Option<String>,
-    hostname: Option<String>,
-    app_name: Option<String>,
-    max_message_bytes: Option<usize>,
-    secret: Option<String>,
-    format: Option<String>,
+}
+
+macro_rules! common_of {
+    ($s:expr) => {
+        Common {
+            name: &$s.name,
+            batch_size: $s.batch_size,
+            max_batch_kb: $s.max_batch_kb,
+            min_severity: $s.min_severity.as_deref(),
+            poll_interval_ms: $s.poll_interval_ms,
+            max_backoff_secs: $s.max_backoff_secs,
+            timeout_secs: $s.timeout_secs,
+        }
+    };
+}
+
+impl SinkSpec {
+    fn common(&self) -> Common<'_> {
+        match self {
+            SinkSpec::Sentinel(s) => common_of!(s),
+            SinkSpec::SplunkHec(s) => common_of!(s),
+            SinkSpec::Syslog(s) => common_of!(s),
+            SinkSpec::Webhook(s) => common_of!(s),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            SinkSpec::Sentinel(_) => "sentinel",
+            SinkSpec::SplunkHec(_) => "splunk_hec",
+            SinkSpec::Syslog(_) => "syslog",
+            SinkSpec::Webhook(_) => "webhook",
+        }
+    }
 }
 
 /// Syslog facility by name or number.
@@ -272,199 +328,163 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "kvwatch".into())
 }
 
-/// Parses one `[[sinks]]` entry (given as JSON, converted from the TOML config).
+impl SinkConfig {
+    /// Checks a `[[sinks]]` table and fills in its defaults; secrets are resolved here.
+    pub fn from_spec(spec: &SinkSpec) -> Result<SinkConfig, ForwardError> {
+        let c = spec.common();
+        let name = c.name.to_owned();
+        let kind_name = spec.type_name();
+        let err = |msg: String| ForwardError::Config {
+            sink: name.clone(),
+            msg,
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err("name must be letters, digits, '-' or '_'".into()));
+        }
+        let need = |field: &str, v: &Option<String>| -> Result<String, ForwardError> {
+            v.clone()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| err(format!("{field} is required for type {kind_name}")))
+        };
+        let url = |field: &str, v: &Option<String>| -> Result<String, ForwardError> {
+            let u = need(field, v)?;
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(err(format!("{field} must be an http(s) URL")));
+            }
+            Ok(u.trim_end_matches('/').to_owned())
+        };
+        let kind = match spec {
+            SinkSpec::Sentinel(r) => SinkKind::Sentinel {
+                endpoint: url("endpoint", &r.endpoint)?,
+                dcr_immutable_id: need("dcr_immutable_id", &r.dcr_immutable_id)?,
+                stream: need("stream", &r.stream)?,
+                tenant_id: need("tenant_id", &r.tenant_id)?,
+                client_id: need("client_id", &r.client_id)?,
+                client_secret: resolve_secret(
+                    &name,
+                    "client_secret",
+                    &need("client_secret", &r.client_secret)?,
+                )?,
+                authority: r
+                    .authority
+                    .clone()
+                    .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                scope: r
+                    .scope
+                    .clone()
+                    .unwrap_or_else(|| "https://monitor.azure.com/.default".into()),
+            },
+            SinkSpec::SplunkHec(r) => SinkKind::SplunkHec {
+                url: url("url", &r.url)?,
+                token: resolve_secret(&name, "token", &need("token", &r.token)?)?,
+                index: r.index.clone(),
+                source: r.source.clone().unwrap_or_else(|| "kvwatch".into()),
+                sourcetype: r
+                    .sourcetype
+                    .clone()
+                    .unwrap_or_else(|| "kvwatch:alert".into()),
+                host: r.host.clone().unwrap_or_else(local_hostname),
+                ack: r.ack.unwrap_or(false),
+                channel: r.channel.clone().unwrap_or_else(|| {
+                    // A stable channel per sink name, in the GUID form HEC requires.
+                    let h = blake3::hash(name.as_bytes()).to_hex();
+                    format!(
+                        "{}-{}-{}-{}-{}",
+                        &h[0..8],
+                        &h[8..12],
+                        &h[12..16],
+                        &h[16..20],
+                        &h[20..32]
+                    )
+                }),
+                ack_timeout: Duration::from_secs(r.ack_timeout_secs.unwrap_or(60)),
+            },
+            SinkSpec::Syslog(r) => {
+                let transport = match r.transport.as_deref().unwrap_or("tcp") {
+                    "tcp" => SyslogTransport::Tcp,
+                    "tls" => SyslogTransport::Tls,
+                    "udp" => SyslogTransport::Udp,
+                    other => return Err(err(format!("transport {other:?} (tcp, tls or udp)"))),
+                };
+                let address = need("address", &r.address)?;
+                if !address.contains(':') {
+                    return Err(err("address must be host:port".into()));
+                }
+                SinkKind::Syslog {
+                    address,
+                    transport,
+                    ca_file: r.ca_file.clone(),
+                    server_name: r.server_name.clone(),
+                    facility: match r.facility.as_deref() {
+                        None => 20,
+                        Some(f) => facility(f)
+                            .ok_or_else(|| err(format!("unknown syslog facility {f:?}")))?,
+                    },
+                    hostname: r.hostname.clone().unwrap_or_else(local_hostname),
+                    app_name: r.app_name.clone().unwrap_or_else(|| "kvwatch".into()),
+                    max_message_bytes: r.max_message_bytes.unwrap_or(8192).max(480),
+                }
+            }
+            SinkSpec::Webhook(r) => SinkKind::Webhook {
+                url: url("url", &r.url)?,
+                secret: r
+                    .secret
+                    .as_deref()
+                    .map(|s| resolve_secret(&name, "secret", s))
+                    .transpose()?,
+                format: match r.format.as_deref() {
+                    None => PayloadFormat::Native,
+                    Some(f) => PayloadFormat::parse(f)
+                        .ok_or_else(|| err(format!("format {f:?} (native, ocsf or cef)")))?,
+                },
+            },
+        };
+        let default_kb = match kind {
+            // The Logs Ingestion API refuses calls over 1 MB.
+            SinkKind::Sentinel { .. } => 1000,
+            _ => 4096,
+        };
+        Ok(SinkConfig {
+            batch_size: c.batch_size.unwrap_or(500).clamp(1, 10_000),
+            max_batch_bytes: c.max_batch_kb.unwrap_or(default_kb).max(1) * 1024,
+            min_severity: c
+                .min_severity
+                .map(|s| Severity::parse(s).ok_or_else(|| err(format!("unknown severity {s:?}"))))
+                .transpose()?,
+            poll_interval: Duration::from_millis(c.poll_interval_ms.unwrap_or(1000).max(10)),
+            max_backoff: Duration::from_secs(c.max_backoff_secs.unwrap_or(60).max(1)),
+            timeout: Duration::from_secs(c.timeout_secs.unwrap_or(30).max(1)),
+            name,
+            kind,
+        })
+    }
+}
+
+/// Parses one `[[sinks]]` table given as JSON (tests, tools).
 pub fn parse_sink(v: &Value) -> Result<SinkConfig, ForwardError> {
     let name = v
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("(unnamed)")
         .to_owned();
-    let err = |msg: String| ForwardError::Config {
-        sink: name.clone(),
-        msg,
-    };
-    let raw: RawSink = serde_json::from_value(v.clone()).map_err(|e| err(e.to_string()))?;
-    if raw.name.is_empty()
-        || !raw
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(err("name must be letters, digits, '-' or '_'".into()));
-    }
-    let own: &[&str] = match raw.kind.as_str() {
-        "sentinel" => &[
-            "endpoint",
-            "dcr_immutable_id",
-            "stream",
-            "tenant_id",
-            "client_id",
-            "client_secret",
-            "authority",
-            "scope",
-        ],
-        "splunk_hec" => &[
-            "url",
-            "token",
-            "index",
-            "source",
-            "sourcetype",
-            "host",
-            "ack",
-            "channel",
-            "ack_timeout_secs",
-        ],
-        "syslog" => &[
-            "address",
-            "transport",
-            "ca_file",
-            "server_name",
-            "facility",
-            "hostname",
-            "app_name",
-            "max_message_bytes",
-        ],
-        "webhook" => &["url", "secret", "format"],
-        other => {
-            return Err(err(format!(
-                "unknown type {other:?} (sentinel, splunk_hec, syslog or webhook)"
-            )));
-        }
-    };
-    if let Some(map) = v.as_object() {
-        for k in map.keys() {
-            if !COMMON.contains(&k.as_str()) && !own.contains(&k.as_str()) {
-                return Err(err(format!("{k} does not apply to type {}", raw.kind)));
-            }
-        }
-    }
-    let need = |field: &str, v: &Option<String>| -> Result<String, ForwardError> {
-        v.clone()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| err(format!("{field} is required for type {}", raw.kind)))
-    };
-    let url = |field: &str, v: &Option<String>| -> Result<String, ForwardError> {
-        let u = need(field, v)?;
-        if !(u.starts_with("https://") || u.starts_with("http://")) {
-            return Err(err(format!("{field} must be an http(s) URL")));
-        }
-        Ok(u.trim_end_matches('/').to_owned())
-    };
-    let kind = match raw.kind.as_str() {
-        "sentinel" => SinkKind::Sentinel {
-            endpoint: url("endpoint", &raw.endpoint)?,
-            dcr_immutable_id: need("dcr_immutable_id", &raw.dcr_immutable_id)?,
-            stream: need("stream", &raw.stream)?,
-            tenant_id: need("tenant_id", &raw.tenant_id)?,
-            client_id: need("client_id", &raw.client_id)?,
-            client_secret: resolve_secret(
-                &name,
-                "client_secret",
-                &need("client_secret", &raw.client_secret)?,
-            )?,
-            authority: raw
-                .authority
-                .clone()
-                .unwrap_or_else(|| "https://login.microsoftonline.com".into())
-                .trim_end_matches('/')
-                .to_owned(),
-            scope: raw
-                .scope
-                .clone()
-                .unwrap_or_else(|| "https://monitor.azure.com/.default".into()),
-        },
-        "splunk_hec" => SinkKind::SplunkHec {
-            url: url("url", &raw.url)?,
-            token: resolve_secret(&name, "token", &need("token", &raw.token)?)?,
-            index: raw.index.clone(),
-            source: raw.source.clone().unwrap_or_else(|| "kvwatch".into()),
-            sourcetype: raw
-                .sourcetype
-                .clone()
-                .unwrap_or_else(|| "kvwatch:alert".into()),
-            host: raw.host.clone().unwrap_or_else(local_hostname),
-            ack: raw.ack.unwrap_or(false),
-            channel: raw.channel.clone().unwrap_or_else(|| {
-                // A stable channel per sink name, in the GUID form HEC requires.
-                let h = blake3::hash(name.as_bytes()).to_hex();
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[0..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..32]
-                )
-            }),
-            ack_timeout: Duration::from_secs(raw.ack_timeout_secs.unwrap_or(60)),
-        },
-        "syslog" => {
-            let transport = match raw.transport.as_deref().unwrap_or("tcp") {
-                "tcp" => SyslogTransport::Tcp,
-                "tls" => SyslogTransport::Tls,
-                "udp" => SyslogTransport::Udp,
-                other => return Err(err(format!("transport {other:?} (tcp, tls or udp)"))),
-            };
-            let address = need("address", &raw.address)?;
-            if !address.contains(':') {
-                return Err(err("address must be host:port".into()));
-            }
-            SinkKind::Syslog {
-                address,
-                transport,
-                ca_file: raw.ca_file.clone(),
-                server_name: raw.server_name.clone(),
-                facility: match raw.facility.as_deref() {
-                    None => 20,
-                    Some(f) => {
-                        facility(f).ok_or_else(|| err(format!("unknown syslog facility {f:?}")))?
-                    }
-                },
-                hostname: raw.hostname.clone().unwrap_or_else(local_hostname),
-                app_name: raw.app_name.clone().unwrap_or_else(|| "kvwatch".into()),
-                max_message_bytes: raw.max_message_bytes.unwrap_or(8192).max(480),
-            }
-        }
-        _ => SinkKind::Webhook {
-            url: url("url", &raw.url)?,
-            secret: raw
-                .secret
-                .as_deref()
-                .map(|s| resolve_secret(&name, "secret", s))
-                .transpose()?,
-            format: match raw.format.as_deref() {
-                None => PayloadFormat::Native,
-                Some(f) => PayloadFormat::parse(f)
-                    .ok_or_else(|| err(format!("format {f:?} (native, ocsf or cef)")))?,
-            },
-        },
-    };
-    let default_kb = match kind {
-        // The Logs Ingestion API refuses calls over 1 MB.
-        SinkKind::Sentinel { .. } => 1000,
-        _ => 4096,
-    };
-    Ok(SinkConfig {
-        batch_size: raw.batch_size.unwrap_or(500).clamp(1, 10_000),
-        max_batch_bytes: raw.max_batch_kb.unwrap_or(default_kb).max(1) * 1024,
-        min_severity: raw
-            .min_severity
-            .as_deref()
-            .map(|s| Severity::parse(s).ok_or_else(|| err(format!("unknown severity {s:?}"))))
-            .transpose()?,
-        poll_interval: Duration::from_millis(raw.poll_interval_ms.unwrap_or(1000).max(10)),
-        max_backoff: Duration::from_secs(raw.max_backoff_secs.unwrap_or(60).max(1)),
-        timeout: Duration::from_secs(raw.timeout_secs.unwrap_or(30).max(1)),
-        name,
-        kind,
-    })
+    let spec: SinkSpec = serde_json::from_value(v.clone()).map_err(|e| ForwardError::Config {
+        sink: name,
+        msg: e.to_string(),
+    })?;
+    SinkConfig::from_spec(&spec)
 }
 
-/// Parses every sink and checks that names are unique.
-pub fn parse_sinks(values: &[Value]) -> Result<Vec<SinkConfig>, ForwardError> {
-    let sinks = values
+/// Checks every sink and that names are unique.
+pub fn parse_sinks(specs: &[SinkSpec]) -> Result<Vec<SinkConfig>, ForwardError> {
+    let sinks = specs
         .iter()
-        .map(parse_sink)
+        .map(SinkConfig::from_spec)
         .collect::<Result<Vec<_>, _>>()?;
     let mut seen = BTreeSet::new();
     for s in &sinks {
@@ -796,10 +816,13 @@ mod tests {
         .unwrap();
         assert_eq!(sentinel.max_batch_bytes, 1000 * 1024);
         for (bad, why) in [
-            (json!({"name": "x", "type": "kafka"}), "unknown type"),
+            (
+                json!({"name": "x", "type": "kafka"}),
+                "unknown variant `kafka`",
+            ),
             (
                 json!({"name": "x", "type": "webhook", "url": "https://h", "token": "t"}),
-                "does not apply",
+                "unknown field `token`",
             ),
             (json!({"name": "x", "type": "webhook"}), "url is required"),
             (
@@ -830,9 +853,10 @@ mod tests {
             let e = parse_sink(&bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+        let spec = |v: Value| serde_json::from_value::<SinkSpec>(v).unwrap();
         let dup = parse_sinks(&[
-            json!({"name": "a", "type": "webhook", "url": "https://h"}),
-            json!({"name": "a", "type": "webhook", "url": "https://i"}),
+            spec(json!({"name": "a", "type": "webhook", "url": "https://h"})),
+            spec(json!({"name": "a", "type": "webhook", "url": "https://i"})),
         ]);
         assert!(dup.is_err());
     }

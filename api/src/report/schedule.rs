@@ -40,79 +40,90 @@ pub struct Schedule {
     pub webhook_secret: Option<crate::forward::Secret>,
 }
 
-#[derive(Deserialize)]
+/// One `[[reports]]` table as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSchedule {
-    name: String,
-    kind: Option<String>,
-    cron: String,
-    period: Option<String>,
-    timezone: Option<String>,
-    format: Option<String>,
+pub struct ScheduleSpec {
+    pub name: String,
+    /// compliance (default), access, permissions, sensitive-ops, failed-access, blast-radius,
+    /// hygiene or alerts.
+    pub kind: Option<String>,
+    /// Cron expression (5 or 6 fields) in `timezone`.
+    pub cron: String,
+    /// day (default), week or month: the full period before each run.
+    pub period: Option<String>,
+    /// IANA time zone [default: UTC].
+    pub timezone: Option<String>,
+    /// html (default), csv or json.
+    pub format: Option<String>,
     #[serde(default)]
-    vaults: Vec<String>,
-    keep: Option<usize>,
-    webhook: Option<String>,
-    webhook_secret: Option<String>,
+    pub vaults: Vec<String>,
+    /// Reports of this schedule kept [default: 30].
+    pub keep: Option<usize>,
+    /// Also POST a copy here.
+    pub webhook: Option<String>,
+    /// `${env:…}` / `${file:…}` or the key itself.
+    pub webhook_secret: Option<String>,
 }
 
-/// Parses one `[[reports]]` table (as JSON, converted from the TOML config).
+/// Parses one `[[reports]]` table given as JSON (tests, tools).
 pub fn parse_schedule(v: &serde_json::Value) -> Result<Schedule, ReportError> {
-    let raw: RawSchedule = serde_json::from_value(v.clone())
+    let raw: ScheduleSpec = serde_json::from_value(v.clone())
         .map_err(|e| ReportError::Invalid(format!("[[reports]]: {e}")))?;
-    let err = |m: String| ReportError::Invalid(format!("[[reports]] {}: {m}", raw.name));
-    if raw.name.is_empty() || !super::valid_id(&raw.name) {
-        return Err(err("name must be letters, digits and '-'".into()));
-    }
-    let kind = Kind::parse(raw.kind.as_deref().unwrap_or("compliance"))
-        .ok_or_else(|| err("unknown kind".into()))?;
-    let cron = <croner::Cron as std::str::FromStr>::from_str(&raw.cron)
-        .map_err(|e| err(format!("cron {:?}: {e}", raw.cron)))?;
-    let period = match raw.period.as_deref().unwrap_or("day") {
-        "day" => Period::Day,
-        "week" => Period::Week,
-        "month" => Period::Month,
-        p => return Err(err(format!("period {p:?} (day, week or month)"))),
-    };
-    let tz: Tz = raw
-        .timezone
-        .as_deref()
-        .unwrap_or("UTC")
-        .parse()
-        .map_err(|e| err(format!("timezone: {e}")))?;
-    let format = Format::parse(raw.format.as_deref().unwrap_or("html"))
-        .ok_or_else(|| err("format (html, csv or json)".into()))?;
-    let webhook_secret = raw
-        .webhook_secret
-        .as_deref()
-        .map(|s| {
-            kvwatch_ingest::kafka::config::Property {
-                key: format!("reports.{}.webhook_secret", raw.name),
-                value: s.to_owned(),
-            }
-            .resolve()
-            .map(crate::forward::Secret::new)
-            .map_err(|e| err(e.to_string()))
+    Schedule::from_spec(&raw)
+}
+
+impl Schedule {
+    /// Checks a `[[reports]]` table and fills in its defaults; the webhook secret is resolved.
+    pub fn from_spec(raw: &ScheduleSpec) -> Result<Schedule, ReportError> {
+        let err = |m: String| ReportError::Invalid(format!("[[reports]] {}: {m}", raw.name));
+        if raw.name.is_empty() || !super::valid_id(&raw.name) {
+            return Err(err("name must be letters, digits and '-'".into()));
+        }
+        let kind = Kind::parse(raw.kind.as_deref().unwrap_or("compliance"))
+            .ok_or_else(|| err("unknown kind".into()))?;
+        let cron = <croner::Cron as std::str::FromStr>::from_str(&raw.cron)
+            .map_err(|e| err(format!("cron {:?}: {e}", raw.cron)))?;
+        let period = match raw.period.as_deref().unwrap_or("day") {
+            "day" => Period::Day,
+            "week" => Period::Week,
+            "month" => Period::Month,
+            p => return Err(err(format!("period {p:?} (day, week or month)"))),
+        };
+        let tz: Tz = raw
+            .timezone
+            .as_deref()
+            .unwrap_or("UTC")
+            .parse()
+            .map_err(|e| err(format!("timezone: {e}")))?;
+        let format = Format::parse(raw.format.as_deref().unwrap_or("html"))
+            .ok_or_else(|| err("format (html, csv or json)".into()))?;
+        let webhook_secret = raw
+            .webhook_secret
+            .as_deref()
+            .map(|s| {
+                crate::forward::Secret::resolve(s).map_err(|e| err(format!("webhook_secret: {e}")))
+            })
+            .transpose()?;
+        if let Some(w) = &raw.webhook
+            && !(w.starts_with("https://") || w.starts_with("http://"))
+        {
+            return Err(err("webhook must be an http(s) URL".into()));
+        }
+        Ok(Schedule {
+            kind,
+            cron,
+            cron_text: raw.cron.clone(),
+            period,
+            tz,
+            format,
+            vaults: raw.vaults.iter().map(|v| v.to_lowercase()).collect(),
+            keep: raw.keep.unwrap_or(30).max(1),
+            webhook: raw.webhook.clone(),
+            webhook_secret,
+            name: raw.name.clone(),
         })
-        .transpose()?;
-    if let Some(w) = &raw.webhook
-        && !(w.starts_with("https://") || w.starts_with("http://"))
-    {
-        return Err(err("webhook must be an http(s) URL".into()));
     }
-    Ok(Schedule {
-        kind,
-        cron,
-        cron_text: raw.cron.clone(),
-        period,
-        tz,
-        format,
-        vaults: raw.vaults.iter().map(|v| v.to_lowercase()).collect(),
-        keep: raw.keep.unwrap_or(30).max(1),
-        webhook: raw.webhook.clone(),
-        webhook_secret,
-        name: raw.name,
-    })
 }
 
 /// The newest cron slot at or before `now` and after `after` (both UTC), if any.

@@ -34,22 +34,8 @@ impl Property {
 
     /// The value with `${env:…}` / `${file:…}` resolved.
     pub fn resolve(&self) -> Result<String, KafkaError> {
-        let v = self.value.trim();
-        if let Some(name) = v.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
-            return std::env::var(name).map_err(|_| {
-                KafkaError::Config(format!(
-                    "property {}: environment variable {name} is not set",
-                    self.key
-                ))
-            });
-        }
-        if let Some(path) = v.strip_prefix("${file:").and_then(|r| r.strip_suffix('}')) {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                KafkaError::Config(format!("property {}: cannot read {path}: {e}", self.key))
-            })?;
-            return Ok(text.trim_end_matches(['\r', '\n']).to_owned());
-        }
-        Ok(self.value.clone())
+        crate::secret::resolve(&self.value)
+            .map_err(|e| KafkaError::Config(format!("property {}: {e}", self.key)))
     }
 }
 
@@ -64,7 +50,7 @@ pub fn is_secret_key(key: &str) -> bool {
 
 impl fmt::Debug for Property {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if is_secret_key(&self.key) && !self.value.trim_start().starts_with("${") {
+        if is_secret_key(&self.key) && !crate::secret::is_reference(&self.value) {
             write!(f, "{}=<redacted>", self.key)
         } else {
             write!(f, "{}={}", self.key, self.value)
