@@ -2,10 +2,10 @@
 //! `DATA/auth.db`. The secrets are high-entropy, so a fast hash is as good as a slow one here
 //! (nothing to brute-force), and verification costs microseconds per request.
 
+use kvwatch_ingest::DataDir;
 use rand::RngCore;
 use rusqlite::{Connection, params};
 use serde::Serialize;
-use std::path::Path;
 use std::sync::Mutex;
 
 /// What a key may do. Each role includes the ones before it.
@@ -73,7 +73,7 @@ pub struct KeyInfo {
 /// `kvwatch apikey revoke`; this process's own changes reset it), so revocation still takes
 /// effect at the next request.
 pub struct KeyStore {
-    data: std::path::PathBuf,
+    data: DataDir,
     conn: Mutex<Connection>,
     cache: Mutex<KeyCache>,
     /// When `last_used_at` was last written per key: it is refreshed at most once a minute,
@@ -103,10 +103,10 @@ fn now() -> i64 {
 }
 
 impl KeyStore {
-    pub fn open(data: &Path) -> Result<KeyStore, AuthError> {
+    pub fn open(data: &DataDir) -> Result<KeyStore, AuthError> {
         let conn = Self::connect(data)?;
         Ok(KeyStore {
-            data: data.to_owned(),
+            data: data.clone(),
             conn: Mutex::new(conn),
             cache: Mutex::new(KeyCache::default()),
             last_written: Mutex::new(Default::default()),
@@ -115,10 +115,10 @@ impl KeyStore {
 
     /// A connection to `auth.db`, creating it if needed. On a disk that refuses writes SQLite
     /// opens the existing database read-only, and keys can still be checked.
-    fn connect(data: &Path) -> Result<Connection, AuthError> {
-        let path = data.join("auth.db");
+    fn connect(data: &DataDir) -> Result<Connection, AuthError> {
+        let path = data.auth_db();
         if !path.exists() {
-            std::fs::create_dir_all(data)
+            data.create()
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         }
         let conn = Connection::open(&path)?;
@@ -329,7 +329,7 @@ mod tests {
     #[test]
     fn create_verify_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let ks = KeyStore::open(dir.path()).unwrap();
+        let ks = KeyStore::open(&DataDir::new(dir.path())).unwrap();
         let k = ks.create("soc-1", Role::Analyst).unwrap();
         assert!(k.starts_with("kvw_") && k.len() == 44);
         assert_eq!(
@@ -360,13 +360,16 @@ mod tests {
     #[test]
     fn another_process_revoking_a_key_is_seen_at_the_next_request() {
         let dir = tempfile::tempdir().unwrap();
-        let server = KeyStore::open(dir.path()).unwrap();
+        let server = KeyStore::open(&DataDir::new(dir.path())).unwrap();
         let k = server.create("soc-2", Role::Reader).unwrap();
         assert!(server.verify(&k).unwrap().is_some());
         // `kvwatch apikey revoke` in another process: another connection commits.
-        KeyStore::open(dir.path()).unwrap().revoke("soc-2").unwrap();
+        KeyStore::open(&DataDir::new(dir.path()))
+            .unwrap()
+            .revoke("soc-2")
+            .unwrap();
         assert_eq!(server.verify(&k).unwrap(), None);
-        let k2 = KeyStore::open(dir.path())
+        let k2 = KeyStore::open(&DataDir::new(dir.path()))
             .unwrap()
             .create("soc-3", Role::Admin)
             .unwrap();

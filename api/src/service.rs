@@ -18,9 +18,8 @@ use kvwatch_detect::follow::{FollowOptions, PassListener, PassOutcome, follow};
 use kvwatch_detect::rule::Rule;
 use kvwatch_detect::run::PassMetrics;
 use kvwatch_ingest::kafka::{self, ConsumeOptions, ConsumeReport, KafkaError, Metrics};
-use kvwatch_ingest::{StoreWriter, WriteOptions};
+use kvwatch_ingest::{DataDir, WriteOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Everything `serve` runs, as configured.
 pub struct ServiceOptions {
-    pub data: PathBuf,
+    pub data: DataDir,
     /// Address of the HTTP API.
     pub listen: String,
     pub conn: ConnLimits,
@@ -215,7 +214,7 @@ impl Service {
         });
         let consumer = match (opts.kafka, &kafka) {
             (Some((consume, store)), Some(metrics)) => {
-                let writer = StoreWriter::open(&opts.data, store)?;
+                let writer = opts.data.writer(store)?;
                 let handle =
                     kafka::spawn(writer, consume, metrics.clone(), shutdown.clone(), |_| {})
                         .map_err(|e| ServiceError::Task(format!("starting the consumer: {e}")))?;

@@ -8,15 +8,15 @@ use crate::forward::SinkStatus;
 use crate::health::DiskHealth;
 use crate::sql::{PoolOptions, SqlLimits, SqlPool};
 use kvwatch_detect::store::{AlertStore, AlertStoreError};
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::kafka::Metrics as KafkaMetrics;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared state of the server.
 pub struct ApiState {
-    pub data: PathBuf,
+    pub data: DataDir,
     pub keys: KeyStore,
     /// The Kafka consumer's counters, when this process runs one.
     pub kafka: Option<Arc<KafkaMetrics>>,
@@ -62,7 +62,7 @@ impl ApiState {
     /// State for `data` with the default SQL pool (workers started from this executable)
     /// and a disk prober that wants `min_free` bytes free.
     pub fn new(
-        data: PathBuf,
+        data: DataDir,
         keys: KeyStore,
         kafka: Option<Arc<KafkaMetrics>>,
         pool: PoolOptions,
@@ -70,7 +70,7 @@ impl ApiState {
     ) -> Self {
         Self {
             sql: SqlPool::new(pool),
-            disk: Arc::new(DiskHealth::new(data.clone(), min_free)),
+            disk: Arc::new(DiskHealth::new(data.root().to_owned(), min_free)),
             data,
             keys,
             kafka,
@@ -153,7 +153,7 @@ impl ApiState {
 
 /// Opens the alert store for writing and runs `f` on it.
 fn f_once<T>(
-    data: &std::path::Path,
+    data: &DataDir,
     f: &impl Fn(&AlertStore) -> Result<T, AlertStoreError>,
 ) -> Result<T, AlertStoreError> {
     f(&AlertStore::open(data)?)

@@ -4,13 +4,14 @@ use crate::output::{Format, kv_table, thousands, write_batches};
 use crate::{DemoArgs, config::Config};
 use anyhow::{Context, Result};
 use kvwatch_datasets::eval::{EvalReport, ScoredAlert};
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::files::IngestOptions;
-use kvwatch_ingest::{StoreWriter, query};
+use kvwatch_ingest::query;
 use std::io::Write;
 use std::path::Path;
 
 /// Alerts to score: from a JSON file when given, else from the data directory's alert store.
-pub fn load_alerts(data: &Path, file: Option<&Path>) -> Result<Vec<ScoredAlert>> {
+pub fn load_alerts(data: &DataDir, file: Option<&Path>) -> Result<Vec<ScoredAlert>> {
     let text = match file {
         Some(f) => {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
@@ -82,7 +83,7 @@ pub fn print_eval(out: &mut dyn Write, r: &EvalReport, format: Format) -> Result
     Ok(())
 }
 
-pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process::ExitCode> {
+pub async fn run(data: &DataDir, cfg: &Config, a: DemoArgs) -> Result<std::process::ExitCode> {
     let started = std::time::Instant::now();
     let logs = tempfile::Builder::new().prefix("kvwatch-demo-").tempdir()?;
     let gcfg = a.gen_args.config(kvwatch_datasets::OutputFormat::Archive)?;
@@ -97,7 +98,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     eprintln!(
         "demo: ingesting {} records into {}",
         thousands(g.events + g.activity),
-        data.display()
+        data.root().display()
     );
     // Everything the generator wrote except its ground truth.
     let mut paths = Vec::new();
@@ -112,7 +113,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     let n_inputs = inputs.len();
     let report = match &a.brokers {
         None => {
-            let mut writer = StoreWriter::open(data, crate::StoreArgs::default().options(cfg))?;
+            let mut writer = data.writer(crate::StoreArgs::default().options(cfg))?;
             let report = tokio::task::block_in_place(|| {
                 kvwatch_ingest::ingest(&mut writer, inputs, &IngestOptions::default(), |_| {})
             })?;
@@ -129,7 +130,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
                 a.topic.clone(),
                 crate::StoreArgs::default().options(cfg),
             );
-            let data = data.to_owned();
+            let data = data.root().to_owned();
             tokio::task::spawn_blocking(move || {
                 kvwatch_ingest::kafka::round_trip(&data, cfg_store, inputs, &brokers, &topic)
             })
@@ -149,7 +150,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     .await?;
     drop(alerts_store);
     let labels = kvwatch_datasets::read_labels(&logs.path().join("labels.json"))?;
-    let labels_copy = data.join("demo-labels.json");
+    let labels_copy = data.root().join("demo-labels.json");
     std::fs::copy(logs.path().join("labels.json"), &labels_copy)?;
 
     let mut out = std::io::stdout().lock();
@@ -181,7 +182,7 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
             ),
         ],
     )?;
-    let ctx = query::open_session(data).await?;
+    let ctx = data.session().await?;
     kvwatch_detect::table::register_alerts(&ctx, data)?;
     let sections = [
         (
@@ -229,18 +230,18 @@ pub async fn run(data: &Path, cfg: &Config, a: DemoArgs) -> Result<std::process:
     writeln!(
         out,
         "  kvwatch --data {} query \"SELECT operation, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC\"",
-        data.display()
+        data.root().display()
     )?;
     writeln!(
         out,
         "  kvwatch --data {} eval --labels {}",
-        data.display(),
+        data.root().display(),
         labels_copy.display()
     )?;
     writeln!(
         out,
         "  kvwatch --data {} alerts --severity medium",
-        data.display()
+        data.root().display()
     )?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -11,10 +11,11 @@ use kvwatch_detect::follow::PassOutcome;
 use kvwatch_detect::rule::{self, Dur, Rule, RuleOverride};
 use kvwatch_detect::run::{DetectReport, backfill, incremental};
 use kvwatch_detect::{Alert, AlertFilter, AlertStore, Engine, Severity, Status};
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::time::{format_ns, parse_timestamp_ns};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args, Clone, Default)]
@@ -223,7 +224,7 @@ fn progress(quiet: bool) -> impl FnMut(usize, usize, &str) {
     }
 }
 
-fn alert_store(data: &Path, cfg: &Config, max_evidence: Option<usize>) -> Result<AlertStore> {
+fn alert_store(data: &DataDir, cfg: &Config, max_evidence: Option<usize>) -> Result<AlertStore> {
     let mut s = AlertStore::open(data)?;
     s.max_evidence = max_evidence
         .or(cfg.detect.max_evidence)
@@ -232,11 +233,11 @@ fn alert_store(data: &Path, cfg: &Config, max_evidence: Option<usize>) -> Result
     Ok(s)
 }
 
-pub async fn cmd_detect(data: &Path, cfg: &Config, a: DetectArgs) -> Result<ExitCode> {
-    if !data.join(kvwatch_ingest::store::MANIFEST).exists() {
+pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<ExitCode> {
+    if !data.has_events() {
         bail!(
             "no event store at {} (run `kvwatch ingest` first, or pass --data)",
-            data.display()
+            data.root().display()
         );
     }
     if a.follow {
@@ -368,7 +369,7 @@ fn print_detect(r: &DetectReport, nrules: usize, format: Format) -> Result<()> {
     Ok(())
 }
 
-fn open_alerts_read(data: &Path) -> Result<Option<AlertStore>> {
+fn open_alerts_read(data: &DataDir) -> Result<Option<AlertStore>> {
     Ok(AlertStore::open_read_only(data)?)
 }
 
@@ -412,7 +413,7 @@ fn write_alerts(out: &mut dyn Write, alerts: &[Alert], format: AlertFormat) -> R
     Ok(())
 }
 
-pub fn cmd_alerts(data: &Path, a: AlertsArgs) -> Result<ExitCode> {
+pub fn cmd_alerts(data: &DataDir, a: AlertsArgs) -> Result<ExitCode> {
     let now = kvwatch_ingest::store::now_nanos();
     let filter = AlertFilter {
         since: a.since.as_deref().map(|s| parse_time(s, now)).transpose()?,
@@ -439,7 +440,7 @@ pub fn cmd_alerts(data: &Path, a: AlertsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn cmd_alert(data: &Path, a: AlertArgs) -> Result<ExitCode> {
+pub fn cmd_alert(data: &DataDir, a: AlertArgs) -> Result<ExitCode> {
     // Accept the 16-character prefix the table shows.
     let store = AlertStore::open(data)?;
     let matches: Vec<Alert> = store
@@ -525,7 +526,7 @@ pub fn cmd_alert(data: &Path, a: AlertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn cmd_rules(data: &Path, cfg: &Config, cmd: RulesCmd) -> Result<ExitCode> {
+pub async fn cmd_rules(data: &DataDir, cfg: &Config, cmd: RulesCmd) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
         RulesCmd::Sql { source } => {

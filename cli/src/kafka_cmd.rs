@@ -6,12 +6,12 @@ use crate::config::{Config, KafkaConfig};
 use crate::output::{Format, kv_table, thousands};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::files::expand;
 use kvwatch_ingest::kafka::{
     self, ClientOptions, ConsumeOptions, ConsumeReport, Metrics, Property, PublishOptions,
 };
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -195,14 +195,15 @@ pub struct PublishArgs {
     format: Format,
 }
 
-pub async fn cmd_consume(data: &Path, cfg: &Config, a: ConsumeArgs) -> Result<ExitCode> {
+pub async fn cmd_consume(data: &DataDir, cfg: &Config, a: ConsumeArgs) -> Result<ExitCode> {
     kvwatch_ingest::files::keep_freed_memory();
     let opts = a.flags.options(&cfg.kafka)?;
     let shutdown = crate::shutdown_on_signal()?;
     let metrics = Arc::new(Metrics::default());
     let every = opts.stats_interval.as_secs_f64();
-    let writer = kvwatch_ingest::StoreWriter::open(data, a.store.options(cfg))
-        .with_context(|| format!("opening the event store {}", data.display()))?;
+    let writer = data
+        .writer(a.store.options(cfg))
+        .with_context(|| format!("opening the event store {}", data.root().display()))?;
     // People watching see progress whatever the log level.
     let mut last = 0u64;
     let progress = move |m: &Metrics| {

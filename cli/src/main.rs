@@ -12,8 +12,9 @@ mod sql_cmd;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use config::Config;
+use kvwatch_ingest::DataDir;
+use kvwatch_ingest::WriteOptions;
 use kvwatch_ingest::files::{IngestOptions, IngestReport, Progress, expand};
-use kvwatch_ingest::{StoreWriter, WriteOptions};
 use output::{Format, kv_table, thousands};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -322,7 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .data
             .clone()
             .unwrap_or_else(|| PathBuf::from("kvwatch-data"));
-        return Ok(sql_cmd::cmd_sql_worker(&data));
+        return Ok(sql_cmd::cmd_sql_worker(&DataDir::new(data)));
     }
     let cfg = config::load(cli.config.as_deref())?;
     let log_format = match (cli.log_format, cfg.log_format.as_deref()) {
@@ -340,6 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .clone()
         .or_else(|| cfg.data.clone())
         .unwrap_or_else(|| PathBuf::from("kvwatch-data"));
+    let data = DataDir::new(data);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -369,10 +371,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn cmd_ingest(data: &std::path::Path, cfg: &Config, a: IngestArgs) -> Result<ExitCode> {
+async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitCode> {
     kvwatch_ingest::files::keep_freed_memory();
     let (inputs, skipped) = expand(&a.paths)?;
-    let mut writer = StoreWriter::open(data, a.store.options(cfg))?;
+    let mut writer = data.writer(a.store.options(cfg))?;
     let d = IngestOptions::default();
     let opts = IngestOptions {
         batch_rows: a
@@ -500,8 +502,8 @@ fn print_ingest_report(
     Ok(())
 }
 
-async fn cmd_compact(data: &std::path::Path, cfg: &Config, a: CompactArgs) -> Result<ExitCode> {
-    let mut writer = StoreWriter::open(data, a.store.options(cfg))?;
+async fn cmd_compact(data: &DataDir, cfg: &Config, a: CompactArgs) -> Result<ExitCode> {
+    let mut writer = data.writer(a.store.options(cfg))?;
     let (before, after) = writer.compact().await?;
     let mut out = std::io::stdout().lock();
     if a.format == Format::Json {
@@ -599,7 +601,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cmd_eval(data: &std::path::Path, a: EvalArgs) -> Result<ExitCode> {
+async fn cmd_eval(data: &DataDir, a: EvalArgs) -> Result<ExitCode> {
     let labels = kvwatch_datasets::read_labels(&a.labels)?;
     let alerts = demo::load_alerts(data, a.alerts.as_deref())?;
     let report = kvwatch_datasets::eval::score(&labels, &alerts, a.tolerance_secs);

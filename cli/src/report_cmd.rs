@@ -5,8 +5,9 @@ use crate::detect_cmd::parse_time;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kvwatch_api::report::{self, Format, Kind, ReportOptions};
+use kvwatch_ingest::DataDir;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -89,35 +90,21 @@ impl ReportTuning {
 }
 
 /// The store's first event and just after its last (for the default period).
-async fn store_span(data: &Path) -> Result<(i64, i64)> {
-    if !data.join(kvwatch_ingest::store::MANIFEST).exists() {
+/// The span of stored event time, `[first, last + 1)`.
+fn store_span(data: &DataDir) -> Result<(i64, i64)> {
+    if !data.has_events() {
         bail!(
             "no event store at {} (run `kvwatch ingest` or `kvwatch demo` first, or pass --data)",
-            data.display()
+            data.root().display()
         );
     }
-    let ctx = kvwatch_ingest::query::open_session(data).await?;
-    let batches = kvwatch_ingest::query::read_only_sql(
-        &ctx,
-        "SELECT CAST(min(time) AS BIGINT) AS lo, CAST(max(time) AS BIGINT) AS hi FROM events",
-    )
-    .await?
-    .collect()
-    .await?;
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::Int64Type;
-    let b = batches.first().context("no result")?;
-    let (lo, hi) = (
-        b.column(0).as_primitive::<Int64Type>(),
-        b.column(1).as_primitive::<Int64Type>(),
-    );
-    if lo.is_null(0) {
-        bail!("the event store is empty; pass --from and --to");
-    }
-    Ok((lo.value(0), hi.value(0) + 1))
+    let (lo, hi) = data
+        .time_range()?
+        .context("the event store is empty; pass --from and --to")?;
+    Ok((lo, hi + 1))
 }
 
-pub async fn cmd_report(data: &Path, cfg: &Config, a: ReportArgs) -> Result<ExitCode> {
+pub async fn cmd_report(data: &DataDir, cfg: &Config, a: ReportArgs) -> Result<ExitCode> {
     let kind = Kind::parse(&a.kind).with_context(|| {
         format!(
             "unknown report kind {:?} ({})",
@@ -131,7 +118,7 @@ pub async fn cmd_report(data: &Path, cfg: &Config, a: ReportArgs) -> Result<Exit
     let (from, to) = match (&a.from, &a.to) {
         (Some(f), Some(t)) => (parse_time(f, now)?, parse_time(t, now)?),
         _ => {
-            let (lo, hi) = store_span(data).await?;
+            let (lo, hi) = store_span(data)?;
             (
                 a.from
                     .as_deref()

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use kvwatch_api::forward;
 use kvwatch_api::service::{Service, ServiceOptions};
+use kvwatch_ingest::DataDir;
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub struct ServeArgs {
 
 /// The all-in-one service (`kvwatch_api::service`): flags, environment and the config file
 /// mapped to its options; SIGINT/SIGTERM cancel it.
-pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
+pub async fn cmd_serve(data: &DataDir, cfg: &Config, a: ServeArgs) -> Result<ExitCode> {
     // Before anything slow: a SIGTERM during start-up still stops the service gracefully.
     let shutdown = crate::shutdown_on_signal()?;
     let listen = a
@@ -79,7 +79,7 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     };
     let d = kvwatch_api::ConnLimits::default();
     let opts = ServiceOptions {
-        data: data.to_owned(),
+        data: data.clone(),
         listen,
         conn: kvwatch_api::ConnLimits {
             max_connections: a
@@ -111,7 +111,7 @@ pub async fn cmd_serve(data: &Path, cfg: &Config, a: ServeArgs) -> Result<ExitCo
     };
     let service = Service::start(opts, shutdown)
         .await
-        .with_context(|| format!("starting the service on {}", data.display()))?;
+        .with_context(|| format!("starting the service on {}", data.root().display()))?;
     for n in service.notices() {
         eprintln!("serve: {n}");
     }
@@ -148,7 +148,7 @@ pub enum ApikeyCmd {
     Revoke { name: String },
 }
 
-pub fn cmd_apikey(data: &Path, c: ApikeyCmd) -> Result<ExitCode> {
+pub fn cmd_apikey(data: &DataDir, c: ApikeyCmd) -> Result<ExitCode> {
     let keys = kvwatch_api::KeyStore::open(data)?;
     let mut out = std::io::stdout().lock();
     match c {
@@ -214,7 +214,7 @@ pub enum SinksCmd {
     Retry { name: String },
 }
 
-pub fn cmd_sinks(data: &Path, cfg: &Config, c: SinksCmd) -> Result<ExitCode> {
+pub fn cmd_sinks(data: &DataDir, cfg: &Config, c: SinksCmd) -> Result<ExitCode> {
     let sinks = forward::parse_sinks(&cfg.sinks)?;
     let store = kvwatch_detect::AlertStore::open(data)?;
     let known = |name: &str| -> Result<()> {

@@ -6,7 +6,7 @@ use crate::output::{self, Format};
 use anyhow::{Result, bail};
 use clap::Args;
 use kvwatch_api::sql::{PoolOptions, Shape, SqlLimits, SqlPool, Tables};
-use std::path::Path;
+use kvwatch_ingest::DataDir;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -92,8 +92,8 @@ impl SqlArgs {
         }
     }
 
-    pub fn pool(&self, cfg: &Config, data: &Path) -> Result<PoolOptions> {
-        let mut o = PoolOptions::new(data.to_owned())?;
+    pub fn pool(&self, cfg: &Config, data: &DataDir) -> Result<PoolOptions> {
+        let mut o = PoolOptions::new(data.root().to_owned())?;
         o.workers = self.sql_workers.or(cfg.api.sql_workers).unwrap_or(2).max(1);
         Ok(o)
     }
@@ -111,11 +111,11 @@ pub struct QueryArgs {
 
 /// `kvwatch query`: the operator's view (with `quarantine`), under the same bounds and in
 /// the same kind of worker process as the API's analyst SQL.
-pub async fn cmd_query(data: &Path, cfg: &Config, a: QueryArgs) -> Result<ExitCode> {
-    if !data.join(kvwatch_ingest::store::MANIFEST).exists() && !data.exists() {
+pub async fn cmd_query(data: &DataDir, cfg: &Config, a: QueryArgs) -> Result<ExitCode> {
+    if !data.has_events() && !data.root().exists() {
         bail!(
             "no event store at {} (run `kvwatch ingest` first, or pass --data)",
-            data.display()
+            data.root().display()
         );
     }
     let limits = a.bounds.cli_limits(cfg);
@@ -137,6 +137,6 @@ pub async fn cmd_query(data: &Path, cfg: &Config, a: QueryArgs) -> Result<ExitCo
 }
 
 /// `kvwatch sql-worker`: serves queries on stdin/stdout for the pool of the parent process.
-pub fn cmd_sql_worker(data: &Path) -> ExitCode {
-    ExitCode::from(kvwatch_api::sql::worker::main(data).clamp(0, 255) as u8)
+pub fn cmd_sql_worker(data: &DataDir) -> ExitCode {
+    ExitCode::from(kvwatch_api::sql::worker::main(data.root()).clamp(0, 255) as u8)
 }

@@ -22,8 +22,9 @@ use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionContext, col, lit};
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::query::{empty_context, read_only};
-use kvwatch_ingest::store::{Manifest, read_manifest};
+use kvwatch_ingest::store::Manifest;
 use kvwatch_ingest::tables::register_sorted_files;
 use kvwatch_ingest::time::format_ns;
 use kvwatch_ingest::{StoreError, Table};
@@ -370,13 +371,13 @@ fn overlapping(root: &Path, m: &Manifest, t: Table, from: i64, to: i64) -> Vec<P
 }
 
 impl Engine {
-    /// An engine over the store at `root` (its current manifest).
-    pub fn open(root: &Path) -> Result<Engine, EngineError> {
-        let manifest = read_manifest(root)?;
+    /// An engine over the store in `data` (its current manifest).
+    pub fn open(data: &DataDir) -> Result<Engine, EngineError> {
+        let manifest = data.snapshot()?;
         let ctx = empty_context();
         udf::register(&ctx);
         Ok(Engine {
-            root: Some(root.to_path_buf()),
+            root: Some(data.root().to_path_buf()),
             manifest,
             ctx,
         })
@@ -399,19 +400,7 @@ impl Engine {
 
     /// Time of the store's first and last event, if any.
     pub fn data_range(&self) -> Option<(i64, i64)> {
-        let files = self
-            .manifest
-            .files(Table::Events)
-            .iter()
-            .chain(self.manifest.files(Table::Activity));
-        let mut r: Option<(i64, i64)> = None;
-        for f in files {
-            r = Some(match r {
-                None => (f.min_time, f.max_time),
-                Some((a, b)) => (a.min(f.min_time), b.max(f.max_time)),
-            });
-        }
-        r
+        self.manifest.time_range()
     }
 
     async fn register_range(&self, from: i64, to: i64) -> Result<(), EngineError> {

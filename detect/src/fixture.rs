@@ -6,6 +6,7 @@
 use crate::alert::Occurrence;
 use crate::engine::Engine;
 use crate::rule::{Dur, Fixture, Rule};
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::time::{format_ns, parse_timestamp_ns};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -138,7 +139,7 @@ async fn run_one(rule: &Rule, f: &Fixture, work: &Path) -> Result<usize, String>
             report.stored.quarantine
         ));
     }
-    let engine = Engine::open(&store).map_err(|e| e.to_string())?;
+    let engine = Engine::open(&DataDir::new(&store)).map_err(|e| e.to_string())?;
     engine.check(&rule).await.map_err(|e| e.to_string())?;
     let Some((a, b)) = engine.data_range() else {
         return Err("the fixture stored no events".into());

@@ -10,7 +10,7 @@ use crate::anomaly::ModelConfig;
 use crate::rule::Rule;
 use crate::run::{DetectReport, PassMetrics, incremental};
 use crate::store::AlertStore;
-use std::path::Path;
+use kvwatch_ingest::DataDir;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,7 @@ pub type PassListener = Box<dyn FnMut(PassOutcome<'_>) + Send>;
 /// Runs passes until `shutdown` is cancelled; `on_pass` hears of each one that did something
 /// (and of each failure).
 pub async fn follow(
-    data: &Path,
+    data: &DataDir,
     rules: &[Rule],
     opts: &FollowOptions,
     metrics: &PassMetrics,
@@ -50,7 +50,7 @@ pub async fn follow(
         if shutdown.is_cancelled() {
             break;
         }
-        if data.join(kvwatch_ingest::store::MANIFEST).exists() {
+        if data.has_events() {
             match pass(data, rules, opts, &mut store).await {
                 Ok(r) => {
                     metrics.passes.fetch_add(1, Relaxed);
@@ -92,7 +92,7 @@ pub async fn follow(
 
 /// One incremental pass, (re)opening the alert store first when needed.
 async fn pass(
-    data: &Path,
+    data: &DataDir,
     rules: &[Rule],
     opts: &FollowOptions,
     store: &mut Option<AlertStore>,

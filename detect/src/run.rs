@@ -11,10 +11,10 @@ use crate::anomaly::ModelConfig;
 use crate::engine::{Engine, EngineError};
 use crate::rule::Rule;
 use crate::store::{AlertStore, AlertStoreError, ApplyStats};
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::Table;
 use kvwatch_ingest::store::now_nanos;
 use serde::Serialize;
-use std::path::Path;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ fn fmt_ranges(r: &[(i64, i64)]) -> Vec<(String, String)> {
 
 /// Runs the models when enabled and adds their alert counts to `totals`.
 async fn models_pass(
-    root: &Path,
+    root: &DataDir,
     models: Option<&ModelConfig>,
     alerts: &mut AlertStore,
     range: Option<(i64, i64)>,
@@ -139,7 +139,7 @@ async fn models_pass(
 /// Evaluates every rule over `[from, to)` (event time, ns), and the models (rebuilding their
 /// baselines from the whole store) when `models` is given.
 pub async fn backfill(
-    root: &Path,
+    root: &DataDir,
     rules: &[Rule],
     models: Option<&ModelConfig>,
     from: i64,
@@ -166,7 +166,7 @@ pub async fn backfill(
 /// Evaluates whatever the store gained since the last incremental run (everything, the first
 /// time), then records the store's files as covered.
 pub async fn incremental(
-    root: &Path,
+    root: &DataDir,
     rules: &[Rule],
     models: Option<&ModelConfig>,
     alerts: &mut AlertStore,

@@ -10,8 +10,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::schema::ts_type;
-use std::path::Path;
 use std::sync::Arc;
 
 fn list() -> DataType {
@@ -121,7 +121,7 @@ pub fn alerts_batch(a: &[Alert]) -> RecordBatch {
 }
 
 /// Registers `alerts` (empty when the data directory has no alert store yet).
-pub fn register_alerts(ctx: &SessionContext, data_dir: &Path) -> Result<(), AlertStoreError> {
+pub fn register_alerts(ctx: &SessionContext, data_dir: &DataDir) -> Result<(), AlertStoreError> {
     let alerts = match AlertStore::open_read_only(data_dir)? {
         Some(s) => s.list(&AlertFilter::default())?,
         None => Vec::new(),
@@ -139,7 +139,7 @@ pub fn register_alerts(ctx: &SessionContext, data_dir: &Path) -> Result<(), Aler
 /// `old`, `new`), empty when there is no alert store yet.
 pub fn register_alert_history(
     ctx: &SessionContext,
-    data_dir: &Path,
+    data_dir: &DataDir,
 ) -> Result<(), AlertStoreError> {
     let rows = match AlertStore::open_read_only(data_dir)? {
         Some(s) => s.all_history()?,

@@ -12,6 +12,7 @@ pub mod activity;
 pub mod audit;
 pub mod batch;
 pub mod buckets;
+pub mod data;
 pub mod derive;
 pub mod fault;
 pub mod files;
@@ -32,6 +33,7 @@ pub mod store;
 pub mod tables;
 pub mod time;
 
+pub use data::DataDir;
 pub use files::{IngestOptions, IngestReport, Input, ingest};
 pub use schema::Table;
 pub use store::{Manifest, StoreError, StoreWriter, WriteOptions};

@@ -16,10 +16,11 @@ mod transport;
 pub use transport::hmac_sha256_hex;
 
 use kvwatch_detect::{Alert, AlertStore, AlertStoreError, Severity};
+use kvwatch_ingest::DataDir;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -570,7 +571,7 @@ pub(crate) trait Transport: Send {
 
 /// Starts a sink's thread.
 pub fn spawn(
-    data: &Path,
+    data: &DataDir,
     cfg: SinkConfig,
     status: Arc<SinkStatus>,
     stop: CancellationToken,
@@ -608,7 +609,7 @@ fn now_nanos() -> i64 {
 
 /// The sink loop: dead letters an operator asked to retry first, then the change feed.
 fn run(
-    data: &Path,
+    data: &DataDir,
     cfg: &SinkConfig,
     status: &SinkStatus,
     stop: &CancellationToken,

@@ -10,9 +10,9 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use kvwatch_detect::store::{AlertFilter, AlertSort, AlertUpdate};
 use kvwatch_detect::{Alert, HistoryEntry, Severity, Status};
+use kvwatch_ingest::DataDir;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::path::Path;
 use utoipa::{IntoParams, ToSchema};
 
 /// Query parameters of `GET /alerts`.
@@ -328,12 +328,12 @@ pub async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>)
 
 /// `events` rows with the given IDs as a JSON array. The statement is the service's own
 /// (event IDs are hex hashes, checked before they go into it), so it runs in-process.
-async fn evidence_events(data: &Path, evidence: &[String]) -> Result<Value, ApiError> {
+async fn evidence_events(data: &DataDir, evidence: &[String]) -> Result<Value, ApiError> {
     let ids: Vec<&String> = evidence
         .iter()
         .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
-    if ids.is_empty() || !data.join(kvwatch_ingest::store::MANIFEST).exists() {
+    if ids.is_empty() || !data.has_events() {
         return Ok(json!([]));
     }
     let list = ids
@@ -343,9 +343,7 @@ async fn evidence_events(data: &Path, evidence: &[String]) -> Result<Value, ApiE
         .join(",");
     let sql = format!("SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id");
     let internal = |e: &dyn std::fmt::Display| ApiError::internal(format!("evidence events: {e}"));
-    let ctx = kvwatch_ingest::query::open_session(data)
-        .await
-        .map_err(|e| internal(&e))?;
+    let ctx = data.session().await.map_err(|e| internal(&e))?;
     let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql)
         .await
         .map_err(|e| internal(&e))?;

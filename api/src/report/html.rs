@@ -1,6 +1,7 @@
 //! The report as one self-contained HTML file: inline CSS, charts as inline SVG, no scripts,
 //! fonts or external resources, readable on paper.
 
+use super::defs::Chart;
 use super::{Report, Table};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -142,6 +143,7 @@ fn ranking(title: &str, items: &[(String, f64)]) -> String {
 /// total, the rest as "other").
 fn pivot(
     t: &Table,
+    category_col: &str,
     series_col: &str,
     value_col: &str,
     keep: usize,
@@ -150,7 +152,7 @@ fn pivot(
     let mut cells: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut totals: BTreeMap<String, f64> = BTreeMap::new();
     for r in &t.rows {
-        let day = text(r.get("day").unwrap_or(&Value::Null));
+        let day = text(r.get(category_col).unwrap_or(&Value::Null));
         let day = day.get(..10).unwrap_or(&day).to_owned();
         let s = text(r.get(series_col).unwrap_or(&Value::Null));
         let v = r.get(value_col).and_then(Value::as_f64).unwrap_or(0.0);
@@ -188,6 +190,56 @@ fn pivot(
         series.push(("other".into(), vals));
     }
     (days, series)
+}
+
+/// The chart a table's definition asks for, if any.
+fn chart_html(out: &mut String, t: &Table) {
+    match &t.chart {
+        None => {}
+        Some(Chart::StackedBars {
+            title,
+            category,
+            series,
+            value,
+            max_series,
+            order,
+            colours,
+        }) => {
+            let (cats, mut data) = pivot(t, category, series, value, *max_series);
+            if !order.is_empty() {
+                data.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
+            }
+            let colours: Vec<&str> = if colours.is_empty() {
+                PALETTE.to_vec()
+            } else {
+                colours.iter().map(String::as_str).collect()
+            };
+            if !cats.is_empty() {
+                out.push_str(&stacked_bars(title, &cats, &data, &colours));
+            }
+        }
+        Some(Chart::Ranking {
+            title,
+            label,
+            value,
+            top,
+        }) => {
+            let items: Vec<(String, f64)> = t
+                .rows
+                .iter()
+                .take(*top)
+                .map(|r| {
+                    (
+                        text(r.get(label).unwrap_or(&Value::Null)),
+                        r.get(value).and_then(Value::as_f64).unwrap_or(0.0),
+                    )
+                })
+                .collect();
+            if !items.is_empty() {
+                out.push_str(&ranking(title, &items));
+            }
+        }
+    }
 }
 
 fn table_html(out: &mut String, t: &Table, max: usize) {
@@ -279,16 +331,8 @@ pub fn render(r: &Report) -> String {
         );
     }
     out.push_str("</div>");
-    if let Some(t) = r.overview.iter().find(|t| t.name == "events_per_day") {
-        let (cats, series) = pivot(t, "vault", "events", 8);
-        if !cats.is_empty() {
-            out.push_str(&stacked_bars(
-                "Audit events per day by vault",
-                &cats,
-                &series,
-                &PALETTE,
-            ));
-        }
+    for t in &r.overview {
+        chart_html(&mut out, t);
     }
     for s in &r.sections {
         let _ = write!(
@@ -298,41 +342,8 @@ pub fn render(r: &Report) -> String {
             esc(&s.title),
             esc(&s.description)
         );
-        if s.id == "alerts"
-            && let Some(t) = s.tables.iter().find(|t| t.name == "per_day")
-        {
-            let (cats, mut series) = pivot(t, "severity", "alerts", 5);
-            let order = ["critical", "high", "medium", "low", "informational"];
-            series.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(9));
-            if !cats.is_empty() {
-                out.push_str(&stacked_bars(
-                    "Alerts per day by severity",
-                    &cats,
-                    &series,
-                    &["#7b0000", "#d62728", "#ff7f0e", "#bcbd22", "#7f7f7f"],
-                ));
-            }
-        }
-        if s.id == "blast-radius"
-            && let Some(t) = s.tables.iter().find(|t| t.name == "principals")
-        {
-            let items: Vec<(String, f64)> = t
-                .rows
-                .iter()
-                .take(15)
-                .map(|r| {
-                    (
-                        text(r.get("principal").unwrap_or(&Value::Null)),
-                        r.get("objects").and_then(Value::as_f64).unwrap_or(0.0),
-                    )
-                })
-                .collect();
-            if !items.is_empty() {
-                out.push_str(&ranking(
-                    "Blast radius: distinct objects read per principal",
-                    &items,
-                ));
-            }
+        for t in &s.tables {
+            chart_html(&mut out, t);
         }
         for t in &s.tables {
             table_html(&mut out, t, 200);

@@ -6,15 +6,16 @@
 //! can rerun any number with `kvwatch query`. HTML ([`html`]) and CSV are renderings of the same
 //! [`Report`] value; nothing is computed twice.
 
+pub mod defs;
 pub mod html;
 pub mod schedule;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::time::format_ns;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::path::Path;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +78,6 @@ impl Kind {
 
     pub fn parse(s: &str) -> Option<Kind> {
         Self::ALL.into_iter().find(|k| k.as_str() == s.trim())
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Kind::Compliance => "Key Vault compliance report",
-            Kind::Access => "Secret access register",
-            Kind::Permissions => "Permission and configuration changes",
-            Kind::SensitiveOps => "Sensitive operations",
-            Kind::FailedAccess => "Failed access",
-            Kind::BlastRadius => "Blast radius",
-            Kind::Hygiene => "Hygiene",
-            Kind::Alerts => "Alerts",
-        }
     }
 
     /// The sections this kind is made of.
@@ -194,6 +182,9 @@ pub struct Table {
     /// Rows before the `max_rows` cut.
     pub total_rows: usize,
     pub elapsed_ms: u64,
+    /// How the HTML rendering draws the table (from its definition).
+    #[serde(skip)]
+    pub chart: Option<defs::Chart>,
 }
 
 /// A headline number.
@@ -231,64 +222,6 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
-/// SQL text helpers: a quoted literal, the period and vault filters.
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-struct Sql<'a> {
-    o: &'a ReportOptions,
-}
-
-impl Sql<'_> {
-    /// `time` inside the period, and the vault filter (on `col`).
-    fn within(&self, col: &str) -> String {
-        let mut s = format!(
-            "time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({})",
-            self.o.from, self.o.to
-        );
-        if !self.o.vaults.is_empty() {
-            let list: Vec<String> = self.o.vaults.iter().map(|v| lit(v)).collect();
-            s += &format!(" AND {col} IN ({})", list.join(", "));
-        }
-        s
-    }
-    /// Up to the period's end (for "last known" state and later removals).
-    fn until_end(&self, col: &str) -> String {
-        let mut s = format!("time < to_timestamp_nanos({})", self.o.to);
-        if !self.o.vaults.is_empty() {
-            let list: Vec<String> = self.o.vaults.iter().map(|v| lit(v)).collect();
-            s += &format!(" AND {col} IN ({})", list.join(", "));
-        }
-        s
-    }
-    /// The environment of `col` (a vault name) from the configured patterns.
-    fn env(&self, col: &str) -> String {
-        format!(
-            "CASE WHEN regexp_like({col}, {}, 'i') THEN 'production' WHEN regexp_like({col}, {}, 'i') THEN 'non-production' ELSE 'unclassified' END",
-            lit(&self.o.prod_pattern),
-            lit(&self.o.nonprod_pattern)
-        )
-    }
-}
-
-/// Success, denial and caller display, shared by the sections.
-const SUCCESS: &str = "http_status < 300";
-const DENIED: &str = "(http_status = 403 OR (http_status = 401 AND operation <> 'Authentication'))";
-const CALLER: &str =
-    "coalesce(principal_upn, principal_appid, principal_oid, caller_ip, 'unknown')";
-const CALLER_KEY: &str =
-    "coalesce(principal_oid, principal_appid, principal_upn, caller_ip, 'unknown')";
-const WRITE_OPS: &str = "('SecretSet', 'SecretRestore', 'SecretRecover', 'KeyCreate', 'KeyImport', 'KeyRotate', 'KeyRestore', 'KeyRecover', 'CertificateCreate', 'CertificateImport', 'CertificateUpdate', 'CertificateRestore', 'CertificateRecover')";
-const SENSITIVE_OPS: &str = "('SecretDelete', 'KeyDelete', 'CertificateDelete', 'SecretPurge', 'KeyPurge', 'CertificatePurge', 'SecretBackup', 'KeyBackup', 'CertificateBackup', 'SecretRestore', 'KeyRestore', 'CertificateRestore', 'SecretRecover', 'KeyRecover', 'CertificateRecover', 'KeyImport', 'CertificateImport', 'VaultDelete', 'VaultPurge', 'VaultRecover')";
-
-/// Why a request was denied.
-const REASON: &str = "CASE WHEN http_status = 401 THEN 'unauthenticated' WHEN is_address_authorized = false THEN 'firewall' \
-     WHEN is_rbac_authorized = false THEN 'rbac' WHEN is_access_policy_match = false THEN 'access policy' ELSE 'other' END";
-
-/// Successful material reads in the period, from the shared pre-aggregation.
-const MATERIAL_READS: &str = "SELECT coalesce(sum(reads), 0) AS value FROM period_reads WHERE ok";
-
 /// A pre-aggregation several sections share, computed once per report.
 ///
 /// Most sections ask different questions of the same rows (material reads, events per vault
@@ -298,65 +231,15 @@ const MATERIAL_READS: &str = "SELECT coalesce(sum(reads), 0) AS value FROM perio
 /// next to a number carries the definition as a `WITH` clause, so it stays self-contained:
 /// `kvwatch query` reproduces the number from the store alone.
 struct Shared {
-    name: &'static str,
+    name: String,
     sql: String,
-}
-
-fn shared_tables(q: &Sql<'_>) -> Vec<Shared> {
-    let w = q.within("vault");
-    let upto = q.until_end("vault");
-    vec![
-        Shared {
-            name: "period_reads",
-            sql: format!(
-                "SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, principal_type, \
-                 object_type, object_name, hour_start(time) AS hour, {SUCCESS} AS ok, caller_ip, client_info, \
-                 count(*) AS reads, min(time) AS first_read, max(time) AS last_read \
-                 FROM events WHERE {w} AND operation_family = 'material_read' \
-                 GROUP BY vault, {CALLER_KEY}, principal_type, object_type, object_name, hour_start(time), {SUCCESS}, caller_ip, client_info"
-            ),
-        },
-        Shared {
-            name: "period_hours",
-            sql: format!(
-                "SELECT vault, hour_start(time) AS hour, operation, http_status, \
-                 (is_access_policy_match IS NOT NULL AND is_rbac_authorized IS NULL) AS policy_authorized, \
-                 is_rbac_authorized IS NOT NULL AS rbac_authorized, count(*) AS events \
-                 FROM events WHERE {w} \
-                 GROUP BY vault, hour_start(time), operation, http_status, is_access_policy_match IS NOT NULL AND is_rbac_authorized IS NULL, is_rbac_authorized IS NOT NULL"
-            ),
-        },
-        Shared {
-            name: "period_sensitive",
-            sql: format!(
-                "SELECT time, vault, operation, object_type, object_name, {CALLER} AS actor, {CALLER_KEY} AS actor_id, \
-                 principal_type, caller_ip, http_status FROM events WHERE {w} AND operation IN {SENSITIVE_OPS}"
-            ),
-        },
-        Shared {
-            name: "period_denied",
-            sql: format!(
-                "SELECT vault, {CALLER_KEY} AS principal_id, max({CALLER}) AS principal, operation, {REASON} AS reason, caller_ip, \
-                 count(*) AS requests, min(time) AS first_seen, max(time) AS last_seen \
-                 FROM events WHERE {w} AND {DENIED} GROUP BY vault, {CALLER_KEY}, operation, {REASON}, caller_ip"
-            ),
-        },
-        Shared {
-            name: "known_objects",
-            sql: format!(
-                "SELECT vault, object_type, object_name, \
-                 max(time) FILTER (WHERE operation IN {WRITE_OPS} AND {SUCCESS}) AS last_written \
-                 FROM events WHERE {upto} AND object_name IS NOT NULL GROUP BY vault, object_type, object_name"
-            ),
-        },
-    ]
 }
 
 /// The report's query session and the shared tables built so far.
 struct Runner {
     ctx: SessionContext,
     shared: Vec<Shared>,
-    built: Vec<&'static str>,
+    built: Vec<String>,
 }
 
 impl Runner {
@@ -364,7 +247,7 @@ impl Runner {
     /// `sql` with their definitions prepended as a `WITH` clause.
     async fn prepare(&mut self, sql: &str) -> Result<String, ReportError> {
         let used: Vec<usize> = (0..self.shared.len())
-            .filter(|&i| sql.contains(self.shared[i].name))
+            .filter(|&i| sql.contains(self.shared[i].name.as_str()))
             .collect();
         if used.is_empty() {
             return Ok(sql.to_owned());
@@ -382,7 +265,7 @@ impl Runner {
     }
 
     /// Builds the shared tables `which` that are not built yet, two at a time: the first
-    /// (the largest, in [`shared_tables`] order) beside the others in turn. One aggregation
+    /// (the largest, in `report.yaml` order) beside the others in turn. One aggregation
     /// alone keeps about 1.4 of the two cores busy; two side by side fill them.
     async fn build(&mut self, which: &[usize]) -> Result<(), ReportError> {
         let todo: Vec<usize> = which
@@ -404,11 +287,11 @@ impl Runner {
         };
         let (a, b) = tokio::try_join!(materialise(ctx, &shared[first]), rest_lane)?;
         for (i, table) in std::iter::once((first, a)).chain(b) {
-            let name = self.shared[i].name;
+            let name = self.shared[i].name.clone();
             self.ctx
-                .register_table(name, std::sync::Arc::new(table))
+                .register_table(name.as_str(), std::sync::Arc::new(table))
                 .map_err(|source| ReportError::Query {
-                    table: name.into(),
+                    table: name.clone(),
                     source,
                 })?;
             self.built.push(name);
@@ -425,7 +308,7 @@ async fn materialise(
 ) -> Result<datafusion::datasource::MemTable, ReportError> {
     let started = Instant::now();
     let err = |source| ReportError::Query {
-        table: s.name.into(),
+        table: s.name.clone(),
         source,
     };
     let df = kvwatch_ingest::query::read_only_sql(ctx, &s.sql)
@@ -447,7 +330,7 @@ async fn materialise(
         .unwrap_or(schema);
     let table = datafusion::datasource::MemTable::try_new(schema, parts).map_err(err)?;
     tracing::debug!(
-        table = s.name,
+        table = %s.name,
         rows,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "report pre-aggregation"
@@ -456,7 +339,7 @@ async fn materialise(
 }
 
 /// Runs the report over the store in `data`.
-pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> {
+pub async fn run(data: &DataDir, o: &ReportOptions) -> Result<Report, ReportError> {
     let started = Instant::now();
     if o.from >= o.to {
         return Err(ReportError::Invalid(
@@ -468,27 +351,47 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
             return Err(ReportError::Invalid("empty environment pattern".into()));
         }
     }
-    let ctx = session(data).await?;
-    let q = Sql { o };
+    let d = defs::defs()?;
+    let params = defs::Params::new(o);
+    let top = defs::Scope {
+        vars: None,
+        section: None,
+        report: &d.report,
+        params: &params,
+    };
+    let shared = d
+        .report
+        .shared
+        .iter()
+        .map(|s| {
+            Ok(Shared {
+                name: s.name.clone(),
+                sql: top.render(&s.sql)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ReportError>>()?;
     let mut ctx = Runner {
-        shared: shared_tables(&q),
+        shared,
         built: Vec::new(),
-        ctx,
+        ctx: session(data).await?,
     };
     if o.kind == Kind::Compliance {
         // Every shared table is used: build them all now, side by side.
         let all: Vec<usize> = (0..ctx.shared.len()).collect();
         ctx.build(&all).await?;
     }
-    // The material-read pre-aggregation pays for itself only when a section reads it too.
-    let reads_shared = o
+    let sections: Vec<&defs::SectionDef> = o
         .kind
         .sections()
-        .iter()
-        .any(|k| matches!(k, Kind::Access | Kind::BlastRadius | Kind::Hygiene));
+        .into_iter()
+        .map(|k| {
+            d.section(k)
+                .ok_or_else(|| ReportError::Invalid(format!("no definition of {}", k.as_str())))
+        })
+        .collect::<Result<_, _>>()?;
     let mut r = Report {
         kind: o.kind,
-        title: o.kind.title().into(),
+        title: d.title(o.kind).into(),
         from: format_ns(o.from),
         to: format_ns(o.to),
         generated_at: format_ns(kvwatch_ingest::store::now_nanos()),
@@ -499,65 +402,58 @@ pub async fn run(data: &Path, o: &ReportOptions) -> Result<Report, ReportError> 
         sections: Vec::new(),
         elapsed_ms: 0,
     };
-    let w = q.within("vault");
-    for (name, label, sql) in [
-        (
-            "events",
-            "Audit events",
-            "SELECT coalesce(sum(events), 0) AS value FROM period_hours".to_owned(),
-        ),
-        (
-            "vaults",
-            "Vaults with activity",
-            "SELECT count(DISTINCT vault) AS value FROM period_hours".to_owned(),
-        ),
-        (
-            "principals",
-            "Distinct callers",
-            format!(
-                "SELECT count(DISTINCT {CALLER_KEY}) AS value FROM events WHERE {w} AND operation <> 'Authentication'"
-            ),
-        ),
-        (
-            "material_reads",
-            "Secret, key and certificate reads",
-            if reads_shared {
-                MATERIAL_READS.to_owned()
-            } else {
-                format!(
-                    "SELECT count(*) AS value FROM events WHERE {w} AND operation_family = 'material_read' AND {SUCCESS}"
-                )
-            },
-        ),
-        (
-            "denied",
-            "Denied requests",
-            format!("SELECT coalesce(sum(events), 0) AS value FROM period_hours WHERE {DENIED}"),
-        ),
-    ] {
-        r.summary.push(metric(&mut ctx, name, label, sql).await?);
+    for m in &d.report.metrics {
+        let mut sql = top.render(&m.sql)?;
+        if let Some(fallback) = &m.fallback_sql {
+            // The pre-aggregations the statement reads pay for themselves only when a section
+            // reads them too.
+            let needed = ctx
+                .shared
+                .iter()
+                .filter(|s| sql.contains(s.name.as_str()))
+                .all(|s| sections.iter().any(|sec| section_reads(top, sec, &s.name)));
+            if !needed {
+                sql = top.render(fallback)?;
+            }
+        }
+        r.summary
+            .push(metric(&mut ctx, &m.name, &m.label, sql).await?);
     }
-    r.overview.push(
-        table(
-            &mut ctx,
-            o,
-            "events_per_day",
-            "Events per day and vault",
-            "SELECT day_start(hour) AS day, vault, sum(events) AS events FROM period_hours GROUP BY 1, 2 ORDER BY 1, 2".to_owned(),
-        )
-        .await?,
-    );
-    for k in o.kind.sections() {
-        r.sections.push(section(&mut ctx, o, &q, k).await?);
+    for t in &d.report.tables {
+        let sql = top.render(&t.sql)?;
+        r.overview
+            .push(table(&mut ctx, o, &t.name, &t.title, sql, t.chart.clone()).await?);
+    }
+    for sec in sections {
+        r.sections.push(section(&mut ctx, o, top, sec).await?);
     }
     r.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(r)
 }
 
+/// Whether any statement of `sec` reads the table `name`.
+fn section_reads(top: defs::Scope<'_>, sec: &defs::SectionDef, name: &str) -> bool {
+    let scope = defs::Scope {
+        section: Some(sec),
+        ..top
+    };
+    let metrics = sec.metrics.iter().map(|m| scope.render(&m.sql));
+    let tables = sec.tables.iter().map(|t| {
+        defs::Scope {
+            vars: Some(&t.vars),
+            ..scope
+        }
+        .render(&t.sql)
+    });
+    metrics
+        .chain(tables)
+        .any(|sql| sql.is_ok_and(|s| s.contains(name)))
+}
+
 /// A session over the store snapshot with the alert tables.
-async fn session(data: &Path) -> Result<SessionContext, ReportError> {
+async fn session(data: &DataDir) -> Result<SessionContext, ReportError> {
     let ctx = kvwatch_ingest::query::empty_context();
-    kvwatch_ingest::query::register_store(&ctx, data).await?;
+    data.register(&ctx).await?;
     kvwatch_detect::table::register_alerts(&ctx, data)?;
     kvwatch_detect::table::register_alert_history(&ctx, data)?;
     Ok(ctx)
@@ -611,6 +507,7 @@ async fn table(
     name: &str,
     title: &str,
     sql: String,
+    chart: Option<defs::Chart>,
 ) -> Result<Table, ReportError> {
     let started = Instant::now();
     let shown = ctx.prepare(&sql).await?;
@@ -627,281 +524,39 @@ async fn table(
         rows,
         total_rows,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        chart,
     })
 }
 
 async fn section(
     ctx: &mut Runner,
     o: &ReportOptions,
-    q: &Sql<'_>,
-    kind: Kind,
+    top: defs::Scope<'_>,
+    def: &defs::SectionDef,
 ) -> Result<Section, ReportError> {
-    let w = q.within("vault");
-    let upto = q.until_end("vault");
-    let env = q.env("vault");
+    let scope = defs::Scope {
+        section: Some(def),
+        ..top
+    };
     let mut s = Section {
-        id: kind.as_str().into(),
-        title: kind.title().into(),
-        description: String::new(),
+        id: def.id.clone(),
+        title: def.title.clone(),
+        description: def.description.clone(),
         summary: Vec::new(),
         tables: Vec::new(),
     };
-    let mut tables: Vec<(&str, &str, String)> = Vec::new();
-    let mut metrics: Vec<(&str, &str, String)> = Vec::new();
-    match kind {
-        Kind::Compliance => unreachable!("compliance is made of the other kinds"),
-        Kind::Access => {
-            s.description = "Who read which secrets, keys and certificates (successful material reads), per vault and principal, with counts, first and last time, IP addresses and user agents. Human principals reading production vaults are flagged.".into();
-            metrics.push((
-                "reads",
-                "Successful material reads",
-                MATERIAL_READS.to_owned(),
-            ));
-            metrics.push(("human_production_readers", "Human principals reading production vaults", format!("SELECT count(DISTINCT principal_id) AS value FROM (SELECT principal_id, vault FROM period_reads WHERE ok AND principal_type = 'user' GROUP BY 1, 2) WHERE ({env}) = 'production'")));
-            tables.push(("readers", "Readers per vault and principal", format!(
-                "SELECT vault, ({env}) AS environment, max(principal) AS principal, principal_id, max(principal_type) AS principal_type, \
-                 sum(reads) AS reads, count(DISTINCT object_type || '/' || object_name) AS objects, \
-                 min(first_read) AS first_read, max(last_read) AS last_read, \
-                 array_to_string(array_sort(array_agg(DISTINCT caller_ip)), ' ') AS ips, \
-                 array_to_string(array_sort(array_agg(DISTINCT client_info)), ' | ') AS user_agents, \
-                 (max(principal_type) = 'user' AND ({env}) = 'production') AS human_on_production \
-                 FROM period_reads WHERE ok \
-                 GROUP BY vault, principal_id ORDER BY vault, reads DESC, principal_id")));
-            tables.push(("objects", "Objects read", "SELECT vault, object_type, object_name, sum(reads) AS reads, count(DISTINCT principal_id) AS readers, \
-                 min(first_read) AS first_read, max(last_read) AS last_read \
-                 FROM period_reads WHERE ok \
-                 GROUP BY vault, object_type, object_name ORDER BY vault, reads DESC, object_type, object_name".to_owned()));
-        }
-        Kind::Permissions => {
-            s.description = "Every access-policy grant and removal (audit log) and RBAC role assignment (Activity Log) at or above a vault, who made it for whom, and whether a grant was later removed; changes of permission model, firewall and recovery settings.".into();
-            let act = q.within("vault");
-            metrics.push(("policy_grants", "Access-policy grants", format!("SELECT count(*) AS value FROM events WHERE {w} AND policy_added_oid IS NOT NULL")));
-            metrics.push(("policy_removals", "Access-policy removals", format!("SELECT count(*) AS value FROM events WHERE {w} AND policy_removed_oid IS NOT NULL")));
-            metrics.push(("role_assignments", "Role assignments written", format!("SELECT count(*) AS value FROM activity WHERE {act} AND operation = 'microsoft.authorization/roleassignments/write' AND status IN ('Success', 'Succeeded')")));
-            tables.push(("access_policy_changes", "Access-policy changes", format!(
-                "WITH g AS (SELECT time, vault, {CALLER} AS actor, caller_ip, operation, \
-                   CASE WHEN policy_added_oid IS NOT NULL THEN 'grant' ELSE 'removal' END AS change, \
-                   coalesce(policy_added_oid, policy_removed_oid) AS principal_id, \
-                   array_to_string(coalesce(policy_added_permissions, policy_removed_permissions), ',') AS permissions \
-                   FROM events WHERE {w} AND (policy_added_oid IS NOT NULL OR policy_removed_oid IS NOT NULL)), \
-                 r AS (SELECT time, vault, policy_removed_oid AS principal_id FROM events WHERE {upto} AND policy_removed_oid IS NOT NULL) \
-                 SELECT g.time, g.vault, g.change, g.principal_id, g.permissions, g.actor, g.caller_ip, g.operation, \
-                   CASE WHEN g.change = 'grant' THEN min(r.time) END AS removed_at \
-                 FROM g LEFT JOIN r ON r.vault = g.vault AND r.principal_id = g.principal_id AND r.time > g.time \
-                 GROUP BY g.time, g.vault, g.change, g.principal_id, g.permissions, g.actor, g.caller_ip, g.operation \
-                 ORDER BY g.time, g.vault, g.principal_id")));
-            let aupto = q.until_end("vault");
-            tables.push(("role_assignments", "Role assignments at or above a vault (Activity Log)", format!(
-                "WITH a AS (SELECT time, operation, status, coalesce(caller_upn, caller_appid, caller_oid) AS actor, caller_ip, scope, vault, \
-                   coalesce(role_name, role_definition_id) AS role, role_definition_id, target_principal_id, target_principal_type \
-                   FROM activity WHERE {act} AND operation IN ('microsoft.authorization/roleassignments/write', 'microsoft.authorization/roleassignments/delete') \
-                   AND coalesce(status, '') NOT IN ('Started', 'Accepted') \
-                   AND (vault IS NOT NULL OR scope NOT LIKE '%/providers/%' OR scope LIKE '/providers/microsoft.management/managementgroups/%')), \
-                 d AS (SELECT time, scope, target_principal_id, role_definition_id FROM activity WHERE {aupto} \
-                   AND operation = 'microsoft.authorization/roleassignments/delete' AND status IN ('Success', 'Succeeded')) \
-                 SELECT a.time, a.operation, a.status, a.actor, a.caller_ip, a.scope, a.vault, a.role, a.target_principal_id, a.target_principal_type, \
-                   CASE WHEN a.operation LIKE '%/write' THEN min(d.time) END AS removed_at \
-                 FROM a LEFT JOIN d ON d.scope = a.scope AND d.target_principal_id = a.target_principal_id \
-                   AND (d.role_definition_id IS NOT DISTINCT FROM a.role_definition_id) AND d.time > a.time \
-                 GROUP BY a.time, a.operation, a.status, a.actor, a.caller_ip, a.scope, a.vault, a.role, a.target_principal_id, a.target_principal_type \
-                 ORDER BY a.time, a.scope")));
-            for (name, title, col) in [
-                (
-                    "permission_model_changes",
-                    "Permission model switches (RBAC ↔ access policies)",
-                    "rbac_enabled",
-                ),
-                (
-                    "firewall_changes",
-                    "Firewall default-action changes",
-                    "network_default_action",
-                ),
-                (
-                    "soft_delete_changes",
-                    "Soft-delete setting changes",
-                    "soft_delete_enabled",
-                ),
-                (
-                    "purge_protection_changes",
-                    "Purge-protection setting changes",
-                    "purge_protection_enabled",
-                ),
-            ] {
-                tables.push((name, title, format!(
-                    "WITH s AS (SELECT time, vault, {CALLER} AS actor, caller_ip, operation, CAST({col} AS VARCHAR) AS value, \
-                       lag(CAST({col} AS VARCHAR)) OVER (PARTITION BY vault ORDER BY time) AS previous \
-                       FROM events WHERE {upto} AND {col} IS NOT NULL AND {SUCCESS}) \
-                     SELECT time, vault, previous, value, actor, caller_ip, operation FROM s \
-                     WHERE previous IS NOT NULL AND previous <> value \
-                     AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}) ORDER BY time, vault",
-                    o.from, o.to)));
-            }
-            tables.push(("firewall_rules_added", "IP rules added to vault firewalls", format!(
-                "SELECT time, vault, ip_rule_added, {CALLER} AS actor, caller_ip FROM events WHERE {w} AND ip_rule_added IS NOT NULL ORDER BY time, vault")));
-        }
-        Kind::SensitiveOps => {
-            s.description = "Deletes, purges, backups, restores, recoveries and imports of secrets, keys and certificates, and vault deletes, purges and recoveries, with their actors.".into();
-            metrics.push((
-                "operations",
-                "Sensitive operations (successful)",
-                format!("SELECT count(*) AS value FROM period_sensitive WHERE {SUCCESS}"),
-            ));
-            tables.push(("by_operation", "By operation", format!(
-                "SELECT operation, count(*) FILTER (WHERE {SUCCESS}) AS succeeded, count(*) FILTER (WHERE NOT {SUCCESS}) AS failed, \
-                 count(DISTINCT vault) AS vaults, count(DISTINCT actor_id) AS actors \
-                 FROM period_sensitive GROUP BY operation ORDER BY succeeded DESC, operation")));
-            tables.push(("operations", "Every sensitive operation", "SELECT time, vault, operation, object_type, object_name, actor, principal_type, caller_ip, http_status \
-                 FROM period_sensitive ORDER BY time, vault, operation, object_type, object_name".to_owned()));
-        }
-        Kind::FailedAccess => {
-            s.description = "Denied requests (403, and 401 on anything but the Authentication token challenge) by principal, vault, operation and reason.".into();
-            metrics.push((
-                "denied",
-                "Denied requests",
-                format!(
-                    "SELECT coalesce(sum(events), 0) AS value FROM period_hours WHERE {DENIED}"
-                ),
-            ));
-            tables.push(("denied", "Denied requests by principal, vault, operation and reason", "SELECT vault, max(principal) AS principal, principal_id, operation, reason, sum(requests) AS requests, \
-                 count(DISTINCT caller_ip) AS ips, min(first_seen) AS first_seen, max(last_seen) AS last_seen \
-                 FROM period_denied GROUP BY vault, principal_id, operation, reason \
-                 ORDER BY requests DESC, vault, principal_id, operation, reason".to_owned()));
-            tables.push(("denied_by_ip", "Denied requests by caller IP", "SELECT caller_ip, sum(requests) AS requests, count(DISTINCT vault) AS vaults, count(DISTINCT principal_id) AS principals \
-                 FROM period_denied GROUP BY caller_ip ORDER BY requests DESC, caller_ip".to_owned()));
-        }
-        Kind::BlastRadius => {
-            s.description = "Per principal, the distinct secrets, keys and certificates it actually read in the period and the vaults they sit in, ranked: what an attacker holding that identity would get. Principals reading across production and non-production are listed, and the share of all secrets reachable through the top principals.".into();
-            // One row per (principal, object) first: every count below works on that small
-            // set, and the environment is computed per vault, not per read.
-            let reads = format!(
-                "SELECT principal_id, principal, principal_type, vault, ({env}) AS environment, object_type, object_name FROM \
-                 (SELECT principal_id, max(principal) AS principal, max(principal_type) AS principal_type, vault, object_type, object_name \
-                 FROM period_reads WHERE ok AND object_name IS NOT NULL \
-                 GROUP BY principal_id, vault, object_type, object_name)"
-            );
-            tables.push(("principals", "Principals ranked by objects read", format!(
-                "WITH r AS ({reads}) SELECT principal_id, max(principal) AS principal, max(principal_type) AS principal_type, \
-                 count(DISTINCT vault || '/' || object_name) FILTER (WHERE object_type = 'secret') AS secrets, \
-                 count(DISTINCT vault || '/' || object_name) FILTER (WHERE object_type = 'key') AS keys, \
-                 count(DISTINCT vault || '/' || object_name) FILTER (WHERE object_type = 'certificate') AS certificates, \
-                 count(DISTINCT vault || '/' || object_type || '/' || object_name) AS objects, count(DISTINCT vault) AS vaults, \
-                 count(DISTINCT environment) FILTER (WHERE environment <> 'unclassified') AS environments \
-                 FROM r GROUP BY principal_id ORDER BY objects DESC, principal_id")));
-            tables.push(("cross_environment", "Principals reading production and non-production", format!(
-                "WITH r AS ({reads}) SELECT principal_id, max(principal) AS principal, max(principal_type) AS principal_type, \
-                 array_to_string(array_sort(array_agg(DISTINCT vault) FILTER (WHERE environment = 'production')), ' ') AS production_vaults, \
-                 array_to_string(array_sort(array_agg(DISTINCT vault) FILTER (WHERE environment = 'non-production')), ' ') AS non_production_vaults \
-                 FROM r GROUP BY principal_id \
-                 HAVING count(*) FILTER (WHERE environment = 'production') > 0 AND count(*) FILTER (WHERE environment = 'non-production') > 0 \
-                 ORDER BY principal_id")));
-            let n = o.top_n;
-            metrics.push(("cross_environment_principals", "Principals reading across environments", format!(
-                "WITH r AS ({reads}) SELECT count(*) AS value FROM (SELECT principal_id FROM r GROUP BY principal_id \
-                 HAVING count(*) FILTER (WHERE environment = 'production') > 0 AND count(*) FILTER (WHERE environment = 'non-production') > 0)")));
-            metrics.push(("secrets_known", "Secrets seen in the store", "SELECT count(DISTINCT vault || '/' || object_name) AS value FROM known_objects WHERE object_type = 'secret'".to_owned()));
-            metrics.push(("top_n_secret_share", "Share of known secrets read by the top principals", format!(
-                "WITH r AS ({reads}), \
-                 top AS (SELECT principal_id FROM r WHERE object_type = 'secret' GROUP BY principal_id \
-                   ORDER BY count(DISTINCT vault || '/' || object_name) DESC, principal_id LIMIT {n}), \
-                 reached AS (SELECT count(DISTINCT vault || '/' || object_name) AS n FROM r WHERE object_type = 'secret' AND principal_id IN (SELECT principal_id FROM top)), \
-                 known AS (SELECT count(DISTINCT vault || '/' || object_name) AS n FROM known_objects WHERE object_type = 'secret') \
-                 SELECT round(CAST(reached.n AS DOUBLE) / CAST(greatest(known.n, 1) AS DOUBLE), 4) AS value FROM reached, known")));
-        }
-        Kind::Hygiene => {
-            s.description = "Objects still read but not rotated, expiry notifications, TLS below 1.2, callers that do not cache, throttling, vaults still on access policies, and gaps in the audit log of normally busy vaults.".into();
-            let days = o.stale_days;
-            let stale_cut = o.to - i64::from(days) * 86_400_000_000_000;
-            tables.push(("stale_objects", "Objects read in the period but not written for the stale threshold", format!(
-                "WITH r AS (SELECT vault, object_type, object_name, sum(reads) AS reads FROM period_reads WHERE ok AND object_name IS NOT NULL GROUP BY 1, 2, 3), \
-                 wr AS (SELECT vault, object_type, object_name, last_written FROM known_objects WHERE last_written IS NOT NULL) \
-                 SELECT r.vault, r.object_type, r.object_name, r.reads, wr.last_written, \
-                   CASE WHEN wr.last_written IS NULL THEN NULL ELSE CAST(({to} - CAST(to_unixtime(wr.last_written) * 1000000000 AS BIGINT)) / 86400000000000 AS BIGINT) END AS days_since_write \
-                 FROM r LEFT JOIN wr ON wr.vault = r.vault AND wr.object_type = r.object_type AND wr.object_name = r.object_name \
-                 WHERE wr.last_written IS NULL OR wr.last_written < to_timestamp_nanos({stale_cut}) \
-                 ORDER BY r.vault, r.object_type, r.object_name", to = o.to)));
-            metrics.push((
-                "stale_objects",
-                "Objects read but not rotated",
-                format!(
-                    "SELECT count(*) AS value FROM ({})",
-                    tables.last().map(|t| t.2.clone()).unwrap_or_default()
-                ),
-            ));
-            tables.push(("expiry", "Near-expiry and expired notifications", format!(
-                "WITH n AS (SELECT vault, object_type, object_name, operation, max(time) AS last_notified FROM events WHERE {w} AND operation LIKE '%Expir%EventGridNotification' GROUP BY 1, 2, 3, 4), \
-                 wr AS (SELECT vault, object_type, object_name, last_written FROM known_objects WHERE last_written IS NOT NULL) \
-                 SELECT n.vault, n.object_type, n.object_name, n.operation, n.last_notified, (wr.last_written > n.last_notified) AS replaced_since \
-                 FROM n LEFT JOIN wr ON wr.vault = n.vault AND wr.object_type = n.object_type AND wr.object_name = n.object_name \
-                 ORDER BY n.last_notified, n.vault, n.object_type, n.object_name, n.operation")));
-            tables.push(("weak_tls", "Requests below TLS 1.2", format!(
-                "SELECT vault, max({CALLER}) AS principal, tls_version, client_info AS user_agent, count(*) AS requests \
-                 FROM events WHERE {w} AND tls_version IS NOT NULL AND tls_version LIKE 'TLS1%' AND tls_version < 'TLS1_2' \
-                 GROUP BY vault, {CALLER_KEY}, tls_version, client_info ORDER BY requests DESC, vault, principal, tls_version, user_agent")));
-            tables.push(("no_caching", "Callers fetching the same object more than the threshold per hour", format!(
-                "WITH h AS (SELECT vault, principal_id, max(principal) AS principal, object_type, object_name, hour, sum(reads) AS fetches \
-                   FROM period_reads WHERE object_name IS NOT NULL GROUP BY vault, principal_id, object_type, object_name, hour) \
-                 SELECT vault, principal_id, max(principal) AS principal, object_type, object_name, count(*) AS hours_over, max(fetches) AS max_per_hour, sum(fetches) AS fetches \
-                 FROM h WHERE fetches > {} GROUP BY vault, principal_id, object_type, object_name ORDER BY fetches DESC, vault, principal_id, object_type, object_name", o.cache_threshold)));
-            tables.push(("throttled", "Throttled requests (429)", format!(
-                "SELECT vault, max({CALLER}) AS principal, count(*) AS requests, min(time) AS first_seen, max(time) AS last_seen \
-                 FROM events WHERE {w} AND http_status = 429 GROUP BY vault, {CALLER_KEY} ORDER BY requests DESC, vault, principal")));
-            tables.push(("access_policy_vaults", "Vaults still using access policies", format!(
-                "WITH cfg AS (SELECT vault, last_value(rbac_enabled) OVER (PARTITION BY vault ORDER BY time ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS rbac \
-                   FROM events WHERE {upto} AND rbac_enabled IS NOT NULL), \
-                 k AS (SELECT vault, max(rbac) AS last_known_rbac FROM cfg GROUP BY vault), \
-                 u AS (SELECT vault, coalesce(sum(events) FILTER (WHERE policy_authorized), 0) AS policy_authorized, \
-                   coalesce(sum(events) FILTER (WHERE rbac_authorized), 0) AS rbac_authorized FROM period_hours GROUP BY vault) \
-                 SELECT u.vault, k.last_known_rbac, u.policy_authorized, u.rbac_authorized FROM u LEFT JOIN k ON k.vault = u.vault \
-                 WHERE k.last_known_rbac = false OR (k.last_known_rbac IS NULL AND u.policy_authorized > 0) ORDER BY u.vault")));
-            tables.push(("log_gaps", "Silent stretches of normally busy vaults", format!(
-                "WITH h AS (SELECT vault, hour, sum(events) AS events FROM period_hours GROUP BY vault, hour), \
-                 busy AS (SELECT vault FROM h GROUP BY vault HAVING avg(events) >= {busy}), \
-                 s AS (SELECT h.vault, h.hour, lead(h.hour) OVER (PARTITION BY h.vault ORDER BY h.hour) AS next_hour FROM h JOIN busy ON busy.vault = h.vault) \
-                 SELECT vault, hour + INTERVAL '1 hour' AS silent_from, next_hour AS silent_until, \
-                   CAST((to_unixtime(next_hour) - to_unixtime(hour)) / 3600 AS BIGINT) - 1 AS silent_hours \
-                 FROM s WHERE next_hour IS NOT NULL AND (to_unixtime(next_hour) - to_unixtime(hour)) / 3600 - 1 >= {gap} \
-                 ORDER BY vault, silent_from", busy = o.busy_events_per_hour, gap = o.gap_hours)));
-        }
-        Kind::Alerts => {
-            s.description = "Alerts in the period by severity, rule and status, and how long they took to be acknowledged and resolved.".into();
-            let a = format!(
-                "last_seen >= to_timestamp_nanos({}) AND last_seen < to_timestamp_nanos({})",
-                o.from, o.to
-            );
-            let av = if o.vaults.is_empty() {
-                String::new()
-            } else {
-                let list: Vec<String> = o.vaults.iter().map(|v| lit(v)).collect();
-                format!(
-                    " AND array_has_any(vaults, make_array({}))",
-                    list.join(", ")
-                )
-            };
-            metrics.push((
-                "alerts",
-                "Alerts",
-                format!("SELECT count(*) AS value FROM alerts WHERE {a}{av}"),
-            ));
-            tables.push(("by_severity", "By severity", format!("SELECT severity, count(*) AS alerts FROM alerts WHERE {a}{av} GROUP BY severity ORDER BY alerts DESC, severity")));
-            tables.push(("by_rule", "By rule", format!("SELECT rule_id, max(title) AS title, count(*) AS alerts, count(*) FILTER (WHERE status = 'new') AS open FROM alerts WHERE {a}{av} GROUP BY rule_id ORDER BY alerts DESC, rule_id")));
-            tables.push(("by_status", "By status", format!("SELECT status, count(*) AS alerts FROM alerts WHERE {a}{av} GROUP BY status ORDER BY alerts DESC, status")));
-            tables.push(("per_day", "Alerts per day and severity", format!("SELECT date_trunc('day', last_seen) AS day, severity, count(*) AS alerts FROM alerts WHERE {a}{av} GROUP BY 1, 2 ORDER BY 1, 2")));
-            tables.push(("response_times", "Time to acknowledge and resolve (hours)", format!(
-                "WITH t AS (SELECT a.id, a.severity, a.created_at, \
-                   min(h.at) FILTER (WHERE h.action = 'status' AND h.new IN ('acknowledged', 'resolved')) AS acknowledged, \
-                   min(h.at) FILTER (WHERE h.action = 'status' AND h.new = 'resolved') AS resolved \
-                   FROM alerts a LEFT JOIN alert_history h ON h.alert_id = a.id WHERE {a}{av} GROUP BY a.id, a.severity, a.created_at) \
-                 SELECT severity, count(*) AS alerts, count(acknowledged) AS acknowledged, count(resolved) AS resolved, \
-                   round(avg((to_unixtime(acknowledged) - to_unixtime(created_at)) / 3600.0), 2) AS mean_hours_to_acknowledge, \
-                   round(avg((to_unixtime(resolved) - to_unixtime(created_at)) / 3600.0), 2) AS mean_hours_to_resolve \
-                 FROM t GROUP BY severity ORDER BY severity")));
-        }
+    for m in &def.metrics {
+        let sql = scope.render(&m.sql)?;
+        s.summary.push(metric(ctx, &m.name, &m.label, sql).await?);
     }
-    for (name, label, sql) in metrics {
-        s.summary.push(metric(ctx, name, label, sql).await?);
-    }
-    for (name, title, sql) in tables {
-        s.tables.push(table(ctx, o, name, title, sql).await?);
+    for t in &def.tables {
+        let sql = defs::Scope {
+            vars: Some(&t.vars),
+            ..scope
+        }
+        .render(&t.sql)?;
+        s.tables
+            .push(table(ctx, o, &t.name, &t.title, sql, t.chart.clone()).await?);
     }
     Ok(s)
 }
@@ -992,14 +647,14 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// The report directory of a data directory.
-pub fn dir(data: &Path) -> std::path::PathBuf {
-    data.join("reports")
+pub fn dir(data: &DataDir) -> std::path::PathBuf {
+    data.reports_dir()
 }
 
 /// Writes a rendered report and its metadata (temp file + rename, so a listed report is
 /// always complete).
 pub fn save(
-    data: &Path,
+    data: &DataDir,
     r: &Report,
     format: Format,
     body: &str,
@@ -1038,7 +693,7 @@ pub fn save(
 }
 
 /// Stored reports, newest first.
-pub fn list(data: &Path) -> Result<Vec<StoredReport>, ReportError> {
+pub fn list(data: &DataDir) -> Result<Vec<StoredReport>, ReportError> {
     let d = dir(data);
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(&d) {
@@ -1059,7 +714,7 @@ pub fn list(data: &Path) -> Result<Vec<StoredReport>, ReportError> {
 }
 
 /// One stored report's metadata and body; `None` for an unknown or malformed ID.
-pub fn load(data: &Path, id: &str) -> Result<Option<(StoredReport, Vec<u8>)>, ReportError> {
+pub fn load(data: &DataDir, id: &str) -> Result<Option<(StoredReport, Vec<u8>)>, ReportError> {
     if !valid_id(id) {
         return Ok(None);
     }

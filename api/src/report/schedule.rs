@@ -10,9 +10,10 @@
 use super::{Format, Kind, ReportError, ReportOptions, StoredReport};
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
+use kvwatch_ingest::DataDir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The period a scheduled report covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +191,7 @@ struct State {
 
 /// Runs the schedules of one data directory.
 pub struct Scheduler {
-    data: PathBuf,
+    data: DataDir,
     schedules: Vec<Schedule>,
     tuning: ReportOptions,
 }
@@ -208,9 +209,9 @@ pub struct Produced {
 impl Scheduler {
     /// `tuning` carries the thresholds (patterns, stale days…); kind, period and vaults come
     /// from each schedule.
-    pub fn new(data: &Path, schedules: Vec<Schedule>, tuning: ReportOptions) -> Self {
+    pub fn new(data: &DataDir, schedules: Vec<Schedule>, tuning: ReportOptions) -> Self {
         Self {
-            data: data.to_owned(),
+            data: data.clone(),
             schedules,
             tuning,
         }
@@ -420,7 +421,11 @@ mod tests {
     async fn a_missed_run_is_produced_once_on_start_and_old_reports_expire() {
         let dir = tempfile::tempdir().unwrap();
         let s = parse_schedule(&json!({"name": "daily", "kind": "alerts", "cron": "0 6 * * *", "format": "json", "keep": 2})).unwrap();
-        let sch = Scheduler::new(dir.path(), vec![s], ReportOptions::new(Kind::Alerts, 0, 1));
+        let sch = Scheduler::new(
+            &DataDir::new(dir.path()),
+            vec![s],
+            ReportOptions::new(Kind::Alerts, 0, 1),
+        );
         // First sight registers the schedule; nothing is backfilled.
         assert!(
             sch.tick(at("2026-03-01T12:00:00Z"))
@@ -447,7 +452,11 @@ mod tests {
         assert_eq!(v["from"], "2026-03-01T00:00:00.0000000Z");
         assert_eq!(v["to"], "2026-03-02T00:00:00.0000000Z");
         // Same slot again (a restart): nothing.
-        let again = Scheduler::new(dir.path(), sch.schedules.clone(), sch.tuning.clone());
+        let again = Scheduler::new(
+            &DataDir::new(dir.path()),
+            sch.schedules.clone(),
+            sch.tuning.clone(),
+        );
         assert!(
             again
                 .tick(at("2026-03-02T09:00:00Z"))
@@ -467,7 +476,7 @@ mod tests {
                 .is_empty()
         );
         again.tick(at("2026-03-06T06:00:00Z")).await.unwrap();
-        let kept = super::super::list(dir.path()).unwrap();
+        let kept = super::super::list(&DataDir::new(dir.path())).unwrap();
         assert_eq!(kept.len(), 2, "keep = 2");
         assert!(kept.iter().all(|r| r.requested_by == "schedule:daily"));
     }

@@ -10,13 +10,13 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use std::path::Path;
+use kvwatch_ingest::DataDir;
 use std::time::Instant;
 
 /// A session with the tables of `tables` over the current store snapshot, a memory pool and
 /// no disk manager.
 async fn session(
-    data: &Path,
+    data: &DataDir,
     memory_bytes: usize,
     tables: Tables,
 ) -> Result<SessionContext, SqlError> {
@@ -35,9 +35,7 @@ async fn session(
         .build();
     let ctx = SessionContext::new_with_state(state);
     kvwatch_ingest::buckets::register(&ctx);
-    kvwatch_ingest::query::register_store(&ctx, data)
-        .await
-        .map_err(|e| internal(&e))?;
+    data.register(&ctx).await.map_err(|e| internal(&e))?;
     if tables == Tables::Analyst {
         // Quarantined input is raw and unparsed: it is for operators (`kvwatch query`).
         ctx.deregister_table("quarantine")
@@ -55,7 +53,7 @@ pub enum Outcome {
 }
 
 /// Runs one query against the store in `data` within `limits`.
-pub async fn run(data: &Path, sql: &str, limits: SqlLimits, tables: Tables) -> Outcome {
+pub async fn run(data: &DataDir, sql: &str, limits: SqlLimits, tables: Tables) -> Outcome {
     let started = Instant::now();
     let statement = match guard::check(sql, limits.shape) {
         Ok(s) => s,
@@ -161,8 +159,12 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    async fn go(data: &Path, sql: &str, limits: SqlLimits) -> Result<SqlResult, SqlError> {
-        match run(data, sql, limits, Tables::Analyst).await {
+    async fn go(
+        data: &std::path::Path,
+        sql: &str,
+        limits: SqlLimits,
+    ) -> Result<SqlResult, SqlError> {
+        match run(&DataDir::new(data), sql, limits, Tables::Analyst).await {
             Outcome::Done(r) => Ok(r),
             Outcome::Failed(e) => Err(e),
             Outcome::Refused(r) => Err(r.into_error()),
@@ -402,7 +404,7 @@ mod tests {
                         .enable_all()
                         .build()
                         .unwrap();
-                    match rt.block_on(run(&path, &sql, limits, Tables::Analyst)) {
+                    match rt.block_on(run(&DataDir::new(&path), &sql, limits, Tables::Analyst)) {
                         Outcome::Refused(r) => {
                             // Refused text is leaked, as the worker does, not dropped deep.
                             let _ = r.leak();

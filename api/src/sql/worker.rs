@@ -13,6 +13,7 @@
 use super::exec::{self, Outcome};
 use super::{Shape, SqlError, SqlLimits, Tables};
 use datafusion::arrow::ipc::writer::StreamWriter;
+use kvwatch_ingest::DataDir;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -162,7 +163,7 @@ const EXEC_STACK: usize = 16 << 20;
 /// The worker's main loop. Returns the process exit code.
 pub fn main(data: &Path) -> i32 {
     watch_parent();
-    let data = data.to_owned();
+    let data = DataDir::new(data);
     let served = std::thread::Builder::new()
         .name("kvwatch-sql".into())
         .stack_size(PLAN_STACK)
@@ -173,7 +174,7 @@ pub fn main(data: &Path) -> i32 {
     }
 }
 
-fn serve(data: &Path) -> i32 {
+fn serve(data: &DataDir) -> i32 {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -228,7 +229,7 @@ fn failed(e: &SqlError, recycle: bool) -> Answer {
     }
 }
 
-async fn handle(data: &Path, req: &Request) -> (Answer, Vec<u8>) {
+async fn handle(data: &DataDir, req: &Request) -> (Answer, Vec<u8>) {
     let limits = req.limits();
     match exec::run(data, &req.sql, limits, req.tables).await {
         Outcome::Refused(r) => {

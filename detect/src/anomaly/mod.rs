@@ -26,8 +26,9 @@ use datafusion::arrow::array::{Array, StringArray, TimestampNanosecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use futures::StreamExt;
+use kvwatch_ingest::DataDir;
 use kvwatch_ingest::Table;
-use kvwatch_ingest::store::{now_nanos, read_manifest, write_atomic};
+use kvwatch_ingest::store::{now_nanos, write_atomic};
 use score::{Ev, PrincipalInfo};
 pub use score::{ModelConfig, Weights};
 use serde::Serialize;
@@ -168,8 +169,6 @@ pub struct ModelReport {
     pub learn_events_per_sec: f64,
 }
 
-const STATE_FILE: &str = "baselines.json";
-
 fn state_err(path: &Path, msg: impl ToString) -> ModelError {
     ModelError::State {
         path: path.display().to_string(),
@@ -178,8 +177,8 @@ fn state_err(path: &Path, msg: impl ToString) -> ModelError {
 }
 
 /// Loads the persisted baselines (empty when there are none).
-pub fn load_state(root: &Path) -> Result<Baselines, ModelError> {
-    let path = root.join(STATE_FILE);
+pub fn load_state(data: &DataDir) -> Result<Baselines, ModelError> {
+    let path = data.baselines();
     match std::fs::read(&path) {
         Ok(bytes) => {
             let mut b: Baselines =
@@ -192,8 +191,8 @@ pub fn load_state(root: &Path) -> Result<Baselines, ModelError> {
     }
 }
 
-fn save_state(root: &Path, b: &Baselines) -> Result<(), ModelError> {
-    let path = root.join(STATE_FILE);
+fn save_state(data: &DataDir, b: &Baselines) -> Result<(), ModelError> {
+    let path = data.baselines();
     let bytes = serde_json::to_vec(b).map_err(|e| state_err(&path, e))?;
     write_atomic(&path, &bytes)?;
     Ok(())
@@ -270,7 +269,7 @@ struct Span {
 
 /// Replays events of `span` in time order, scoring and learning hour by hour.
 async fn replay(
-    root: &Path,
+    root: &DataDir,
     b: &mut Baselines,
     cfg: &ModelConfig,
     span: Span,
@@ -278,7 +277,7 @@ async fn replay(
     ip_out: &mut Vec<Occurrence>,
     report: &mut ModelReport,
 ) -> Result<(), ModelError> {
-    let ctx = kvwatch_ingest::query::open_session(root).await?;
+    let ctx = root.session().await?;
     let sql = format!(
         "{EVENTS_SQL} AND time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({}) ORDER BY time",
         span.from, span.to
@@ -408,13 +407,13 @@ use std::time::Duration;
 /// Runs the models: incrementally (`range` None) or as a backfill that rebuilds the baselines
 /// from the whole store and emits alerts for hours in `range`.
 pub async fn run_models(
-    root: &Path,
+    root: &DataDir,
     cfg: &ModelConfig,
     alerts: &mut AlertStore,
     range: Option<(i64, i64)>,
 ) -> Result<ModelReport, ModelError> {
     let started = Instant::now();
-    let manifest = read_manifest(root)?;
+    let manifest = root.snapshot()?;
     let files: Vec<_> = manifest.files(Table::Events).to_vec();
     let mut report = ModelReport::default();
     let Some(watermark) = files.iter().map(|f| f.max_time).max() else {

@@ -24,8 +24,8 @@ pub use outbox::DeadLetter;
 pub use triage::{AlertUpdate, HistoryEntry};
 
 use crate::alert::{Alert, Severity, Status};
+use kvwatch_ingest::DataDir;
 use rusqlite::Connection;
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertStoreError {
@@ -269,21 +269,21 @@ pub fn persist_wal(conn: &Connection) {
 
 impl AlertStore {
     /// Opens (creating and migrating) `alerts.db` in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<AlertStore> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+    pub fn open(data: &DataDir) -> Result<AlertStore> {
+        data.create().map_err(|e| {
             rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("creating {}: {e}", data_dir.display())),
+                Some(format!("creating {}: {e}", data.root().display())),
             )
         })?;
-        let conn = Connection::open(data_dir.join("alerts.db"))?;
+        let conn = Connection::open(data.alerts_db())?;
         Self::init(conn)
     }
 
     /// Opens an existing store read-only (for `kvwatch query` and `kvwatch alerts`); `None`
     /// when there is none yet.
-    pub fn open_read_only(data_dir: &Path) -> Result<Option<AlertStore>> {
-        let path = data_dir.join("alerts.db");
+    pub fn open_read_only(data: &DataDir) -> Result<Option<AlertStore>> {
+        let path = data.alerts_db();
         if !path.exists() {
             return Ok(None);
         }
@@ -311,14 +311,14 @@ impl AlertStore {
             // queries expect.
             drop(conn);
             tracing::info!(from = v, to = known, "upgrading the alert store schema");
-            if let Err(e) = Self::open(data_dir) {
+            if let Err(e) = Self::open(data) {
                 return Err(AlertStoreError::Outdated {
                     found: v,
                     known,
                     reason: e.to_string(),
                 });
             }
-            return Self::open_read_only(data_dir);
+            return Self::open_read_only(data);
         }
         Ok(Some(AlertStore {
             conn,
@@ -489,7 +489,9 @@ mod tests {
                     .unwrap();
             }
         }
-        let store = AlertStore::open_read_only(dir.path()).unwrap().unwrap();
+        let store = AlertStore::open_read_only(&DataDir::new(dir.path()))
+            .unwrap()
+            .unwrap();
         let v: i64 = store
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -503,7 +505,7 @@ mod tests {
     fn readers_racing_a_creating_writer_never_fail_or_migrate_it() {
         for round in 0..150 {
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().to_owned();
+            let path = DataDir::new(dir.path());
             let start = std::sync::Arc::new(std::sync::Barrier::new(4));
             let readers: Vec<_> = (0..3)
                 .map(|_| {
