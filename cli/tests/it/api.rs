@@ -1,7 +1,7 @@
 //! The HTTP API of `kvwatch serve`, driven over real HTTP: authentication and roles, alert
 //! listing with filters and cursor pagination, updates, metrics, graceful stop.
 
-use super::common::{bin, ingest, run};
+use super::common::{bin, run};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::Path;
@@ -122,30 +122,60 @@ fn send(method: &str, url: &str, key: &str, body: Value) -> (u16, Value) {
     )
 }
 
-#[test]
-fn api_keys_roles_alert_listing_and_updates() {
+/// A running service on its own copy of the shared one-day store, with a reader key.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    base: String,
+    reader: String,
+    /// Every alert of the store, as `kvwatch alerts --format json` lists them.
+    all: Vec<Value>,
+    child: Child,
+    _reap: Reap,
+}
+
+fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("store");
-    let generated = super::common::generate(
-        &dir.path().join("gen"),
-        &["--format", "jsonl", "--days", "1", "--seed", "3"],
-    );
-    ingest(&data, &[&generated.join("jsonl")]);
-    let r = run(&data, &["detect", "--no-models"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let data = super::fixture::store(dir.path(), 1, 3);
     let all: Vec<Value> =
         serde_json::from_str(&run(&data, &["alerts", "--format", "json"]).stdout).unwrap();
     assert!(all.len() >= 4, "{}", all.len());
-
     let reader = key(&data, "reader", "dashboards");
-    let analyst = key(&data, "analyst", "soc-alice");
-    let (mut child, base) = serve(&data);
-    let _reap = Reap(child.id());
+    let (child, base) = serve(&data);
+    Fixture {
+        _reap: Reap(child.id()),
+        _dir: dir,
+        data,
+        base,
+        reader,
+        all,
+        child,
+    }
+}
 
-    // Probes are open; everything else needs a key.
-    assert_eq!(get(&format!("{base}/healthz"), None).0, 200);
-    assert_eq!(get(&format!("{base}/readyz"), None).0, 200);
-    let alerts = format!("{base}/api/v1/alerts");
+impl Fixture {
+    fn alerts(&self) -> String {
+        format!("{}/api/v1/alerts", self.base)
+    }
+
+    /// Stops the service with SIGTERM, checks it exited cleanly, and returns its log.
+    fn stop(mut self) -> String {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(self.data.join("serve.log")).unwrap();
+        assert!(status.success(), "{status:?}: {log}");
+        log
+    }
+}
+
+#[test]
+fn probes_are_open_and_everything_else_needs_a_valid_key() {
+    let f = fixture();
+    assert_eq!(get(&format!("{}/healthz", f.base), None).0, 200);
+    assert_eq!(get(&format!("{}/readyz", f.base), None).0, 200);
+    let alerts = f.alerts();
     assert_eq!(get(&alerts, None).0, 401);
     assert_eq!(
         get(
@@ -156,12 +186,20 @@ fn api_keys_roles_alert_listing_and_updates() {
         401
     );
     assert_eq!(get(&alerts, Some("not-even-a-key")).0, 401);
+    assert_eq!(get(&format!("{}/api/v1/rules", f.base), None).0, 401);
+    assert_eq!(get(&format!("{}/metrics", f.base), None).0, 401);
+    assert_eq!(get(&alerts, Some(&f.reader)).0, 200);
+}
 
+#[test]
+fn listing_pages_every_alert_once_and_items_are_alerts_without_evidence() {
+    let f = fixture();
+    let (alerts, reader, all) = (f.alerts(), f.reader.as_str(), &f.all);
     // Cursor pagination walks every alert exactly once.
     let mut seen = Vec::new();
     let mut url = format!("{alerts}?limit=3");
     loop {
-        let (code, page) = get(&url, Some(&reader));
+        let (code, page) = get(&url, Some(reader));
         assert_eq!(code, 200, "{page}");
         for a in page["alerts"].as_array().unwrap() {
             seen.push(a["id"].as_str().unwrap().to_owned());
@@ -175,8 +213,8 @@ fn api_keys_roles_alert_listing_and_updates() {
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), all.len());
 
     // A list item is the full alert minus description and evidence IDs, plus their count.
-    let (_, items) = get(&format!("{alerts}?limit=1000"), Some(&reader));
-    let (_, full) = get(&format!("{alerts}?limit=1000&full=true"), Some(&reader));
+    let (_, items) = get(&format!("{alerts}?limit=1000"), Some(reader));
+    let (_, full) = get(&format!("{alerts}?limit=1000&full=true"), Some(reader));
     let (items, full) = (
         items["alerts"].as_array().unwrap(),
         full["alerts"].as_array().unwrap(),
@@ -194,7 +232,7 @@ fn api_keys_roles_alert_listing_and_updates() {
         assert_eq!(i.as_object().unwrap(), &expect);
     }
 
-    let (code, high) = get(&format!("{alerts}?severity=high"), Some(&reader));
+    let (code, high) = get(&format!("{alerts}?severity=high"), Some(reader));
     assert_eq!(code, 200);
     for a in high["alerts"].as_array().unwrap() {
         assert!(
@@ -203,26 +241,30 @@ fn api_keys_roles_alert_listing_and_updates() {
         );
     }
     assert_eq!(
-        get(&format!("{alerts}?severity=urgent"), Some(&reader)).0,
+        get(&format!("{alerts}?severity=urgent"), Some(reader)).0,
         400
     );
     assert_eq!(
-        get(&format!("{alerts}?cursor=nonsense"), Some(&reader)).0,
+        get(&format!("{alerts}?cursor=nonsense"), Some(reader)).0,
         400
     );
 
     let id = all[0]["id"].as_str().unwrap();
-    let one = format!("{alerts}/{id}");
-    let (code, a) = get(&one, Some(&reader));
+    let (code, a) = get(&format!("{alerts}/{id}"), Some(reader));
     assert_eq!((code, a["id"].as_str()), (200, Some(id)));
     assert_eq!(
-        get(&format!("{alerts}/does-not-exist"), Some(&reader)).0,
+        get(&format!("{alerts}/does-not-exist"), Some(reader)).0,
         404
     );
+}
 
-    // Readers cannot change alerts; analysts can; a revoked key stops at once.
+#[test]
+fn roles_limit_triage_and_a_revoked_key_stops_at_once() {
+    let f = fixture();
+    let analyst = key(&f.data, "analyst", "soc-alice");
+    let one = format!("{}/{}", f.alerts(), f.all[0]["id"].as_str().unwrap());
     assert_eq!(
-        patch(&one, &reader, json!({"status": "acknowledged"})).0,
+        patch(&one, &f.reader, json!({"status": "acknowledged"})).0,
         403
     );
     assert_eq!(patch(&one, &analyst, json!({"status": "sideways"})).0, 400);
@@ -232,23 +274,25 @@ fn api_keys_roles_alert_listing_and_updates() {
         (200, Some("acknowledged")),
         "{a}"
     );
-    assert_eq!(
-        get(&format!("{alerts}?status=acknowledged"), Some(&reader)).1["alerts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(run(&data, &["apikey", "revoke", "soc-alice"]).code, 0);
+    let acked = get(
+        &format!("{}?status=acknowledged", f.alerts()),
+        Some(&f.reader),
+    )
+    .1;
+    assert_eq!(acked["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(run(&f.data, &["apikey", "revoke", "soc-alice"]).code, 0);
     assert_eq!(patch(&one, &analyst, json!({"status": "resolved"})).0, 401);
+}
 
-    // The rules the service evaluates.
-    let (code, rules) = get(&format!("{base}/api/v1/rules"), Some(&reader));
+#[test]
+fn rules_are_served_with_description_and_parameters() {
+    let f = fixture();
+    let (code, rules) = get(&format!("{}/api/v1/rules", f.base), Some(&f.reader));
     assert_eq!(code, 200);
     let rules = rules["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 27, "the built-in pack");
-    let rid = all[0]["rule_id"].as_str().unwrap();
-    let (code, rule) = get(&format!("{base}/api/v1/rules/{rid}"), Some(&reader));
+    let rid = f.all[0]["rule_id"].as_str().unwrap();
+    let (code, rule) = get(&format!("{}/api/v1/rules/{rid}", f.base), Some(&f.reader));
     assert_eq!(code, 200);
     assert_eq!(rule["id"].as_str(), Some(rid));
     assert!(
@@ -257,17 +301,20 @@ fn api_keys_roles_alert_listing_and_updates() {
     );
     assert!(rule["params"].is_object(), "{rule}");
     assert_eq!(
-        get(&format!("{base}/api/v1/rules/nope"), Some(&reader)).0,
+        get(&format!("{}/api/v1/rules/nope", f.base), Some(&f.reader)).0,
         404
     );
-    assert_eq!(get(&format!("{base}/api/v1/rules"), None).0, 401);
+}
 
-    // Pull export: everything once from an empty cursor, then only what changed.
-    let export = format!("{base}/api/v1/export");
+#[test]
+fn export_sends_every_alert_once_then_only_what_changed() {
+    let f = fixture();
+    let (reader, all) = (f.reader.as_str(), &f.all);
+    let export = format!("{}/api/v1/export", f.base);
     let mut cursor = String::new();
     let mut exported = HashSet::new();
     loop {
-        let (code, page) = get(&format!("{export}?limit=4&cursor={cursor}"), Some(&reader));
+        let (code, page) = get(&format!("{export}?limit=4&cursor={cursor}"), Some(reader));
         assert_eq!(code, 200, "{page}");
         let batch = page["alerts"].as_array().unwrap();
         cursor = page["next_cursor"].as_str().unwrap().to_owned();
@@ -279,14 +326,14 @@ fn api_keys_roles_alert_listing_and_updates() {
         }
     }
     assert_eq!(exported.len(), all.len());
-    let (_, caught_up) = get(&format!("{export}?cursor={cursor}"), Some(&reader));
+    let (_, caught_up) = get(&format!("{export}?cursor={cursor}"), Some(reader));
     assert_eq!(caught_up["alerts"].as_array().unwrap().len(), 0);
     assert_eq!(caught_up["next_cursor"].as_str(), Some(cursor.as_str()));
     let other = all[1]["id"].as_str().unwrap();
-    let closer = key(&data, "analyst", "soc-bob");
+    let closer = key(&f.data, "analyst", "soc-bob");
     assert_eq!(
         patch(
-            &format!("{alerts}/{other}"),
+            &format!("{}/{other}", f.alerts()),
             &closer,
             json!({"status": "resolved"})
         )
@@ -295,12 +342,12 @@ fn api_keys_roles_alert_listing_and_updates() {
     );
     let (_, changed) = get(
         &format!("{export}?cursor={cursor}&format=ocsf"),
-        Some(&reader),
+        Some(reader),
     );
     let changed = changed["alerts"].as_array().unwrap();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0]["class_uid"], 2004, "OCSF Detection Finding");
-    let (code, cef) = get(&format!("{export}?format=cef&limit=2"), Some(&reader));
+    let (code, cef) = get(&format!("{export}?format=cef&limit=2"), Some(reader));
     assert_eq!(code, 200);
     assert!(
         cef["alerts"][0]
@@ -308,34 +355,27 @@ fn api_keys_roles_alert_listing_and_updates() {
             .is_some_and(|c| c.starts_with("CEF:0|kvwatch|kvwatch|")),
         "{cef}"
     );
-    assert_eq!(get(&format!("{export}?format=leef"), Some(&reader)).0, 400);
-    assert_eq!(get(&format!("{export}?cursor=-3"), Some(&reader)).0, 400);
+    assert_eq!(get(&format!("{export}?format=leef"), Some(reader)).0, 400);
+    assert_eq!(get(&format!("{export}?cursor=-3"), Some(reader)).0, 400);
+}
 
-    triage_filters_and_audit_trail(&base, &reader, &data, &all);
-    analyst_sql(&base, &reader, &data);
-    stats_openapi_and_admin(&base, &reader, &data);
-
-    let (code, m) = get(&format!("{base}/metrics"), Some(&reader));
+#[test]
+fn calls_are_counted_by_route_and_logged_by_key_name_never_by_secret() {
+    let f = fixture();
+    let analyst = key(&f.data, "analyst", "soc-alice");
+    let one = format!("{}/{}", f.alerts(), f.all[0]["id"].as_str().unwrap());
+    assert_eq!(get(&one, Some(&f.reader)).0, 200);
+    assert_eq!(patch(&one, &analyst, json!({"comment": "seen"})).0, 200);
+    let (code, m) = get(&format!("{}/metrics", f.base), Some(&f.reader));
     assert_eq!(code, 200);
     let m = m.as_str().unwrap().to_owned();
     assert!(
-        m.contains("kvwatch_http_requests_total{route=\"/api/v1/alerts\",status=\"200\"}"),
+        m.contains("kvwatch_http_requests_total{route=\"/api/v1/alerts/{id}\",status=\"200\"}"),
         "{m}"
     );
     assert!(m.contains("kvwatch_http_denied_total"), "{m}");
-
-    // Every call is logged with the key's name, never the key.
-    let log = std::fs::read_to_string(data.join("serve.log")).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "{status:?}: {}",
-        std::fs::read_to_string(data.join("serve.log")).unwrap()
-    );
-    let log = log + &std::fs::read_to_string(data.join("serve.log")).unwrap();
+    let (reader, data) = (f.reader.clone(), f.data.clone());
+    let log = f.stop();
     assert!(!log.contains(&reader) && !log.contains(&analyst));
     assert!(
         log.contains("key=dashboards") && log.contains("key=soc-alice"),
@@ -343,6 +383,24 @@ fn api_keys_roles_alert_listing_and_updates() {
     );
     let listed = run(&data, &["apikey", "list", "--format", "json"]).stdout;
     assert!(!listed.contains(&reader), "secrets are never listed");
+}
+
+#[test]
+fn triage_leaves_an_audit_trail_and_filters_narrow_the_listing() {
+    let f = fixture();
+    triage_filters_and_audit_trail(&f.base, &f.reader, &f.data, &f.all);
+}
+
+#[test]
+fn analyst_sql_is_for_analysts_read_only_and_bounded() {
+    let f = fixture();
+    analyst_sql(&f.base, &f.reader, &f.data);
+}
+
+#[test]
+fn stats_openapi_and_admin_key_management() {
+    let f = fixture();
+    stats_openapi_and_admin(&f.base, &f.reader, &f.data);
 }
 
 /// PATCH with assignee and comment leaves an audit trail naming the key; list filters and

@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod detect;
+mod fixture;
 mod generate;
 mod hardening;
 mod ingest;

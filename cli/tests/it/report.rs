@@ -3,7 +3,7 @@
 //! charts, the CSV carrying the same numbers, and the report API.
 
 use super::api::{Reap, get, key, post, serve_with};
-use super::common::{generate, ingest, run};
+use super::common::run;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 
@@ -260,56 +260,71 @@ fn table<'a>(r: &'a Value, section: &str, name: &str) -> &'a Vec<Value> {
         .unwrap()
 }
 
-#[test]
-fn compliance_report_matches_the_raw_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("store");
-    let generated = generate(
-        &dir.path().join("gen"),
-        &["--format", "jsonl", "--days", "3", "--seed", "9"],
-    );
-    ingest(&data, &[&generated.join("jsonl")]);
-    assert_eq!(run(&data, &["detect", "--no-models"]).code, 0);
-    let t = truth(&generated.join("jsonl"));
-    assert!(
-        t.policy_grants > 0 && t.sensitive_ok > 0 && !t.cross_env.is_empty(),
-        "{t:?}"
-    );
+/// The shared three-day store, what its raw records say, and its compliance report (JSON).
+struct Shared {
+    data: &'static std::path::Path,
+    truth: Truth,
+    report: Value,
+}
 
-    let r = run(
-        &data,
-        &["report", "--kind", "compliance", "--format", "json"],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let rep: Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(metric(&rep, None, "events"), json!(t.events));
+fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let t = super::fixture::template(3, 9);
+        let truth = truth(&t.logs);
+        assert!(
+            truth.policy_grants > 0 && truth.sensitive_ok > 0 && !truth.cross_env.is_empty(),
+            "{truth:?}"
+        );
+        let r = run(
+            &t.data,
+            &["report", "--kind", "compliance", "--format", "json"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        Shared {
+            data: &t.data,
+            truth,
+            report: serde_json::from_str(&r.stdout).unwrap(),
+        }
+    })
+}
+
+#[test]
+fn headline_and_section_numbers_match_the_raw_records() {
+    let Shared {
+        data,
+        truth: t,
+        report: rep,
+    } = shared();
+    let data = *data;
+    assert_eq!(metric(rep, None, "events"), json!(t.events));
     assert_eq!(
-        metric(&rep, None, "material_reads"),
+        metric(rep, None, "material_reads"),
         json!(t.material_reads)
     );
-    assert_eq!(metric(&rep, None, "denied"), json!(t.denied));
+    assert_eq!(metric(rep, None, "denied"), json!(t.denied));
     assert_eq!(
-        metric(&rep, Some("permissions"), "policy_grants"),
+        metric(rep, Some("permissions"), "policy_grants"),
         json!(t.policy_grants)
     );
     assert_eq!(
-        metric(&rep, Some("permissions"), "policy_removals"),
+        metric(rep, Some("permissions"), "policy_removals"),
         json!(t.policy_removals)
     );
     assert_eq!(
-        metric(&rep, Some("sensitive-ops"), "operations"),
+        metric(rep, Some("sensitive-ops"), "operations"),
         json!(t.sensitive_ok)
     );
-    let cross: HashSet<String> = table(&rep, "blast-radius", "cross_environment")
+    let cross: HashSet<String> = table(rep, "blast-radius", "cross_environment")
         .iter()
         .map(|x| x["principal_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(cross, t.cross_env);
     assert_eq!(
-        metric(&rep, Some("access"), "human_production_readers"),
+        metric(rep, Some("access"), "human_production_readers"),
         json!(t.human_prod_readers.len())
     );
-    let reads: i64 = table(&rep, "access", "readers")
+    let reads: i64 = table(rep, "access", "readers")
         .iter()
         .map(|x| x["reads"].as_i64().unwrap())
         .sum();
@@ -318,11 +333,16 @@ fn compliance_report_matches_the_raw_records() {
         "the register accounts for every read"
     );
     let alerts: i64 =
-        serde_json::from_str::<Vec<Value>>(&run(&data, &["alerts", "--format", "json"]).stdout)
+        serde_json::from_str::<Vec<Value>>(&run(data, &["alerts", "--format", "json"]).stdout)
             .unwrap()
             .len() as i64;
-    assert_eq!(metric(&rep, Some("alerts"), "alerts"), json!(alerts));
+    assert_eq!(metric(rep, Some("alerts"), "alerts"), json!(alerts));
+}
 
+#[test]
+fn stale_objects_follow_the_threshold() {
+    let Shared { data, truth: t, .. } = shared();
+    let data = *data;
     // Stale objects: with a one-day threshold over the dataset's exact period, objects written
     // in its last day are fresh and the rest of those read are stale; both kinds must exist.
     let day = 86_400_000_000_000;
@@ -337,7 +357,7 @@ fn compliance_report_matches_the_raw_records() {
         t.read_objects.len()
     );
     let h = run(
-        &data,
+        data,
         &[
             "report",
             "--kind",
@@ -372,7 +392,14 @@ fn compliance_report_matches_the_raw_records() {
         metric(&h, Some("hygiene"), "stale_objects"),
         json!(want.len())
     );
+}
 
+#[test]
+fn every_number_reruns_from_the_sql_shown_beside_it() {
+    let Shared {
+        data, report: rep, ..
+    } = shared();
+    let data = *data;
     // Every number and every table can be reproduced with the SQL shown next to it, by a
     // session that knows nothing of the report (the shared pre-aggregations travel inline).
     let sections = rep["sections"].as_array().unwrap();
@@ -384,7 +411,7 @@ fn compliance_report_matches_the_raw_records() {
     let mut checked = 0;
     for m in metrics {
         let again = run(
-            &data,
+            data,
             &["query", "--format", "json", m["sql"].as_str().unwrap()],
         );
         assert_eq!(again.code, 0, "{}: {}", m["name"], again.stderr);
@@ -399,7 +426,7 @@ fn compliance_report_matches_the_raw_records() {
     );
     for t in tables {
         let again = run(
-            &data,
+            data,
             &["query", "--format", "json", t["sql"].as_str().unwrap()],
         );
         assert_eq!(again.code, 0, "{}: {}", t["name"], again.stderr);
@@ -422,11 +449,17 @@ fn compliance_report_matches_the_raw_records() {
         checked += 1;
     }
     assert!(checked > 40, "{checked} statements rerun");
+}
 
+#[test]
+fn html_is_self_contained_with_its_charts_and_csv_carries_the_same_numbers() {
+    let Shared { data, truth: t, .. } = shared();
+    let data = *data;
+    let dir = tempfile::tempdir().unwrap();
     // HTML: one self-contained, well-formed file with its charts; CSV: the same numbers.
     let html_path = dir.path().join("r.html");
     let r = run(
-        &data,
+        data,
         &[
             "report",
             "--format",
@@ -447,7 +480,7 @@ fn compliance_report_matches_the_raw_records() {
         "no external resources"
     );
     assert!(!html.contains("<script"));
-    let csv = run(&data, &["report", "--format", "csv"]).stdout;
+    let csv = run(data, &["report", "--format", "csv"]).stdout;
     assert!(
         csv.contains(&format!(
             "report,material_reads,\"Secret, key and certificate reads\",{}",
@@ -458,11 +491,16 @@ fn compliance_report_matches_the_raw_records() {
     );
     assert!(csv.contains("# blast-radius.principals\n"));
     assert_ne!(
-        run(&data, &["report", "--kind", "nonsense"]).code,
+        run(data, &["report", "--kind", "nonsense"]).code,
         0,
         "an unknown kind is an error"
     );
+}
 
+#[test]
+fn analysts_generate_reports_and_readers_list_and_download_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = super::fixture::store(dir.path(), 3, 9);
     // The API: analysts generate, readers list and download; IDs never name a path.
     let (mut child, base) = serve_with(&data, &[], "serve.log");
     let _reap = Reap(child.id());
