@@ -49,8 +49,16 @@ pub struct Config {
 pub struct DetectConfig {
     /// Directory of rule files to use instead of the built-in pack.
     pub rules: Option<PathBuf>,
-    /// Seconds between passes of `kvwatch detect --follow`.
+    /// Longest wait between passes of continuous detection.
     pub interval_secs: Option<u64>,
+    /// Milliseconds between checks of the store for a new commit.
+    pub commit_poll_ms: Option<u64>,
+    /// Seconds a record may arrive behind the newest of its Kafka partition.
+    pub allowed_lateness_secs: Option<u64>,
+    /// Seconds without records after which a partition is idle.
+    pub idle_source_secs: Option<u64>,
+    /// Memory the detection rules share, in MiB.
+    pub memory_mb: Option<usize>,
     /// Event IDs kept as evidence per alert.
     pub max_evidence: Option<usize>,
 }
@@ -108,6 +116,7 @@ pub struct KafkaConfig {
     pub dead_letter_topic: Option<String>,
     pub stats_interval_secs: Option<u64>,
     pub compact_interval_secs: Option<u64>,
+    pub parse_threads: Option<usize>,
     /// `kvwatch publish`: target topic [default: the first of `topics`].
     pub publish_topic: Option<String>,
     /// `kvwatch publish`: envelope size limit in KiB.

@@ -93,6 +93,10 @@ pub struct ConsumeFlags {
     /// Seconds between compactions of small files; 0 disables [default: 600].
     #[arg(long, env = "KVWATCH_KAFKA_COMPACT_INTERVAL_SECS")]
     compact_interval_secs: Option<u64>,
+    /// Threads parsing message bodies; 1 parses on the polling thread [default: one per
+    /// core, at most 4].
+    #[arg(long = "kafka-parse-threads", env = "KVWATCH_KAFKA_PARSE_THREADS")]
+    parse_threads: Option<usize>,
 }
 
 impl ConsumeFlags {
@@ -161,6 +165,11 @@ impl ConsumeFlags {
                 .map(|s| Duration::from_secs(s.max(1)))
                 .unwrap_or(d.stats_interval),
             compact_interval: compact,
+            parse_threads: self
+                .parse_threads
+                .or(cfg.parse_threads)
+                .unwrap_or(d.parse_threads)
+                .max(1),
         })
     }
 }

@@ -33,6 +33,15 @@ impl DataDir {
         self.root.join(MANIFEST).exists()
     }
 
+    /// Changes whenever the store commits (the manifest is replaced by a rename, so its
+    /// inode, size or modification time differ); `None` before the first commit. Cheap
+    /// enough to poll many times a second, and it sees commits of other processes too.
+    pub fn commit_stamp(&self) -> Option<(u64, u64, std::time::SystemTime)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.root.join(MANIFEST)).ok()?;
+        Some((m.ino(), m.len(), m.modified().ok()?))
+    }
+
     /// The event store's current manifest; an empty one when there is no store yet.
     pub fn snapshot(&self) -> Result<Manifest> {
         if self.has_events() {

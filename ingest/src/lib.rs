@@ -32,6 +32,7 @@ pub mod sqlshape;
 pub mod store;
 pub mod tables;
 pub mod time;
+pub mod watermark;
 
 pub use data::DataDir;
 pub use files::{IngestOptions, IngestReport, Input, ingest};

@@ -9,6 +9,7 @@ use crate::schema::Table;
 use crate::store::{Result, read_manifest};
 pub use crate::tables::{cast_to_schema, register_files, register_sorted_files};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -69,6 +70,29 @@ pub fn empty_context() -> SessionContext {
     let ctx = SessionContext::new_with_state(state);
     crate::buckets::register(&ctx);
     ctx
+}
+
+/// A fresh context whose operators share a memory pool of `bytes` and spill to the system's
+/// temporary directory when it is full (sorts, aggregations): for detection, which must finish
+/// over any amount of data rather than fail. Analyst SQL has its own no-spill limit.
+pub fn spilling_context(bytes: usize) -> std::result::Result<SessionContext, DataFusionError> {
+    use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(bytes),
+        std::num::NonZeroUsize::new(5).expect("non-zero"),
+    );
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(std::sync::Arc::new(pool))
+        .build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    crate::buckets::register(&ctx);
+    Ok(ctx)
 }
 
 /// A query session over the current manifest of a data directory.

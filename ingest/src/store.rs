@@ -96,6 +96,10 @@ pub struct Manifest {
     /// query or detection pass that planned against an older manifest can still read them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredFile>,
+    /// Event-time progress per streaming source (see [`crate::watermark`]), committed with
+    /// the rows that advanced it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub marks: BTreeMap<String, crate::watermark::SourceMark>,
 }
 
 /// A compacted-away file and when it left the manifest.
@@ -234,6 +238,8 @@ pub struct StoreWriter {
     staged: Vec<(Table, FileEntry)>,
     stats: WriteStats,
     seq: u64,
+    /// Newest event time per streaming source since the last commit.
+    marks: BTreeMap<String, i64>,
 }
 
 fn now_ns() -> i64 {
@@ -301,6 +307,7 @@ impl StoreWriter {
             staged: Vec::new(),
             stats: WriteStats::default(),
             seq: 0,
+            marks: BTreeMap::new(),
         };
         w.remove_orphans()?;
         Ok(w)
@@ -598,6 +605,13 @@ impl StoreWriter {
         }))
     }
 
+    /// Notes that streaming `source` delivered an event as new as `max_time`; published (as a
+    /// [`SourceMark`](crate::watermark::SourceMark)) by the next commit.
+    pub fn mark(&mut self, source: &str, max_time: i64) {
+        let m = self.marks.entry(source.to_owned()).or_insert(max_time);
+        *m = (*m).max(max_time);
+    }
+
     /// Flushes every buffer and publishes the new files, together with an optional source
     /// checkpoint, in one atomic manifest replacement.
     pub fn commit(&mut self, checkpoint: Option<(String, serde_json::Value)>) -> Result<()> {
@@ -615,8 +629,13 @@ impl StoreWriter {
             self.flush_partition(&k)?;
         }
         let checkpoints: Vec<_> = checkpoints.into_iter().collect();
-        let expired = self.expired_retired(now_ns());
-        if self.staged.is_empty() && checkpoints.is_empty() && expired.is_empty() {
+        let now = now_ns();
+        let expired = self.expired_retired(now);
+        if self.staged.is_empty()
+            && checkpoints.is_empty()
+            && expired.is_empty()
+            && self.marks.is_empty()
+        {
             return Ok(());
         }
         crate::fault::crash_point("store-before-manifest");
@@ -630,9 +649,21 @@ impl StoreWriter {
                 .push(e.clone());
         }
         next.checkpoints.extend(checkpoints);
+        for (source, t) in &self.marks {
+            let m = next
+                .marks
+                .entry(source.clone())
+                .or_insert(crate::watermark::SourceMark {
+                    max_time: *t,
+                    updated_at: now,
+                });
+            m.max_time = m.max_time.max(*t);
+            m.updated_at = now;
+        }
         next.retired.retain(|r| !expired.contains(&r.path));
         self.publish(next)?;
         self.staged.clear();
+        self.marks.clear();
         self.delete_files(&expired);
         Ok(())
     }

@@ -10,17 +10,11 @@
 //! starts exactly where this node's store ends.
 
 use super::config::ClientOptions;
-use super::message::{origin, parse_message};
+use super::parsepool::{ParseEnv, Parsed, Pool, Positions, Tp, parse_one};
 use super::{KafkaError, checkpoint_key, crash_point, stored_positions};
-use crate::activity::ActivityRow;
-use crate::audit::EventRow;
-use crate::batch::{
-    Columns, activity_columns, events_columns, push_activity, push_event, push_quarantine,
-    quarantine_columns,
-};
-use crate::parse::{ParseCounts, RowSink};
+use crate::parse::ParseCounts;
 use crate::schema::Table;
-use crate::store::{StoreWriter, now_nanos};
+use crate::store::StoreWriter;
 use datafusion::arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -35,9 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-type Tp = (String, i32);
-type Positions = BTreeMap<Tp, i64>;
 
 /// Settings of `kvwatch consume`.
 #[derive(Debug, Clone)]
@@ -59,6 +50,8 @@ pub struct ConsumeOptions {
     pub stats_interval: Duration,
     /// Small files are merged this often (`None`: never).
     pub compact_interval: Option<Duration>,
+    /// Threads parsing message bodies; 1 parses on the polling thread.
+    pub parse_threads: usize,
 }
 
 impl Default for ConsumeOptions {
@@ -74,6 +67,9 @@ impl Default for ConsumeOptions {
             dead_letter_topic: None,
             stats_interval: Duration::from_secs(30),
             compact_interval: Some(Duration::from_secs(600)),
+            parse_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
         }
     }
 }
@@ -153,38 +149,11 @@ pub struct ConsumeReport {
     pub positions: BTreeMap<String, i64>,
 }
 
-/// Parsed rows of the open batch.
-struct Sink {
-    events: Columns,
-    activity: Columns,
-    quarantine: Columns,
-    now: i64,
-    quarantined: u64,
-    first_reason: Option<String>,
-}
-
-impl RowSink for Sink {
-    fn event(&mut self, row: &EventRow<'_>, source: &str) {
-        push_event(&mut self.events, row, source, self.now);
-    }
-    fn activity(&mut self, row: &ActivityRow, source: &str) {
-        push_activity(&mut self.activity, row, source, self.now);
-    }
-    fn quarantine(&mut self, source: &str, reason: &str, raw: &str) {
-        tracing::debug!(source, reason, "quarantined");
-        self.quarantined += 1;
-        if self.first_reason.is_none() {
-            self.first_reason = Some(reason.to_owned());
-        }
-        push_quarantine(&mut self.quarantine, source, reason, raw, self.now);
-    }
-}
-
-/// The open batch: rows plus the positions they reach.
+/// The open batch: the positions it reaches, and the rows parsed on the polling thread (all
+/// of them with one parse thread; else the offset-gap rows, the pool holding the rest).
 struct Batch {
-    sink: Sink,
+    parsed: Parsed,
     positions: Positions,
-    counts: ParseCounts,
     bytes: usize,
     started: Option<Instant>,
 }
@@ -192,9 +161,8 @@ struct Batch {
 impl Batch {
     fn empty() -> Batch {
         Batch {
-            sink: Shared::new_sink(),
+            parsed: Parsed::new(),
             positions: Positions::new(),
-            counts: ParseCounts::default(),
             bytes: 0,
             started: None,
         }
@@ -205,12 +173,13 @@ impl Batch {
 struct Work {
     batches: Vec<(Table, RecordBatch)>,
     positions: Positions,
+    marks: Positions,
     counts: ParseCounts,
     started: Instant,
     done: Option<mpsc::SyncSender<Result<(), String>>>,
 }
 
-struct DeadLetter {
+pub(super) struct DeadLetter {
     topic: String,
     producer: BaseProducer<DlqContext>,
 }
@@ -244,7 +213,10 @@ struct Shared {
     next: Mutex<HashMap<Tp, (i64, bool)>>,
     work_tx: Mutex<Option<mpsc::SyncSender<Work>>>,
     writer_error: Mutex<Option<String>>,
-    dead_letter: Option<DeadLetter>,
+    /// Parse settings and the dead-letter producer, shared with the parser threads.
+    env: Arc<ParseEnv>,
+    /// Parser threads (`None`: parse on the polling thread).
+    pool: Mutex<Option<Pool>>,
     metrics: Arc<Metrics>,
     opts: ConsumeOptions,
     /// Cancelled when the consumer is asked to stop: a writer retrying a refused batch gives up.
@@ -252,17 +224,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn new_sink() -> Sink {
-        Sink {
-            events: events_columns(),
-            activity: activity_columns(),
-            quarantine: quarantine_columns(),
-            now: now_nanos(),
-            quarantined: 0,
-            first_reason: None,
-        }
-    }
-
     fn failed(&self) -> Option<String> {
         lock(&self.writer_error).clone()
     }
@@ -284,7 +245,6 @@ impl Shared {
         let mut b = lock(&self.batch);
         if b.started.is_none() {
             b.started = Some(Instant::now());
-            b.sink.now = now_nanos();
         }
         if let Some(from) = gap {
             // Retention removed messages before they were read (or the log was truncated):
@@ -299,37 +259,24 @@ impl Shared {
                 missing,
                 "offset gap: messages missing from the log"
             );
-            b.sink.quarantine(
+            b.parsed.offset_gap(
                 &format!("kafka:{topic}/{partition}@{from}-{}", offset - 1),
                 &format!("offset gap: {missing} messages were not delivered (expired from retention or truncated before kvwatch read them)"),
-                "",
             );
-            b.sink.first_reason = None;
         }
-        let before = b.sink.quarantined;
-        let c = parse_message(
-            payload,
-            &origin(topic, partition, offset),
-            self.opts.max_message_bytes,
-            &mut b.sink,
-        );
-        b.counts.add(&c);
+        match lock(&self.pool).as_mut() {
+            Some(pool) => pool.submit(topic, partition, offset, payload),
+            None => parse_one(&self.env, &mut b.parsed, topic, partition, offset, payload),
+        }
         b.bytes += payload.map_or(0, <[u8]>::len);
         b.positions.insert(tp, offset + 1);
         Metrics::add(&m.messages, 1);
         Metrics::add(&m.message_bytes, payload.map_or(0, |p| p.len() as u64));
-        if b.sink.quarantined > before {
-            let reason = b.sink.first_reason.take().unwrap_or_default();
-            tracing::warn!(topic, partition, offset, reason = %reason, "message content quarantined");
-            if let Some(d) = &self.dead_letter {
-                dead_letter(d, topic, partition, offset, payload, &reason);
-            }
-        }
     }
 
     fn due(&self) -> bool {
         let b = lock(&self.batch);
-        let rows = (b.counts.records) as usize;
+        let rows = self.env.records.load(Ordering::Relaxed) as usize;
         b.started.is_some_and(|s| {
             rows >= self.opts.batch_rows
                 || b.bytes >= self.opts.batch_bytes
@@ -348,31 +295,45 @@ impl Shared {
             if b.started.is_none() {
                 return Ok(());
             }
-            let mut batches = Vec::with_capacity(3);
-            for (t, cols) in [
-                (Table::Events, &mut b.sink.events),
-                (Table::Activity, &mut b.sink.activity),
-                (Table::Quarantine, &mut b.sink.quarantine),
-            ] {
-                if !cols.is_empty() {
-                    let rb = cols.finish().map_err(|e| {
-                        KafkaError::Writer(format!("building {} batch: {e}", t.name()))
-                    })?;
-                    batches.push((t, rb));
+            let mut parts = vec![std::mem::replace(&mut b.parsed, Parsed::new())];
+            if let Some(pool) = lock(&self.pool).as_ref() {
+                parts.extend(pool.flush());
+            }
+            self.env.records.store(0, Ordering::Relaxed);
+            let mut batches = Vec::with_capacity(3 * parts.len());
+            let mut counts = ParseCounts::default();
+            let mut marks = Positions::new();
+            for part in &mut parts {
+                for (t, cols) in [
+                    (Table::Events, &mut part.events),
+                    (Table::Activity, &mut part.activity),
+                    (Table::Quarantine, &mut part.quarantine),
+                ] {
+                    if !cols.is_empty() {
+                        let rb = cols.finish().map_err(|e| {
+                            KafkaError::Writer(format!("building {} batch: {e}", t.name()))
+                        })?;
+                        batches.push((t, rb));
+                    }
+                }
+                counts.add(&part.counts);
+                for (tp, t) in &part.marks {
+                    let m = marks.entry(tp.clone()).or_insert(*t);
+                    *m = (*m).max(*t);
                 }
             }
             let started = b.started.take().unwrap_or_else(Instant::now);
-            b.sink.quarantined = 0;
             b.bytes = 0;
             Work {
                 batches,
                 positions: std::mem::take(&mut b.positions),
-                counts: std::mem::take(&mut b.counts),
+                marks,
+                counts,
                 started,
                 done: None,
             }
         };
-        if let Some(d) = &self.dead_letter {
+        if let Some(d) = &self.env.dead_letter {
             // Dead-letter copies go out before the position that covers them is stored.
             if let Err(e) = d.producer.flush(Duration::from_secs(30)) {
                 tracing::error!(error = %e, "dead-letter flush failed (the quarantine table still holds the messages)");
@@ -439,7 +400,7 @@ impl Shared {
     }
 }
 
-fn dead_letter(
+pub(super) fn dead_letter(
     d: &DeadLetter,
     topic: &str,
     partition: i32,
@@ -704,6 +665,9 @@ fn store_work(writer: &mut StoreWriter, w: &Work) -> Result<(), crate::store::St
     for (t, b) in &w.batches {
         writer.append(*t, b)?;
     }
+    for ((t, p), newest) in &w.marks {
+        writer.mark(&format!("kafka:{t}/{p}"), *newest);
+    }
     writer.commit_checkpoints(
         w.positions
             .iter()
@@ -814,6 +778,15 @@ pub fn consume(
         None => None,
     };
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(1);
+    let env = Arc::new(ParseEnv {
+        max_message_bytes: opts.max_message_bytes,
+        dead_letter,
+        records: AtomicU64::new(0),
+    });
+    let pool = match opts.parse_threads {
+        0 | 1 => None,
+        n => Some(Pool::start(n, env.clone())?),
+    };
     let shared = Arc::new(Shared {
         batch: Mutex::new(Batch::empty()),
         durable: Mutex::new(durable),
@@ -821,7 +794,8 @@ pub fn consume(
         next: Mutex::new(HashMap::new()),
         work_tx: Mutex::new(Some(work_tx)),
         writer_error: Mutex::new(None),
-        dead_letter,
+        env,
+        pool: Mutex::new(pool),
         metrics: metrics.clone(),
         opts: opts.clone(),
         stop: shutdown.clone(),
@@ -941,7 +915,12 @@ mod tests {
             next: Mutex::new(HashMap::new()),
             work_tx: Mutex::new(None),
             writer_error: Mutex::new(None),
-            dead_letter: None,
+            env: Arc::new(ParseEnv {
+                max_message_bytes: 1 << 20,
+                dead_letter: None,
+                records: AtomicU64::new(0),
+            }),
+            pool: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
             opts: ConsumeOptions::default(),
             stop: CancellationToken::new(),
@@ -960,7 +939,7 @@ mod tests {
         assert_eq!(Metrics::get(&s.metrics.offset_gap_messages), 5);
         let b = lock(&s.batch);
         // The gap row and the poison message's row.
-        assert_eq!(b.sink.quarantine.len(), 2);
+        assert_eq!(b.parsed.quarantine.len(), 2);
         assert_eq!(b.positions[&tp], 16);
         drop(b);
         // Unknown start (log beginning): the first offset seen is not a gap.

@@ -14,12 +14,14 @@
 //! below it. Kafka commits follow the store, for lag monitoring and for handing a partition to
 //! another node; they are never ahead of what some store holds.
 //!
-//! [`consumer`] runs the loop, [`message`] turns one message body into rows, [`publish`] sends
+//! [`consumer`] runs the loop, [`message`] turns one message body into rows, `parsepool`
+//! parses message bodies on several threads, [`publish`] sends
 //! files as Azure-shaped envelope messages, [`config`] holds client settings and secrets.
 
 pub mod config;
 pub mod consumer;
 pub mod message;
+mod parsepool;
 pub mod publish;
 pub mod roundtrip;
 
