@@ -187,6 +187,11 @@ pub(crate) async fn metrics(State(s): State<Shared>) -> Response {
                 g(&d.last_pass_end),
                 "end of the last pass",
             ),
+            (
+                "detect_watermark_timestamp_seconds",
+                g(&d.watermark),
+                "event time before which the store is complete (rules about absence judge up to it)",
+            ),
         ] {
             let kind = if name.ends_with("_total") {
                 "counter"

@@ -143,7 +143,10 @@ pub async fn run(data: &DataDir, cfg: &Config, a: DemoArgs) -> Result<std::proce
     let detected = kvwatch_detect::run::incremental(
         data,
         &rules,
-        Some(&cfg.models),
+        &kvwatch_detect::run::PassOptions {
+            models: Some(&cfg.models),
+            ..Default::default()
+        },
         &mut alerts_store,
         &mut |_, _, _| {},
     )

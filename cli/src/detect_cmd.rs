@@ -43,6 +43,29 @@ pub struct DetectArgs {
 
 /// Detection settings shared by `detect` and the continuous detection of `serve`.
 impl FollowArgs {
+    /// The rule engine's watermark policy and memory pool, from flags, environment and the
+    /// config file.
+    pub fn engine_options(&self, cfg: &Config) -> kvwatch_detect::engine::EngineOptions {
+        let d = kvwatch_detect::engine::EngineOptions::default();
+        let secs = std::time::Duration::from_secs;
+        kvwatch_detect::engine::EngineOptions {
+            watermark: kvwatch_ingest::watermark::WatermarkPolicy {
+                lateness: self
+                    .allowed_lateness_secs
+                    .or(cfg.detect.allowed_lateness_secs)
+                    .map_or(d.watermark.lateness, secs),
+                idle_after: self
+                    .idle_source_secs
+                    .or(cfg.detect.idle_source_secs)
+                    .map_or(d.watermark.idle_after, secs),
+            },
+            memory_bytes: self
+                .memory_mb
+                .or(cfg.detect.memory_mb)
+                .map_or(d.memory_bytes, |mb| mb.max(64) << 20),
+        }
+    }
+
     /// Prints each detection pass as `detect --follow` does, in the chosen format.
     pub fn pass_printer(&self, cfg: &Config) -> kvwatch_detect::follow::PassListener {
         let json = self.format == Format::Json;
@@ -59,6 +82,13 @@ impl FollowArgs {
                     .unwrap_or(30)
                     .max(1),
             ),
+            commit_poll: std::time::Duration::from_millis(
+                self.commit_poll_ms
+                    .or(cfg.detect.commit_poll_ms)
+                    .unwrap_or(200)
+                    .max(10),
+            ),
+            engine: self.engine_options(cfg),
             models: (!self.no_models).then_some(cfg.models),
             max_evidence: self
                 .max_evidence
@@ -73,9 +103,25 @@ impl FollowArgs {
 pub struct FollowArgs {
     #[command(flatten)]
     pub source: RulesSource,
-    /// Seconds between passes with --follow [default: 30].
+    /// Continuous detection runs a pass whenever the store commits, and at least every this
+    /// many seconds [default: 30].
     #[arg(long, env = "KVWATCH_DETECT_INTERVAL_SECS")]
     interval: Option<u64>,
+    /// Milliseconds between checks of the store for a new commit [default: 200].
+    #[arg(long, env = "KVWATCH_DETECT_COMMIT_POLL_MS")]
+    commit_poll_ms: Option<u64>,
+    /// Seconds a record may arrive behind the newest one of its Kafka partition; rules about
+    /// absence judge only data older than the slowest partition minus this [default: 900].
+    #[arg(long, env = "KVWATCH_ALLOWED_LATENESS_SECS")]
+    allowed_lateness_secs: Option<u64>,
+    /// Seconds without records after which a partition stops holding the watermark back
+    /// [default: 300].
+    #[arg(long, env = "KVWATCH_IDLE_SOURCE_SECS")]
+    idle_source_secs: Option<u64>,
+    /// Memory the detection rules share, in MiB; beyond it sorts and aggregations spill to
+    /// the temporary directory [default: 2048].
+    #[arg(long, env = "KVWATCH_DETECT_MEMORY_MB")]
+    memory_mb: Option<usize>,
     /// Rules only: skip the behavioural models.
     #[arg(long, env = "KVWATCH_DETECT_NO_MODELS")]
     no_models: bool,
@@ -258,7 +304,11 @@ pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<E
     let c = &a.common;
     let rules = load_rules(cfg, &c.source, true).await?;
     let mut store = alert_store(data, cfg, c.max_evidence)?;
-    let models = (!c.no_models).then_some(&cfg.models);
+    let pass = kvwatch_detect::run::PassOptions {
+        models: (!c.no_models).then_some(&cfg.models),
+        engine: c.engine_options(cfg),
+        honour_intervals: false,
+    };
     let report = if a.from.is_some() || a.to.is_some() {
         let engine = Engine::open(data)?;
         let Some((lo, hi)) = engine.data_range() else {
@@ -282,7 +332,7 @@ pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<E
         backfill(
             data,
             &rules,
-            models,
+            &pass,
             from,
             to,
             &mut store,
@@ -290,7 +340,7 @@ pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<E
         )
         .await?
     } else {
-        incremental(data, &rules, models, &mut store, &mut progress(false)).await?
+        incremental(data, &rules, &pass, &mut store, &mut progress(false)).await?
     };
     print_detect(&report, rules.len(), c.format)?;
     Ok(ExitCode::SUCCESS)
@@ -531,11 +581,10 @@ pub async fn cmd_rules(data: &DataDir, cfg: &Config, cmd: RulesCmd) -> Result<Ex
     match cmd {
         RulesCmd::Sql { source } => {
             let rules = load_rules(cfg, &source, true).await?;
-            let start = Engine::open(data)?.data_range().map_or(0, |r| r.0);
-            let ts = kvwatch_detect::engine::sql_timestamp(start);
+            let store = Engine::open(data)?.store_values();
             let v: Vec<_> = rules
                 .iter()
-                .map(|r| serde_json::json!({"id": r.id(), "sql": r.render(&ts)}))
+                .map(|r| serde_json::json!({"id": r.id(), "sql": r.render(&store)}))
                 .collect();
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
@@ -600,8 +649,8 @@ pub async fn cmd_rules(data: &DataDir, cfg: &Config, cmd: RulesCmd) -> Result<Ex
             writeln!(out, "\nparameters\n  {}", params.join("\n  "))?;
             writeln!(
                 out,
-                "\nSQL (rendered; data_start shown as the epoch)\n{}",
-                r.render(&kvwatch_detect::engine::sql_timestamp(0))
+                "\nSQL (rendered; data_start and watermark shown as the epoch)\n{}",
+                r.render(&Engine::empty().store_values())
             )?;
         }
         RulesCmd::Test {

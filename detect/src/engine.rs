@@ -11,7 +11,7 @@
 
 use crate::alert::Severity;
 use crate::alert::{Occurrence, Principal, union_into};
-use crate::rule::{REQUIRED_COLUMNS, Rule, RuleError, template_names};
+use crate::rule::{REQUIRED_COLUMNS, Rule, RuleError, StoreValues, template_names};
 use crate::udf;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
@@ -23,10 +23,12 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionContext, col, lit};
 use kvwatch_ingest::DataDir;
-use kvwatch_ingest::query::{empty_context, read_only};
+use kvwatch_ingest::query::{empty_context, read_only, spilling_context};
 use kvwatch_ingest::store::Manifest;
+use kvwatch_ingest::store::now_nanos;
 use kvwatch_ingest::tables::register_sorted_files;
 use kvwatch_ingest::time::format_ns;
+use kvwatch_ingest::watermark::{Watermark, WatermarkPolicy};
 use kvwatch_ingest::{StoreError, Table};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -359,6 +361,8 @@ pub struct Evaluation {
 pub struct Engine {
     root: Option<PathBuf>,
     manifest: Manifest,
+    /// Event time before which the store's data is complete (`None`: empty store).
+    watermark: Option<Watermark>,
     ctx: SessionContext,
 }
 
@@ -370,15 +374,47 @@ fn overlapping(root: &Path, m: &Manifest, t: Table, from: i64, to: i64) -> Vec<P
         .collect()
 }
 
+/// How an engine reads the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// How the store's watermark is derived (complete-data rules judge only before it).
+    pub watermark: WatermarkPolicy,
+    /// Memory the rules' operators share; beyond it they spill to disk.
+    pub memory_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            watermark: WatermarkPolicy::default(),
+            memory_bytes: 2 << 30,
+        }
+    }
+}
+
 impl Engine {
-    /// An engine over the store in `data` (its current manifest).
+    /// An engine over the store in `data` (its current manifest), with default options.
     pub fn open(data: &DataDir) -> Result<Engine, EngineError> {
+        Self::open_with(data, &EngineOptions::default(), now_nanos())
+    }
+
+    /// An engine over the store in `data`, whose watermark is taken at `now`.
+    pub fn open_with(
+        data: &DataDir,
+        opts: &EngineOptions,
+        now: i64,
+    ) -> Result<Engine, EngineError> {
         let manifest = data.snapshot()?;
-        let ctx = empty_context();
+        let watermark = manifest.watermark(&opts.watermark, now);
+        let ctx = spilling_context(opts.memory_bytes).map_err(|source| EngineError::Query {
+            rule: "-".into(),
+            source,
+        })?;
         udf::register(&ctx);
         Ok(Engine {
             root: Some(data.root().to_path_buf()),
             manifest,
+            watermark,
             ctx,
         })
     }
@@ -390,6 +426,7 @@ impl Engine {
         Engine {
             root: None,
             manifest: Manifest::default(),
+            watermark: None,
             ctx,
         }
     }
@@ -441,8 +478,26 @@ impl Engine {
         Ok(())
     }
 
-    fn data_start_sql(&self) -> String {
-        sql_timestamp(self.data_range().map_or(0, |r| r.0))
+    /// The event time before which the store's data is complete.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark.as_ref().map(|w| w.complete_to)
+    }
+
+    /// The watermark while a streaming source holds it back (records are still arriving);
+    /// `None` when all the store holds is all there is.
+    pub fn stream_watermark(&self) -> Option<i64> {
+        self.watermark
+            .as_ref()
+            .filter(|w| w.held_by.is_some())
+            .map(|w| w.complete_to)
+    }
+
+    /// The store-dependent builtins as SQL literals (the epoch for an empty store).
+    pub fn store_values(&self) -> StoreValues {
+        StoreValues {
+            data_start: sql_timestamp(self.data_range().map_or(0, |r| r.0)),
+            watermark: sql_timestamp(self.watermark().unwrap_or(0)),
+        }
     }
 
     /// Plans `rule` and checks its output columns; the error names the file and line.
@@ -455,7 +510,7 @@ impl Engine {
         self.register_range(0, 1)
             .await
             .map_err(|e| invalid(e.to_string()))?;
-        let sql = rule.render(&self.data_start_sql());
+        let sql = rule.render(&self.store_values());
         shape_check(&sql).map_err(invalid)?;
         let df = self
             .ctx
@@ -508,12 +563,21 @@ impl Engine {
     }
 
     /// The windows `[W0, W1)` and the event range `[E0, E1)` for evaluating `[from, to)`.
-    pub fn plan_range(rule: &Rule, from: i64, to: i64) -> ((i64, i64), (i64, i64)) {
+    ///
+    /// A rule that judges complete data only (`complete: true`) sees every event up to the
+    /// store's newest (a record after the watermark still proves a vault was alive) and
+    /// judges only windows that start before the watermark.
+    pub fn plan_range(&self, rule: &Rule, from: i64, to: i64) -> ((i64, i64), (i64, i64)) {
         let w = rule.doc.window.nanos();
         let start = from.saturating_sub(rule.lookback().nanos());
         let w0 = start.div_euclid(w) * w;
         let e0 = w0.saturating_sub(rule.history().nanos());
         let e1 = to.saturating_add(rule.lookback().nanos()).saturating_add(w);
+        if rule.doc.complete {
+            let newest = self.data_range().map_or(e1, |r| r.1.saturating_add(1));
+            let w1 = to.min(self.watermark().unwrap_or(i64::MIN));
+            return ((w0, w1), (e0, e1.max(newest)));
+        }
         ((w0, to), (e0, e1))
     }
 
@@ -525,13 +589,22 @@ impl Engine {
         to: i64,
     ) -> Result<Evaluation, EngineError> {
         let started = Instant::now();
-        let ((w0, w1), (e0, e1)) = Self::plan_range(rule, from, to);
+        let ((w0, w1), (e0, e1)) = self.plan_range(rule, from, to);
+        if w1 <= w0 {
+            // Nothing the watermark has passed yet.
+            return Ok(Evaluation {
+                rule_id: rule.id().to_owned(),
+                occurrences: Vec::new(),
+                elapsed: started.elapsed(),
+                windows: (w0, w0),
+            });
+        }
         let q = |source| EngineError::Query {
             rule: rule.id().to_owned(),
             source,
         };
         self.register_range(e0, e1).await?;
-        let sql = rule.render(&self.data_start_sql());
+        let sql = rule.render(&self.store_values());
         let df = self
             .ctx
             .sql_with_options(&sql, read_only())

@@ -1,25 +1,33 @@
-//! Continuous detection: an incremental pass every interval until shutdown, for `kvwatch serve`
-//! and `kvwatch detect --follow`.
+//! Continuous detection, for `kvwatch serve` and `kvwatch detect --follow`: a pass whenever
+//! the event store commits, and at least every `interval` (for rules held back by their own
+//! interval, and for a watermark that moves while nothing arrives).
 //!
-//! A pass that fails is counted and retried at the next interval (nothing was marked covered,
-//! so the same data is evaluated again); a store that does not exist yet (a fresh consumer has
-//! not committed) is waited for; an alert store opened while the disk refused writes is
-//! reopened before the next pass, so the loop recovers by itself once the disk does.
+//! Commits are noticed by polling the manifest's stamp (a `stat`, every `commit_poll`), which
+//! also sees a store written by another process (`kvwatch consume` beside `detect --follow`).
+//! A pass that fails is counted and retried at the next commit or interval (nothing was marked
+//! covered, so the same data is evaluated again); a store that does not exist yet (a fresh
+//! consumer has not committed) is waited for; an alert store opened while the disk refused
+//! writes is reopened before the next pass, so the loop recovers by itself once the disk does.
 
 use crate::anomaly::ModelConfig;
+use crate::engine::EngineOptions;
 use crate::rule::Rule;
-use crate::run::{DetectReport, PassMetrics, incremental};
+use crate::run::{DetectReport, PassMetrics, PassOptions, incremental};
 use crate::store::AlertStore;
 use kvwatch_ingest::DataDir;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How continuous detection runs.
 #[derive(Debug, Clone)]
 pub struct FollowOptions {
-    /// Between the end of one pass and the start of the next.
+    /// The longest wait between passes when the store commits nothing.
     pub interval: Duration,
+    /// How often the store is checked for a new commit.
+    pub commit_poll: Duration,
+    /// Watermark policy and memory pool of the rule engine.
+    pub engine: EngineOptions,
     /// The behavioural models' settings; `None` runs the rules only.
     pub models: Option<ModelConfig>,
     /// Evidence event IDs kept per alert.
@@ -46,11 +54,19 @@ pub async fn follow(
     mut on_pass: impl FnMut(PassOutcome<'_>),
 ) {
     let mut store: Option<AlertStore> = None;
+    let mut seen = None;
+    let mut last_pass: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        if data.has_events() {
+        let stamp = data.commit_stamp();
+        let due = stamp.is_some()
+            && (stamp != seen || last_pass.is_none_or(|t| t.elapsed() >= opts.interval));
+        if due {
+            // Taken before the pass: a commit during the pass is seen at the next poll.
+            seen = stamp;
+            last_pass = Some(Instant::now());
             match pass(data, rules, opts, &mut store).await {
                 Ok(r) => {
                     metrics.passes.fetch_add(1, Relaxed);
@@ -59,6 +75,11 @@ pub async fn follow(
                     metrics.folded.fetch_add(r.totals.folded, Relaxed);
                     metrics.new_files.fetch_add(r.new_files as u64, Relaxed);
                     metrics.last_pass_ms.store(r.elapsed_ms, Relaxed);
+                    if let Some(w) = r.watermark_ns {
+                        metrics
+                            .watermark
+                            .store((w.max(0) / 1_000_000_000) as u64, Relaxed);
+                    }
                     metrics.last_pass_end.store(
                         (kvwatch_ingest::store::now_nanos() / 1_000_000_000) as u64,
                         Relaxed,
@@ -69,6 +90,8 @@ pub async fn follow(
                             updated = r.totals.updated,
                             folded = r.totals.folded,
                             new_files = r.new_files,
+                            deferred = r.deferred.len(),
+                            watermark = r.watermark.as_deref().unwrap_or("-"),
                             elapsed_ms = r.elapsed_ms,
                             "detect.pass"
                         );
@@ -83,7 +106,7 @@ pub async fn follow(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(opts.interval) => {}
+            _ = tokio::time::sleep(opts.commit_poll) => {}
             _ = shutdown.cancelled() => break,
         }
     }
@@ -106,7 +129,12 @@ async fn pass(
         *store = Some(s);
     }
     let st = store.as_mut().expect("opened above");
-    let r = incremental(data, rules, opts.models.as_ref(), st, &mut |_, _, _| {})
+    let pass = PassOptions {
+        models: opts.models.as_ref(),
+        engine: opts.engine,
+        honour_intervals: true,
+    };
+    let r = incremental(data, rules, &pass, st, &mut |_, _, _| {})
         .await
         .map_err(|e| e.to_string());
     // Not kept while read-only: SQLite shares a file's shared-memory index among a process's

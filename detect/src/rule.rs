@@ -296,9 +296,15 @@ pub struct RuleDoc {
     pub tactics: Vec<String>,
     #[serde(default)]
     pub techniques: Vec<String>,
-    /// How often continuous evaluation re-runs the rule.
+    /// The least time between two evaluations in continuous detection (new data waits for
+    /// the next due run; nothing is skipped). `0s`, the default, evaluates at every commit.
     #[serde(default = "default_interval")]
     pub interval: Dur,
+    /// Judge only event time the store's watermark has passed (see `kvwatch_ingest::
+    /// watermark`): for rules about what did *not* happen, which data still in flight would
+    /// contradict. Windows at or after the watermark are left for a later pass.
+    #[serde(default)]
+    pub complete: bool,
     /// Bucket size: `window_start` values are multiples of it.
     pub window: Dur,
     /// How far after its `window_start` an occurrence can still gain events (sequences).
@@ -325,7 +331,7 @@ pub struct RuleDoc {
 }
 
 fn default_interval() -> Dur {
-    Dur(60)
+    Dur(0)
 }
 fn yes() -> bool {
     true
@@ -355,7 +361,16 @@ pub const REQUIRED_COLUMNS: &[&str] = &[
 ];
 
 /// Values the engine supplies to every rule, beside the rule's own parameters.
-pub const BUILTINS: &[&str] = &["window", "lookback", "history", "data_start"];
+pub const BUILTINS: &[&str] = &["window", "lookback", "history", "data_start", "watermark"];
+
+/// The values of the builtins that depend on the store, as SQL literals.
+#[derive(Debug, Clone)]
+pub struct StoreValues {
+    /// The store's first event (learning periods are measured from it).
+    pub data_start: String,
+    /// The event time before which the store's data is complete.
+    pub watermark: String,
+}
 
 impl Rule {
     /// The rule as listed (CLI `rules list --format json`, API `GET /rules`).
@@ -508,15 +523,15 @@ impl Rule {
         Ok(())
     }
 
-    /// The rule's SQL with every `{{name}}` replaced. `data_start` is the SQL timestamp of the
-    /// store's first event (learning periods are measured from it).
-    pub fn render(&self, data_start: &str) -> String {
+    /// The rule's SQL with every `{{name}}` replaced.
+    pub fn render(&self, store: &StoreValues) -> String {
         render_template(&self.doc.sql, |name| {
             Some(match name {
                 "window" => self.doc.window.sql(),
                 "lookback" => self.lookback().sql(),
                 "history" => self.history().sql(),
-                "data_start" => data_start.to_owned(),
+                "data_start" => store.data_start.clone(),
+                "watermark" => store.watermark.clone(),
                 other => self.params.get(other)?.sql(),
             })
         })
@@ -720,7 +735,11 @@ mod tests {
         let mut o = BTreeMap::new();
         o.insert("n".to_owned(), Param::Int(9));
         r.set_params(&o).unwrap();
-        assert!(r.render("x").contains("SELECT 9"));
+        let store = StoreValues {
+            data_start: "x".into(),
+            watermark: "y".into(),
+        };
+        assert!(r.render(&store).contains("SELECT 9"));
         o.insert("n".to_owned(), Param::Str("x".into()));
         assert!(r.set_params(&o).is_err());
         let mut bad = BTreeMap::new();

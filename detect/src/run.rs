@@ -8,7 +8,7 @@
 //! deterministic occurrence IDs make that harmless) instead of skipping.
 
 use crate::anomaly::ModelConfig;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::rule::Rule;
 use crate::store::{AlertStore, AlertStoreError, ApplyStats};
 use kvwatch_ingest::DataDir;
@@ -44,7 +44,14 @@ pub struct DetectReport {
     pub mode: String,
     /// Evaluated event-time ranges, as RFC 3339 pairs.
     pub ranges: Vec<(String, String)>,
+    /// The store's watermark: complete-data rules judged event time before it.
+    pub watermark: Option<String>,
+    #[serde(skip)]
+    pub watermark_ns: Option<i64>,
     pub new_files: usize,
+    /// Rules with new data that waited for their interval.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
     pub rules: Vec<RuleReport>,
     /// The behavioural models' pass, when enabled.
     pub models: Option<crate::anomaly::ModelReport>,
@@ -68,49 +75,56 @@ pub fn merge_ranges(mut r: Vec<(i64, i64)>, gap: i64) -> Vec<(i64, i64)> {
 
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
-async fn evaluate_ranges(
+/// The behavioural models' entry in the alert store's `rule_state`.
+const MODELS: &str = "anomaly-models";
+
+/// How a detection pass runs.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions<'a> {
+    /// The behavioural models' settings; `None` runs the rules only.
+    pub models: Option<&'a ModelConfig>,
+    /// Watermark policy and memory pool of the rule engine.
+    pub engine: EngineOptions,
+    /// Continuous detection: a rule evaluated less than its `interval` ago waits, and the
+    /// ranges it did not evaluate are kept for its next run.
+    pub honour_intervals: bool,
+}
+
+/// Evaluates one rule over `ranges` and stores its occurrences.
+async fn evaluate_rule(
     engine: &Engine,
-    rules: &[Rule],
+    rule: &Rule,
     ranges: &[(i64, i64)],
     alerts: &mut AlertStore,
-    progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<(Vec<RuleReport>, ApplyStats), DetectError> {
-    let mut reports = Vec::new();
-    let mut totals = ApplyStats::default();
-    for (i, rule) in rules.iter().enumerate() {
-        progress(i, rules.len(), rule.id());
-        let mut stats = ApplyStats::default();
-        let mut n = 0;
-        let started = Instant::now();
-        for &(from, to) in ranges {
-            let ev = engine.evaluate(rule, from, to).await?;
-            n += ev.occurrences.len();
-            stats += alerts.apply(&rule.meta(), &ev.occurrences, now_nanos())?;
-            alerts.record_run(
-                rule.id(),
-                now_nanos(),
-                ev.windows,
-                ev.occurrences.len(),
-                ev.elapsed.as_millis() as u64,
-            )?;
-        }
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        tracing::debug!(
-            rule = rule.id(),
-            occurrences = n,
-            elapsed_ms,
-            "rule.evaluated"
-        );
-        totals += stats;
-        reports.push(RuleReport {
-            rule_id: rule.id().to_owned(),
-            occurrences: n,
-            stats,
-            elapsed_ms,
-        });
+) -> Result<RuleReport, DetectError> {
+    let mut stats = ApplyStats::default();
+    let mut n = 0;
+    let started = Instant::now();
+    for &(from, to) in ranges {
+        let ev = engine.evaluate(rule, from, to).await?;
+        n += ev.occurrences.len();
+        stats += alerts.apply(&rule.meta(), &ev.occurrences, now_nanos())?;
+        alerts.record_run(
+            rule.id(),
+            now_nanos(),
+            ev.windows,
+            ev.occurrences.len(),
+            ev.elapsed.as_millis() as u64,
+        )?;
     }
-    progress(rules.len(), rules.len(), "");
-    Ok((reports, totals))
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(
+        rule = rule.id(),
+        occurrences = n,
+        elapsed_ms,
+        "rule.evaluated"
+    );
+    Ok(RuleReport {
+        rule_id: rule.id().to_owned(),
+        occurrences: n,
+        stats,
+        elapsed_ms,
+    })
 }
 
 fn fmt_ranges(r: &[(i64, i64)]) -> Vec<(String, String)> {
@@ -126,37 +140,58 @@ async fn models_pass(
     models: Option<&ModelConfig>,
     alerts: &mut AlertStore,
     range: Option<(i64, i64)>,
+    complete_to: Option<i64>,
     totals: &mut ApplyStats,
 ) -> Result<Option<crate::anomaly::ModelReport>, DetectError> {
     let Some(cfg) = models.filter(|m| m.enabled) else {
         return Ok(None);
     };
-    let r = crate::anomaly::run_models(root, cfg, alerts, range).await?;
+    let r = crate::anomaly::run_models(root, cfg, alerts, range, complete_to).await?;
     *totals += r.stats;
     Ok(Some(r))
 }
 
 /// Evaluates every rule over `[from, to)` (event time, ns), and the models (rebuilding their
-/// baselines from the whole store) when `models` is given.
+/// baselines from the whole store) when `opts.models` is given.
 pub async fn backfill(
     root: &DataDir,
     rules: &[Rule],
-    models: Option<&ModelConfig>,
+    opts: &PassOptions<'_>,
     from: i64,
     to: i64,
     alerts: &mut AlertStore,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<DetectReport, DetectError> {
     let started = Instant::now();
-    let engine = Engine::open(root)?;
+    let engine = Engine::open_with(root, &opts.engine, now_nanos())?;
     let ranges = vec![(from, to)];
-    let (rules_r, mut totals) = evaluate_ranges(&engine, rules, &ranges, alerts, progress).await?;
-    let models = models_pass(root, models, alerts, Some((from, to)), &mut totals).await?;
+    let mut reports = Vec::new();
+    let mut totals = ApplyStats::default();
+    for (i, rule) in rules.iter().enumerate() {
+        progress(i, rules.len(), rule.id());
+        let r = evaluate_rule(&engine, rule, &ranges, alerts).await?;
+        totals += r.stats;
+        reports.push(r);
+    }
+    progress(rules.len(), rules.len(), "");
+    let wm = engine.watermark();
+    let models = models_pass(
+        root,
+        opts.models,
+        alerts,
+        Some((from, to)),
+        engine.stream_watermark(),
+        &mut totals,
+    )
+    .await?;
     Ok(DetectReport {
         mode: "backfill".into(),
         ranges: fmt_ranges(&ranges),
+        watermark: wm.map(kvwatch_ingest::time::format_ns),
+        watermark_ns: wm,
         new_files: 0,
-        rules: rules_r,
+        deferred: Vec::new(),
+        rules: reports,
         models,
         totals,
         elapsed_ms: started.elapsed().as_millis() as u64,
@@ -164,16 +199,18 @@ pub async fn backfill(
 }
 
 /// Evaluates whatever the store gained since the last incremental run (everything, the first
-/// time), then records the store's files as covered.
+/// time), and for complete-data rules whatever the watermark passed since, then records the
+/// store's files as covered.
 pub async fn incremental(
     root: &DataDir,
     rules: &[Rule],
-    models: Option<&ModelConfig>,
+    opts: &PassOptions<'_>,
     alerts: &mut AlertStore,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<DetectReport, DetectError> {
     let started = Instant::now();
-    let engine = Engine::open(root)?;
+    let now = now_nanos();
+    let engine = Engine::open_with(root, &opts.engine, now)?;
     let covered = alerts.covered_files()?;
     let m = engine.manifest();
     let all: Vec<(String, i64, i64)> = [Table::Events, Table::Activity]
@@ -187,22 +224,83 @@ pub async fn incremental(
         .map(|(_, a, b)| (*a, b.saturating_add(1)))
         .collect();
     let new_files = new.len();
-    if new.is_empty() {
+    let ranges = merge_ranges(new, DAY_NS);
+    let wm = engine.watermark();
+    let mut reports = Vec::new();
+    let mut deferred = Vec::new();
+    let mut evaluated: Vec<(i64, i64)> = Vec::new();
+    let mut totals = ApplyStats::default();
+    for (i, rule) in rules.iter().enumerate() {
+        let mut st = alerts.rule_state(rule.id())?;
+        let mut todo = st.pending.clone();
+        todo.extend(ranges.iter().copied());
+        if rule.doc.complete
+            && let (Some(w), Some(judged)) = (wm, st.judged_to)
+            && w > judged
+        {
+            todo.push((judged, w));
+        }
+        if todo.is_empty() {
+            continue;
+        }
+        let todo = merge_ranges(todo, DAY_NS);
+        let interval = rule.doc.interval.nanos();
+        let due = !opts.honour_intervals
+            || st
+                .last_run_at
+                .is_none_or(|t| now.saturating_sub(t) >= interval);
+        if !due {
+            if st.pending != todo {
+                st.pending = todo;
+                alerts.set_rule_state(rule.id(), &st)?;
+            }
+            deferred.push(rule.id().to_owned());
+            continue;
+        }
+        progress(i, rules.len(), rule.id());
+        let r = evaluate_rule(&engine, rule, &todo, alerts).await?;
+        totals += r.stats;
+        reports.push(r);
+        evaluated.extend(todo);
+        st.pending.clear();
+        if rule.doc.complete {
+            st.judged_to = wm.max(st.judged_to);
+        }
+        alerts.set_rule_state(rule.id(), &st)?;
+    }
+    progress(rules.len(), rules.len(), "");
+    // The models run on new files, and when the watermark moved past hours they held back.
+    let held = engine.stream_watermark();
+    let mut models_state = alerts.rule_state(MODELS)?;
+    let models_due =
+        opts.models.is_some_and(|m| m.enabled) && (new_files > 0 || models_state.judged_to != held);
+    if new_files == 0 && reports.is_empty() && !models_due {
         return Ok(DetectReport {
             mode: "up-to-date".into(),
+            watermark: wm.map(kvwatch_ingest::time::format_ns),
+            watermark_ns: wm,
+            deferred,
             elapsed_ms: started.elapsed().as_millis() as u64,
             ..Default::default()
         });
     }
-    let ranges = merge_ranges(new, DAY_NS);
-    let (rules_r, mut totals) = evaluate_ranges(&engine, rules, &ranges, alerts, progress).await?;
-    let models = models_pass(root, models, alerts, None, &mut totals).await?;
+    let models = if models_due {
+        let r = models_pass(root, opts.models, alerts, None, held, &mut totals).await?;
+        models_state.judged_to = held;
+        alerts.set_rule_state(MODELS, &models_state)?;
+        r
+    } else {
+        None
+    };
     alerts.replace_covered(&all)?;
     Ok(DetectReport {
         mode: "incremental".into(),
-        ranges: fmt_ranges(&ranges),
+        ranges: fmt_ranges(&merge_ranges(evaluated, 0)),
+        watermark: wm.map(kvwatch_ingest::time::format_ns),
+        watermark_ns: wm,
         new_files,
-        rules: rules_r,
+        deferred,
+        rules: reports,
         models,
         totals,
         elapsed_ms: started.elapsed().as_millis() as u64,
@@ -234,4 +332,6 @@ pub struct PassMetrics {
     pub last_pass_ms: std::sync::atomic::AtomicU64,
     /// Unix seconds at the end of the last successful pass.
     pub last_pass_end: std::sync::atomic::AtomicU64,
+    /// Unix seconds of the store's watermark at the last pass.
+    pub watermark: std::sync::atomic::AtomicU64,
 }

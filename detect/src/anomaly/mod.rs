@@ -405,12 +405,16 @@ async fn replay(
 use std::time::Duration;
 
 /// Runs the models: incrementally (`range` None) or as a backfill that rebuilds the baselines
-/// from the whole store and emits alerts for hours in `range`.
+/// from the whole store and emits alerts for hours in `range`. With `complete_to` (the store's
+/// watermark while a streaming source holds it back), hours from the one holding it on are
+/// neither learned nor judged yet: records for them may still be on their way, and a verdict
+/// on part of an hour could not be taken back. The next pass takes them up.
 pub async fn run_models(
     root: &DataDir,
     cfg: &ModelConfig,
     alerts: &mut AlertStore,
     range: Option<(i64, i64)>,
+    complete_to: Option<i64>,
 ) -> Result<ModelReport, ModelError> {
     let started = Instant::now();
     let manifest = root.snapshot()?;
@@ -420,8 +424,11 @@ pub async fn run_models(
         return Ok(report);
     };
     let data_start = files.iter().map(|f| f.min_time).min().unwrap_or(0);
-    // The hour holding the newest event is still filling: score it, do not learn it.
-    let open_hour = watermark.div_euclid(HOUR_NS) as i32;
+    // The hour holding the newest event is still filling, and so is every hour the store's
+    // watermark has not passed: score them, do not learn them.
+    let open_hour = watermark
+        .min(complete_to.unwrap_or(i64::MAX))
+        .div_euclid(HOUR_NS) as i32;
     let mut b = load_state(root)?;
     let new: Vec<_> = files
         .iter()
@@ -463,6 +470,10 @@ pub async fn run_models(
         &mut report,
     )
     .await?;
+    let emit_to = match complete_to {
+        Some(_) => emit_to.min(open_hour as i64 * HOUR_NS),
+        None => emit_to,
+    };
     occs.retain(|o| o.window_start < emit_to);
     ip_occs.retain(|o| o.window_start < emit_to);
     b.through = b.through.max(open_hour);

@@ -1,9 +1,20 @@
 //! Detection's bookkeeping: which event-store files it has covered (so an incremental pass
-//! evaluates exactly the files it has not, however late they arrived) and when each rule last
-//! ran.
+//! evaluates exactly the files it has not, however late they arrived), when each rule last
+//! ran, what each rule still has to evaluate, and how far complete-data rules have judged.
 
-use super::{AlertStore, Result};
-use rusqlite::params;
+use super::{AlertStore, Result, json, unjson};
+use rusqlite::{OptionalExtension, params};
+
+/// What one rule still owes continuous detection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleState {
+    /// Event-time ranges committed since the rule last ran, held back by its interval.
+    pub pending: Vec<(i64, i64)>,
+    /// The watermark up to which a complete-data rule has judged.
+    pub judged_to: Option<i64>,
+    /// Wall clock of the rule's last evaluation.
+    pub last_run_at: Option<i64>,
+}
 use std::collections::BTreeSet;
 
 impl AlertStore {
@@ -20,6 +31,45 @@ impl AlertStore {
             "INSERT INTO rule_runs (rule_id, last_run_at, window_from, window_to, occurrences, elapsed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (rule_id) DO UPDATE SET last_run_at=?2, window_from=?3, window_to=?4, occurrences=?5, elapsed_ms=?6",
             params![rule_id, now, windows.0, windows.1, occurrences as i64, elapsed_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// A rule's continuous-detection state (empty for a rule never run).
+    pub fn rule_state(&self, rule_id: &str) -> Result<RuleState> {
+        let row: Option<(String, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT pending, judged_to FROM rule_state WHERE rule_id = ?1",
+                params![rule_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let last_run_at: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last_run_at FROM rule_runs WHERE rule_id = ?1",
+                params![rule_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let (pending, judged_to) = match row {
+            Some((p, j)) => (unjson("rule_state.pending", &p)?, j),
+            None => (Vec::new(), None),
+        };
+        Ok(RuleState {
+            pending,
+            judged_to,
+            last_run_at,
+        })
+    }
+
+    /// Records what a rule still owes and how far it has judged.
+    pub fn set_rule_state(&self, rule_id: &str, st: &RuleState) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO rule_state (rule_id, pending, judged_to) VALUES (?1, ?2, ?3)
+             ON CONFLICT (rule_id) DO UPDATE SET pending = ?2, judged_to = ?3",
+            params![rule_id, json(&st.pending), st.judged_to],
         )?;
         Ok(())
     }

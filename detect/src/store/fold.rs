@@ -2,6 +2,14 @@
 //! IDs, folding a new occurrence into an open alert of the same rule and dedup key within the
 //! suppression period (counted and logged, never silent), and re-deriving an alert from its
 //! occurrences whenever one changes.
+//!
+//! Folding is a function of the occurrences, not of the order they arrived in: a key's
+//! untouched alerts (status `new`, no assignee) are re-chained after every change, in event
+//! order, exactly as a single pass over all the data would have folded them, and each alert
+//! is named after the first occurrence of its chain. An occurrence that arrives late (a
+//! lagging partition, a file from last week) and belongs before an alert's first one therefore
+//! re-keys that alert; the old ID's history moves along with a note of the change. Alerts an
+//! analyst has touched are never re-keyed.
 
 use super::{AlertStore, Result, json, rank, unjson};
 use crate::alert::{AlertMeta, Occurrence, Principal, Severity, union_into};
@@ -42,7 +50,9 @@ impl AlertStore {
         let mut stats = ApplyStats::default();
         let supp = meta.suppression_ns;
         let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut keys: BTreeSet<(String, String)> = BTreeSet::new();
         for o in occs {
+            keys.insert((o.rule_id.clone(), o.dedup_key.clone()));
             let body = json(o);
             let existing: Option<(String, i64, i64, i64, String)> = tx
                 .query_row(
@@ -118,6 +128,9 @@ impl AlertStore {
             )?;
             touched.insert(alert_id);
         }
+        for (rule, key) in &keys {
+            rechain(&tx, rule, key, supp, now, &mut touched)?;
+        }
         for a in &touched {
             recompute(&tx, a, now, self.max_evidence)?;
         }
@@ -133,6 +146,128 @@ impl AlertStore {
         let rows = st.query_map(params![alert_id], |r| r.get::<_, String>(0))?;
         rows.map(|r| unjson("occurrences.body", &r?)).collect()
     }
+}
+
+/// Folds a key's untouched alerts again from their occurrences in event order, as one pass
+/// over all the data would; adds the alerts whose occurrences changed to `touched`.
+fn rechain(
+    tx: &rusqlite::Transaction<'_>,
+    rule_id: &str,
+    key: &str,
+    supp: i64,
+    now: i64,
+    touched: &mut BTreeSet<String>,
+) -> Result<()> {
+    struct Row {
+        id: String,
+        alert: String,
+        first: i64,
+        last: i64,
+    }
+    let mut st = tx.prepare_cached(
+        "SELECT o.id, o.alert_id, o.first_seen, o.last_seen FROM occurrences o
+           JOIN alerts a ON a.id = o.alert_id
+         WHERE a.rule_id = ?1 AND a.dedup_key = ?2 AND a.status = 'new' AND a.assignee IS NULL
+         ORDER BY o.window_start, o.id",
+    )?;
+    let rows: Vec<Row> = st
+        .query_map(params![rule_id, key], |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                alert: r.get(1)?,
+                first: r.get(2)?,
+                last: r.get(3)?,
+            })
+        })?
+        .collect::<std::result::Result<_, _>>()?;
+    drop(st);
+    // Chains in event order: an occurrence joins the open chain when it lies within the
+    // suppression period of it (the rule `apply` follows for data arriving in order).
+    let mut chains: Vec<(usize, i64, i64, Vec<usize>)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        match chains.last_mut() {
+            Some(c)
+                if r.first <= c.2.saturating_add(supp) && r.last >= c.1.saturating_sub(supp) =>
+            {
+                c.1 = c.1.min(r.first);
+                c.2 = c.2.max(r.last);
+                c.3.push(i);
+            }
+            _ => chains.push((i, r.first, r.last, vec![i])),
+        }
+    }
+    let settled = chains
+        .iter()
+        .all(|c| c.3.iter().all(|&i| rows[i].alert == rows[c.0].id));
+    if settled {
+        return Ok(());
+    }
+    let old: BTreeSet<&str> = rows.iter().map(|r| r.alert.as_str()).collect();
+    for (founder, _, _, members) in &chains {
+        let id = &rows[*founder].id;
+        if !old.contains(id.as_str()) {
+            // The chain's first occurrence founds the alert: a copy of the alert it was in,
+            // under its own ID (recompute fills in the rest).
+            tx.execute(
+                "INSERT INTO alerts (id, rule_id, title, description, severity, severity_rank, status, dedup_key,
+                    first_seen, last_seen, created_at, updated_at, event_count, occurrences, vaults, principals,
+                    ips, objects, tactics, techniques, summary, evidence)
+                 SELECT ?1, rule_id, title, description, severity, severity_rank, 'new', dedup_key,
+                    first_seen, last_seen, created_at, ?3, 0, 0, '[]', '[]', '[]', '[]', tactics, techniques, '', '[]'
+                 FROM alerts WHERE id = ?2",
+                params![id, rows[*founder].alert, now],
+            )?;
+            tracing::info!(rule = %rule_id, alert = %id, key = %key, "alert.rekeyed");
+        }
+        for &m in members {
+            if rows[m].alert != *id {
+                tx.execute(
+                    "UPDATE occurrences SET alert_id = ?2 WHERE id = ?1",
+                    params![rows[m].id, id],
+                )?;
+                touched.insert(rows[m].alert.clone());
+            }
+        }
+        touched.insert(id.clone());
+    }
+    // Alerts left without occurrences were merged or re-keyed: their trail follows their
+    // first occurrence, and they go.
+    let chain_of = |occ: &str| {
+        chains
+            .iter()
+            .find(|c| c.3.iter().any(|&i| rows[i].id == occ))
+            .map(|c| rows[c.0].id.clone())
+    };
+    for a in old {
+        let left: i64 = tx.query_row(
+            "SELECT count(*) FROM occurrences WHERE alert_id = ?1",
+            params![a],
+            |r| r.get(0),
+        )?;
+        if left > 0 {
+            continue;
+        }
+        let first_occ = rows.iter().find(|r| r.alert == a).map(|r| r.id.as_str());
+        let Some(into) = first_occ.and_then(chain_of) else {
+            continue;
+        };
+        tx.execute(
+            "UPDATE alert_history SET alert_id = ?2 WHERE alert_id = ?1",
+            params![a, into],
+        )?;
+        tx.execute(
+            "INSERT INTO alert_history (alert_id, at, actor, action, old, new) VALUES (?1, ?2, 'detection', 'merged', ?3, ?1)",
+            params![into, now, a],
+        )?;
+        tx.execute(
+            "DELETE FROM sink_dead_letters WHERE alert_id = ?1",
+            params![a],
+        )?;
+        tx.execute("DELETE FROM alert_terms WHERE alert_id = ?1", params![a])?;
+        tx.execute("DELETE FROM alerts WHERE id = ?1", params![a])?;
+        touched.remove(a);
+    }
+    Ok(())
 }
 
 /// Re-derives an alert from its occurrences.
@@ -210,4 +345,95 @@ fn recompute(
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvwatch_ingest::DataDir;
+
+    const H: i64 = 3_600_000_000_000;
+
+    fn occ(hour: i64) -> Occurrence {
+        Occurrence {
+            id: format!("occ-{hour:03}"),
+            rule_id: "r".into(),
+            dedup_key: "k".into(),
+            window_start: hour * H,
+            first_seen: hour * H,
+            last_seen: hour * H + H / 2,
+            event_count: 1,
+            severity: Severity::Medium,
+            summary: format!("hour {hour}"),
+            principals: Vec::new(),
+            vaults: vec!["v".into()],
+            ips: Vec::new(),
+            objects: Vec::new(),
+            evidence: vec![format!("e{hour}")],
+            fields: Default::default(),
+        }
+    }
+
+    /// (alert ID, occurrence IDs) of every alert, in ID order.
+    fn shape(dir: &std::path::Path, order: &[i64]) -> Vec<(String, Vec<String>)> {
+        let data = DataDir::new(dir);
+        let mut s = AlertStore::open(&data).unwrap();
+        let tactics: Vec<String> = Vec::new();
+        let meta = AlertMeta {
+            title: "t",
+            description: "d",
+            tactics: &tactics,
+            techniques: &tactics,
+            suppression_ns: 2 * H,
+        };
+        for h in order {
+            s.apply(&meta, &[occ(*h)], 0).unwrap();
+        }
+        let mut st = s
+            .conn
+            .prepare("SELECT alert_id, id FROM occurrences ORDER BY alert_id, id")
+            .unwrap();
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for r in st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+        {
+            let (a, o) = r.unwrap();
+            match out.last_mut() {
+                Some((last, v)) if *last == a => v.push(o),
+                _ => out.push((a, vec![o])),
+            }
+        }
+        let alerts: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(alerts as usize, out.len(), "no alert without occurrences");
+        out
+    }
+
+    #[test]
+    fn folding_does_not_depend_on_arrival_order() {
+        // Two chains within the 2-hour suppression: hours 0, 1, 3 and 10, 11.
+        let hours = [0, 1, 3, 10, 11];
+        let want = shape(tempfile::tempdir().unwrap().path(), &hours);
+        assert_eq!(
+            want,
+            vec![
+                (
+                    "occ-000".into(),
+                    vec!["occ-000".into(), "occ-001".into(), "occ-003".into()]
+                ),
+                ("occ-010".into(), vec!["occ-010".into(), "occ-011".into()]),
+            ]
+        );
+        for order in [[11, 10, 3, 1, 0], [3, 11, 0, 10, 1], [10, 1, 11, 3, 0]] {
+            let got = shape(tempfile::tempdir().unwrap().path(), &order);
+            assert_eq!(got, want, "arrival order {order:?}");
+        }
+        // An occurrence between two alerts that bridges them merges them into the first.
+        let bridged = shape(tempfile::tempdir().unwrap().path(), &[0, 4, 2]);
+        assert_eq!(bridged.len(), 1, "{bridged:?}");
+        assert_eq!(bridged[0].0, "occ-000");
+    }
 }

@@ -228,6 +228,15 @@ CREATE TRIGGER alerts_fts_on_delete AFTER DELETE ON alerts BEGIN
     VALUES ('delete', OLD.rowid, OLD.title, OLD.summary, OLD.description, OLD.dedup_key);
 END;
 "#,
+    // Continuous detection: event ranges a rule has still to evaluate (held back by its
+    // interval), and how far a complete-data rule has judged.
+    r#"
+CREATE TABLE rule_state (
+    rule_id TEXT PRIMARY KEY,
+    pending TEXT NOT NULL DEFAULT '[]',
+    judged_to INTEGER
+);
+"#,
 ];
 
 /// The SQLite alert store.
