@@ -364,8 +364,38 @@ fn poller(
     }
 }
 
+/// The office-hours vault: two HR staff read a few secrets in working hours (09:00–17:00 on
+/// weekdays), 2–5 records an hour between them, and nothing else ever touches it. From its
+/// own RNG stream, so the rest of the traffic is as it was before the vault existed.
+fn office_hours(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour) {
+    if h.weekday >= 5 || !(9..17).contains(&h.hour) {
+        return;
+    }
+    let n = h.day as u64 * 24 + h.hour as u64;
+    let mut rng = rng_for(seed, &format!("office-{}", cast.unit), n);
+    let rng = &mut rng;
+    let vault = world.office_vault(cast.unit);
+    let staff = &cast.admins[..cast.admins.len().min(2)];
+    for _ in 0..rng.random_range(2..6) {
+        let person = &staff[rng.random_range(0..staff.len())];
+        let t = h.start_ns + rng.random_range(0..HOUR_NS);
+        let idx = rng.random_range(0..world.vaults[vault].objects.len());
+        out.push(ev(
+            rng,
+            t,
+            vault,
+            "SecretGet",
+            Some(obj(world, vault, idx)),
+            200,
+            Caller::of(person),
+            person.ips[0].clone(),
+        ));
+    }
+}
+
 /// Generates the benign traffic of one scale unit for one hour.
 pub fn hour(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour, days: u32) {
+    office_hours(out, seed, world, cast, h);
     let n = h.day as u64 * 24 + h.hour as u64;
     let mut rng = rng_for(seed, &format!("benign-{}", cast.unit), n);
     let rng = &mut rng;

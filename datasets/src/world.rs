@@ -237,11 +237,45 @@ impl World {
                 });
             }
         }
+        // One low-volume vault per unit that people use only in office hours (HR's): no
+        // workload polls it and no sweep reads it, so it is quiet every night and weekend.
+        // Built from its own RNG stream, after every other vault, so adding it left the rest
+        // of the world as it was.
+        for unit in 0..scale {
+            let mut rng = rng_for(seed, "office-vault", unit as u64);
+            let name = if unit == 0 {
+                "hr-records-kv".to_owned()
+            } else {
+                format!("hr-records-kv-{unit}")
+            };
+            let objects = ["payroll-db-password", "hris-api-token", "benefits-sftp-key"]
+                .iter()
+                .map(|n| Object {
+                    kind: ObjKind::Secret,
+                    name: (*n).to_owned(),
+                    version: hex32(&mut rng),
+                })
+                .collect();
+            vaults.push(Vault {
+                name,
+                resource_group: "hr-rg".into(),
+                subscription: subscriptions[unit as usize].clone(),
+                rbac: true,
+                prod: true,
+                objects,
+                region: ["westeurope", "eastus", "northeurope"][unit as usize % 3],
+            });
+        }
         World {
             vaults,
             subscriptions,
             scale,
         }
+    }
+
+    /// Index of unit `unit`'s office-hours vault.
+    pub fn office_vault(&self, unit: u32) -> usize {
+        self.scale as usize * VAULTS.len() + unit as usize
     }
 
     /// Index of the vault `template` (0..5) in scale unit `unit`.
