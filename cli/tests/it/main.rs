@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod continuous;
 mod detect;
 mod fixture;
 mod generate;

@@ -298,10 +298,7 @@ fn headline_and_section_numbers_match_the_raw_records() {
     } = shared();
     let data = *data;
     assert_eq!(metric(rep, None, "events"), json!(t.events));
-    assert_eq!(
-        metric(rep, None, "material_reads"),
-        json!(t.material_reads)
-    );
+    assert_eq!(metric(rep, None, "material_reads"), json!(t.material_reads));
     assert_eq!(metric(rep, None, "denied"), json!(t.denied));
     assert_eq!(
         metric(rep, Some("permissions"), "policy_grants"),
