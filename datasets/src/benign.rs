@@ -364,18 +364,24 @@ fn poller(
     }
 }
 
-/// The office-hours vault: two HR staff read a few secrets in working hours (09:00–17:00 on
-/// weekdays), 2–5 records an hour between them, and nothing else ever touches it. From its
-/// own RNG stream, so the rest of the traffic is as it was before the vault existed.
+/// The office-hours vault: two HR staff, who use no other vault, read a few secrets in working
+/// hours (09:00–17:00 on weekdays), 2–5 records an hour between them, and nothing else ever
+/// touches it. From RNG streams of its own, so the rest of the traffic is as it was before the
+/// vault existed.
 fn office_hours(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour) {
     if h.weekday >= 5 || !(9..17).contains(&h.hour) {
         return;
     }
+    let mut srng = rng_for(seed, &format!("office-staff-{}", cast.unit), 0);
+    let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/125.0.0.0 Safari/537.36 Edg/125.0.0.0";
+    let staff = [
+        user(&mut srng, "hana.hr", cast.unit, ua),
+        user(&mut srng, "omar.hr", cast.unit, ua),
+    ];
     let n = h.day as u64 * 24 + h.hour as u64;
     let mut rng = rng_for(seed, &format!("office-{}", cast.unit), n);
     let rng = &mut rng;
     let vault = world.office_vault(cast.unit);
-    let staff = &cast.admins[..cast.admins.len().min(2)];
     for _ in 0..rng.random_range(2..6) {
         let person = &staff[rng.random_range(0..staff.len())];
         let t = h.start_ns + rng.random_range(0..HOUR_NS);

@@ -99,6 +99,15 @@ impl DataDir {
 }
 
 impl Manifest {
+    /// The store's watermark under `policy` at wall-clock `now` (see [`crate::watermark`]).
+    pub fn watermark(
+        &self,
+        policy: &crate::watermark::WatermarkPolicy,
+        now: i64,
+    ) -> Option<crate::watermark::Watermark> {
+        crate::watermark::watermark(&self.marks, self.time_range().map(|r| r.1), policy, now)
+    }
+
     /// The span of event time of the audit events and activity this manifest lists.
     pub fn time_range(&self) -> Option<(i64, i64)> {
         self.files(Table::Events)

@@ -238,8 +238,9 @@ pub struct StoreWriter {
     staged: Vec<(Table, FileEntry)>,
     stats: WriteStats,
     seq: u64,
-    /// Newest event time per streaming source since the last commit.
-    marks: BTreeMap<String, i64>,
+    /// Newest event time per streaming source since the last commit (`i64::MIN`: assigned,
+    /// nothing delivered), and whether it had records waiting.
+    marks: BTreeMap<String, (i64, bool)>,
 }
 
 fn now_ns() -> i64 {
@@ -607,9 +608,17 @@ impl StoreWriter {
 
     /// Notes that streaming `source` delivered an event as new as `max_time`; published (as a
     /// [`SourceMark`](crate::watermark::SourceMark)) by the next commit.
-    pub fn mark(&mut self, source: &str, max_time: i64) {
-        let m = self.marks.entry(source.to_owned()).or_insert(max_time);
-        *m = (*m).max(max_time);
+    ///
+    /// `max_time` is `i64::MIN` for a source that is assigned but delivered nothing since the
+    /// last commit: it gets a mark (holding the watermark back) if it has none, and its
+    /// `behind` flag is refreshed.
+    pub fn mark(&mut self, source: &str, max_time: i64, behind: bool) {
+        let m = self
+            .marks
+            .entry(source.to_owned())
+            .or_insert((max_time, behind));
+        m.0 = m.0.max(max_time);
+        m.1 = behind;
     }
 
     /// Flushes every buffer and publishes the new files, together with an optional source
@@ -649,16 +658,20 @@ impl StoreWriter {
                 .push(e.clone());
         }
         next.checkpoints.extend(checkpoints);
-        for (source, t) in &self.marks {
+        for (source, (t, behind)) in &self.marks {
             let m = next
                 .marks
                 .entry(source.clone())
                 .or_insert(crate::watermark::SourceMark {
                     max_time: *t,
                     updated_at: now,
+                    behind: *behind,
                 });
-            m.max_time = m.max_time.max(*t);
-            m.updated_at = now;
+            if *t != i64::MIN {
+                m.max_time = m.max_time.max(*t);
+                m.updated_at = now;
+            }
+            m.behind = *behind;
         }
         next.retired.retain(|r| !expired.contains(&r.path));
         self.publish(next)?;

@@ -17,7 +17,6 @@
 //! records that are late or on a lagging partition never make a vault look silent. Rules that
 //! count what is present fire at once and update as late data arrives.
 
-use crate::store::Manifest;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -26,8 +25,13 @@ use std::time::Duration;
 pub struct SourceMark {
     /// Newest event time (ns) the source has delivered.
     pub max_time: i64,
-    /// Wall clock (ns) of the last commit that carried rows from the source.
+    /// Wall clock (ns) of the last commit that carried rows from the source (or, for a
+    /// source that has delivered nothing yet, of when it was first assigned).
     pub updated_at: i64,
+    /// The source had records waiting to be read at the last commit (a lagging partition):
+    /// it is never idle, however long since it delivered.
+    #[serde(default)]
+    pub behind: bool,
 }
 
 /// How the watermark is derived from the marks.
@@ -66,103 +70,89 @@ fn ns(d: Duration) -> i64 {
     (d.as_nanos() as i128).min(i64::MAX as i128) as i64
 }
 
-impl Manifest {
-    /// The watermark under `policy` at wall-clock `now` (ns); `None` for an empty store.
-    pub fn watermark(&self, policy: &WatermarkPolicy, now: i64) -> Option<Watermark> {
-        // Exclusive: the newest stored event itself is complete.
-        let newest = self.time_range().map(|r| r.1.saturating_add(1));
-        let idle_after = ns(policy.idle_after);
-        let (active, idle): (Vec<_>, Vec<_>) = self
-            .marks
-            .iter()
-            .partition(|(_, m)| now.saturating_sub(m.updated_at) < idle_after);
-        let slowest = active.iter().min_by_key(|(k, m)| (m.max_time, *k));
-        let wm = match slowest {
-            Some((key, m)) => Watermark {
-                complete_to: m
-                    .max_time
-                    .saturating_sub(ns(policy.lateness))
-                    .min(newest.unwrap_or(i64::MIN)),
-                held_by: Some((*key).clone()),
-                active_sources: active.len(),
-                idle_sources: idle.len(),
-            },
-            None => Watermark {
-                complete_to: newest?,
-                held_by: None,
-                active_sources: 0,
-                idle_sources: idle.len(),
-            },
-        };
-        Some(wm)
-    }
+/// The watermark of a store whose streaming sources stand at `marks` and whose newest event
+/// is `newest`, under `policy` at wall-clock `now` (ns); `None` for an empty store.
+pub fn watermark<'a>(
+    marks: impl IntoIterator<Item = (&'a String, &'a SourceMark)>,
+    newest: Option<i64>,
+    policy: &WatermarkPolicy,
+    now: i64,
+) -> Option<Watermark> {
+    // Exclusive: the newest stored event itself is complete.
+    let newest = newest.map(|t| t.saturating_add(1));
+    let idle_after = ns(policy.idle_after);
+    let (active, idle): (Vec<_>, Vec<_>) = marks
+        .into_iter()
+        .partition(|(_, m)| m.behind || now.saturating_sub(m.updated_at) < idle_after);
+    let slowest = active.iter().min_by_key(|(k, m)| (m.max_time, *k));
+    let wm = match slowest {
+        Some((key, m)) => Watermark {
+            complete_to: m
+                .max_time
+                .saturating_sub(ns(policy.lateness))
+                .min(newest.unwrap_or(i64::MIN)),
+            held_by: Some((*key).clone()),
+            active_sources: active.len(),
+            idle_sources: idle.len(),
+        },
+        None => Watermark {
+            complete_to: newest?,
+            held_by: None,
+            active_sources: 0,
+            idle_sources: idle.len(),
+        },
+    };
+    Some(wm)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::Table;
-    use crate::store::FileEntry;
+    use std::collections::BTreeMap;
 
     const MIN: i64 = 60 * 1_000_000_000;
 
-    fn store(newest: i64, marks: &[(&str, i64, i64)]) -> Manifest {
-        let mut m = Manifest::default();
-        m.tables.insert(
-            Table::Events.name().into(),
-            vec![FileEntry {
-                path: "events/a.parquet".into(),
-                partition: "date=2026-03-01".into(),
-                rows: 1,
-                bytes: 1,
-                min_time: 0,
-                max_time: newest,
-            }],
-        );
-        for (k, t, at) in marks {
-            m.marks.insert(
-                (*k).into(),
-                SourceMark {
-                    max_time: *t,
-                    updated_at: *at,
-                },
-            );
-        }
-        m
+    fn at(newest: i64, marks: &[(&str, i64, i64)], now: i64) -> Option<Watermark> {
+        let marks: BTreeMap<String, SourceMark> = marks
+            .iter()
+            .map(|(k, t, at)| {
+                (
+                    (*k).to_owned(),
+                    SourceMark {
+                        max_time: *t,
+                        updated_at: *at,
+                        behind: false,
+                    },
+                )
+            })
+            .collect();
+        watermark(&marks, Some(newest), &WatermarkPolicy::default(), now)
     }
 
     #[test]
     fn files_only_are_complete_to_their_newest_event() {
-        let m = store(500 * MIN, &[]);
-        let w = m.watermark(&WatermarkPolicy::default(), 0).unwrap();
+        let w = at(500 * MIN, &[], 0).unwrap();
         assert_eq!(w.complete_to, 500 * MIN + 1);
         assert_eq!(w.held_by, None);
-        assert_eq!(
-            Manifest::default().watermark(&WatermarkPolicy::default(), 0),
-            None
-        );
+        let none: BTreeMap<String, SourceMark> = BTreeMap::new();
+        assert_eq!(watermark(&none, None, &WatermarkPolicy::default(), 0), None);
     }
 
     #[test]
     fn the_slowest_active_partition_minus_lateness_holds_it() {
         let now = 1000 * MIN;
-        let m = store(
-            500 * MIN,
-            &[
-                ("kafka:kv/0", 500 * MIN, now - MIN),
-                ("kafka:kv/1", 300 * MIN, now - 2 * MIN),
-                // Idle for an hour: does not hold the watermark back.
-                ("kafka:kv/2", 100 * MIN, now - 60 * MIN),
-            ],
-        );
-        let w = m.watermark(&WatermarkPolicy::default(), now).unwrap();
+        let marks = [
+            ("kafka:kv/0", 500 * MIN, now - MIN),
+            ("kafka:kv/1", 300 * MIN, now - 2 * MIN),
+            // Idle for an hour: does not hold the watermark back.
+            ("kafka:kv/2", 100 * MIN, now - 60 * MIN),
+        ];
+        let w = at(500 * MIN, &marks, now).unwrap();
         assert_eq!(w.complete_to, 285 * MIN);
         assert_eq!(w.held_by.as_deref(), Some("kafka:kv/1"));
         assert_eq!((w.active_sources, w.idle_sources), (2, 1));
         // Once every partition is idle, all that arrived is complete.
-        let w = m
-            .watermark(&WatermarkPolicy::default(), now + 60 * MIN)
-            .unwrap();
+        let w = at(500 * MIN, &marks, now + 60 * MIN).unwrap();
         assert_eq!((w.complete_to, w.held_by), (500 * MIN + 1, None));
     }
 }

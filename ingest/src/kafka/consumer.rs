@@ -10,6 +10,9 @@
 //! starts exactly where this node's store ends.
 
 use super::config::ClientOptions;
+use super::deadletter::DeadLetter;
+pub use super::metrics::Metrics;
+use super::metrics::lock;
 use super::parsepool::{ParseEnv, Parsed, Pool, Positions, Tp, parse_one};
 use super::{KafkaError, checkpoint_key, crash_point, stored_positions};
 use crate::parse::ParseCounts;
@@ -17,8 +20,7 @@ use crate::schema::Table;
 use crate::store::StoreWriter;
 use datafusion::arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -26,7 +28,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -74,62 +76,6 @@ impl Default for ConsumeOptions {
     }
 }
 
-/// Counters of a running consumer: one field per thing an operator asks about. Shared with
-/// the service's `/metrics` endpoint.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub messages: AtomicU64,
-    pub message_bytes: AtomicU64,
-    pub records: AtomicU64,
-    pub events: AtomicU64,
-    pub activity: AtomicU64,
-    pub quarantined: AtomicU64,
-    pub duplicates: AtomicU64,
-    /// Messages below the store's position (redelivered after a crash or rebalance), dropped.
-    pub replayed_skipped: AtomicU64,
-    pub batches: AtomicU64,
-    pub last_batch_latency_ms: AtomicU64,
-    pub max_batch_latency_ms: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub dead_letter_failures: AtomicU64,
-    pub kafka_errors: AtomicU64,
-    pub rebalances: AtomicU64,
-    /// Messages skipped over by the log itself (retention), recorded in quarantine.
-    pub offset_gap_messages: AtomicU64,
-    /// Consumer lag per `topic/partition`, from librdkafka statistics (-1 = unknown).
-    pub lag: Mutex<BTreeMap<String, i64>>,
-    /// 1 while the store refuses writes (disk full or read-only) and the writer retries.
-    pub store_stalled: AtomicU64,
-    /// Attempts to store a batch again after the store refused it.
-    pub store_retries: AtomicU64,
-    /// Why the store last refused a batch (cleared when a batch is stored).
-    pub store_error: Mutex<Option<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic on another thread is already fatal for the consumer; the data is still sound.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Metrics {
-    fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-    fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-    pub fn lag(&self) -> BTreeMap<String, i64> {
-        lock(&self.lag).clone()
-    }
-
-    /// Why the store refuses batches now, if it does.
-    pub fn store_error(&self) -> Option<String> {
-        (Self::get(&self.store_stalled) == 1)
-            .then(|| lock(&self.store_error).clone())
-            .flatten()
-    }
-}
-
 /// What a consumer run did, printed when it stops.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConsumeReport {
@@ -154,6 +100,8 @@ pub struct ConsumeReport {
 struct Batch {
     parsed: Parsed,
     positions: Positions,
+    /// Messages accepted into the batch (parsed or queued for a parser thread).
+    messages: u64,
     bytes: usize,
     started: Option<Instant>,
 }
@@ -163,6 +111,7 @@ impl Batch {
         Batch {
             parsed: Parsed::new(),
             positions: Positions::new(),
+            messages: 0,
             bytes: 0,
             started: None,
         }
@@ -173,32 +122,12 @@ impl Batch {
 struct Work {
     batches: Vec<(Table, RecordBatch)>,
     positions: Positions,
-    marks: Positions,
+    /// Per assigned partition: newest event time in the batch (`i64::MIN`: none), and
+    /// whether it had records waiting.
+    marks: BTreeMap<Tp, (i64, bool)>,
     counts: ParseCounts,
     started: Instant,
     done: Option<mpsc::SyncSender<Result<(), String>>>,
-}
-
-pub(super) struct DeadLetter {
-    topic: String,
-    producer: BaseProducer<DlqContext>,
-}
-
-struct DlqContext {
-    metrics: Arc<Metrics>,
-}
-impl ClientContext for DlqContext {}
-impl ProducerContext for DlqContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        match r {
-            Ok(_) => Metrics::add(&self.metrics.dead_lettered, 1),
-            Err((e, _)) => {
-                Metrics::add(&self.metrics.dead_letter_failures, 1);
-                tracing::error!(error = %e, "dead-letter copy not delivered (the quarantine table still holds it)");
-            }
-        }
-    }
 }
 
 /// State shared by the poll loop and the rebalance callback (which runs inside `poll`).
@@ -219,6 +148,8 @@ struct Shared {
     pool: Mutex<Option<Pool>>,
     metrics: Arc<Metrics>,
     opts: ConsumeOptions,
+    /// Assigned partitions that had records waiting at the last look (cached high watermarks).
+    behind: Mutex<HashSet<Tp>>,
     /// Cancelled when the consumer is asked to stop: a writer retrying a refused batch gives up.
     stop: CancellationToken,
 }
@@ -269,6 +200,7 @@ impl Shared {
             None => parse_one(&self.env, &mut b.parsed, topic, partition, offset, payload),
         }
         b.bytes += payload.map_or(0, <[u8]>::len);
+        b.messages += 1;
         b.positions.insert(tp, offset + 1);
         Metrics::add(&m.messages, 1);
         Metrics::add(&m.message_bytes, payload.map_or(0, |p| p.len() as u64));
@@ -276,7 +208,7 @@ impl Shared {
 
     fn due(&self) -> bool {
         let b = lock(&self.batch);
-        let rows = self.env.records.load(Ordering::Relaxed) as usize;
+        let rows = self.env.batch_records(b.messages) as usize;
         b.started.is_some_and(|s| {
             rows >= self.opts.batch_rows
                 || b.bytes >= self.opts.batch_bytes
@@ -299,7 +231,7 @@ impl Shared {
             if let Some(pool) = lock(&self.pool).as_ref() {
                 parts.extend(pool.flush());
             }
-            self.env.records.store(0, Ordering::Relaxed);
+            self.env.reset();
             let mut batches = Vec::with_capacity(3 * parts.len());
             let mut counts = ParseCounts::default();
             let mut marks = Positions::new();
@@ -322,8 +254,22 @@ impl Shared {
                     *m = (*m).max(*t);
                 }
             }
+            // Every assigned partition gets a mark, so one that has delivered nothing yet, or
+            // lags, holds the watermark back.
+            let behind = lock(&self.behind).clone();
+            for tp in lock(&self.next).keys() {
+                marks.entry(tp.clone()).or_insert(i64::MIN);
+            }
+            let marks = marks
+                .into_iter()
+                .map(|(tp, t)| {
+                    let b = behind.contains(&tp);
+                    (tp, (t, b))
+                })
+                .collect();
             let started = b.started.take().unwrap_or_else(Instant::now);
             b.bytes = 0;
+            b.messages = 0;
             Work {
                 batches,
                 positions: std::mem::take(&mut b.positions),
@@ -335,7 +281,7 @@ impl Shared {
         };
         if let Some(d) = &self.env.dead_letter {
             // Dead-letter copies go out before the position that covers them is stored.
-            if let Err(e) = d.producer.flush(Duration::from_secs(30)) {
+            if let Err(e) = d.flush(Duration::from_secs(30)) {
                 tracing::error!(error = %e, "dead-letter flush failed (the quarantine table still holds the messages)");
             }
         }
@@ -398,60 +344,6 @@ impl Shared {
             tracing::warn!(error = %e, "kafka offset commit failed; will retry with the next batch");
         }
     }
-}
-
-pub(super) fn dead_letter(
-    d: &DeadLetter,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    payload: Option<&[u8]>,
-    reason: &str,
-) {
-    let part = partition.to_string();
-    let off = offset.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "kvwatch-source-topic",
-            value: Some(topic),
-        })
-        .insert(Header {
-            key: "kvwatch-source-partition",
-            value: Some(&part),
-        })
-        .insert(Header {
-            key: "kvwatch-source-offset",
-            value: Some(&off),
-        })
-        .insert(Header {
-            key: "kvwatch-reason",
-            value: Some(reason),
-        });
-    let key = format!("{topic}/{partition}@{offset}");
-    let mut record = BaseRecord::to(&d.topic)
-        .key(&key)
-        .payload(payload.unwrap_or_default())
-        .headers(headers);
-    loop {
-        match d.producer.send(record) {
-            Ok(()) => break,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                d.producer.poll(Duration::from_millis(50));
-            }
-            Err((e, _)) => {
-                Metrics::add(&d.producer.context().metrics.dead_letter_failures, 1);
-                tracing::error!(error = %e, "dead-letter copy not queued");
-                break;
-            }
-        }
-    }
-    d.producer.poll(Duration::ZERO);
 }
 
 /// librdkafka context: rebalances, statistics and logging.
@@ -665,8 +557,8 @@ fn store_work(writer: &mut StoreWriter, w: &Work) -> Result<(), crate::store::St
     for (t, b) in &w.batches {
         writer.append(*t, b)?;
     }
-    for ((t, p), newest) in &w.marks {
-        writer.mark(&format!("kafka:{t}/{p}"), *newest);
+    for ((t, p), (newest, behind)) in &w.marks {
+        writer.mark(&format!("kafka:{t}/{p}"), *newest, *behind);
     }
     writer.commit_checkpoints(
         w.positions
@@ -762,19 +654,7 @@ pub fn consume(
     let start = Instant::now();
     let durable = stored_positions(writer.manifest());
     let dead_letter = match &opts.dead_letter_topic {
-        Some(topic) => {
-            let cfg = opts.client.client_config(&[
-                ("client.id", format!("kvwatch-dlq-{}", std::process::id())),
-                ("linger.ms", "50".into()),
-            ])?;
-            let producer = cfg.create_with_context(DlqContext {
-                metrics: metrics.clone(),
-            })?;
-            Some(DeadLetter {
-                topic: topic.clone(),
-                producer,
-            })
-        }
+        Some(topic) => Some(DeadLetter::new(&opts.client, topic, metrics.clone())?),
         None => None,
     };
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(1);
@@ -782,6 +662,7 @@ pub fn consume(
         max_message_bytes: opts.max_message_bytes,
         dead_letter,
         records: AtomicU64::new(0),
+        messages: AtomicU64::new(0),
     });
     let pool = match opts.parse_threads {
         0 | 1 => None,
@@ -796,6 +677,7 @@ pub fn consume(
         writer_error: Mutex::new(None),
         env,
         pool: Mutex::new(pool),
+        behind: Mutex::new(HashSet::new()),
         metrics: metrics.clone(),
         opts: opts.clone(),
         stop: shutdown.clone(),
@@ -833,6 +715,18 @@ pub fn consume(
                 ));
             }
             None => {}
+        }
+        if shared.due() {
+            // Which assigned partitions still have records waiting, from librdkafka's last
+            // statistics (`--stats-interval-secs`); unknown counts as waiting, which only
+            // delays absence verdicts, never hastens them.
+            let lag = metrics.lag();
+            let behind = lock(&shared.next)
+                .keys()
+                .filter(|(t, p)| lag.get(&format!("{t}/{p}")).is_none_or(|l| *l != 0))
+                .cloned()
+                .collect();
+            *lock(&shared.behind) = behind;
         }
         if shared.due()
             && let Err(e) = shared.cut(false)
@@ -919,8 +813,10 @@ mod tests {
                 max_message_bytes: 1 << 20,
                 dead_letter: None,
                 records: AtomicU64::new(0),
+                messages: AtomicU64::new(0),
             }),
             pool: Mutex::new(None),
+            behind: Mutex::new(HashSet::new()),
             metrics: Arc::new(Metrics::default()),
             opts: ConsumeOptions::default(),
             stop: CancellationToken::new(),

@@ -20,7 +20,9 @@
 
 pub mod config;
 pub mod consumer;
+mod deadletter;
 pub mod message;
+mod metrics;
 mod parsepool;
 pub mod publish;
 pub mod roundtrip;

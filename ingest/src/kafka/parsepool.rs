@@ -8,7 +8,7 @@
 //! messages its positions cover, whichever thread parsed them, and the store sorts and
 //! de-duplicates rows as it would for one thread.
 
-use super::consumer::DeadLetter;
+use super::deadletter::{DeadLetter, dead_letter};
 use super::message::{origin, parse_message};
 use crate::activity::ActivityRow;
 use crate::audit::EventRow;
@@ -95,6 +95,25 @@ pub(super) struct ParseEnv {
     pub dead_letter: Option<DeadLetter>,
     /// Records parsed into the open batch so far (all threads), for cutting by size.
     pub records: AtomicU64,
+    /// Messages of the open batch parsed so far (all threads).
+    pub messages: AtomicU64,
+}
+
+impl ParseEnv {
+    /// Records in the open batch of `submitted` messages: those parsed, plus the messages
+    /// still queued at the batch's records-per-message so far (exact without a pool).
+    pub fn batch_records(&self, submitted: u64) -> u64 {
+        let records = self.records.load(Ordering::Relaxed);
+        let parsed = self.messages.load(Ordering::Relaxed);
+        let per_message = records.checked_div(parsed).unwrap_or(1);
+        records + submitted.saturating_sub(parsed) * per_message.max(1)
+    }
+
+    /// A batch was cut: count the next one from zero.
+    pub fn reset(&self) {
+        self.records.store(0, Ordering::Relaxed);
+        self.messages.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Parses one message into `into`; a message with quarantined content is logged and, when a
@@ -117,6 +136,7 @@ pub(super) fn parse_one(
     );
     into.counts.add(&c);
     env.records.fetch_add(c.records, Ordering::Relaxed);
+    env.messages.fetch_add(1, Ordering::Relaxed);
     if into.newest != i64::MIN {
         let newest = into.newest;
         let m = into
@@ -129,7 +149,7 @@ pub(super) fn parse_one(
         let reason = into.first_reason.take().unwrap_or_default();
         tracing::warn!(topic, partition, offset, reason = %reason, "message content quarantined");
         if let Some(d) = &env.dead_letter {
-            super::consumer::dead_letter(d, topic, partition, offset, payload, &reason);
+            dead_letter(d, topic, partition, offset, payload, &reason);
         }
     }
     into.first_reason = None;
