@@ -119,7 +119,7 @@ pub struct FollowArgs {
     #[arg(long, env = "KVWATCH_IDLE_SOURCE_SECS")]
     idle_source_secs: Option<u64>,
     /// Memory the detection rules share, in MiB; beyond it sorts and aggregations spill to
-    /// the temporary directory [default: 2048].
+    /// the temporary directory [default: unbounded].
     #[arg(long, env = "KVWATCH_DETECT_MEMORY_MB")]
     memory_mb: Option<usize>,
     /// Rules only: skip the behavioural models.

@@ -379,7 +379,9 @@ fn overlapping(root: &Path, m: &Manifest, t: Table, from: i64, to: i64) -> Vec<P
 pub struct EngineOptions {
     /// How the store's watermark is derived (complete-data rules judge only before it).
     pub watermark: WatermarkPolicy,
-    /// Memory the rules' operators share; beyond it they spill to disk.
+    /// Memory the rules' operators share; beyond it they spill to disk. Unbounded by default
+    /// until the 10 M-event backfill is measured under a pool (a hash join or window that
+    /// cannot spill would fail the rule instead).
     pub memory_bytes: usize,
 }
 
@@ -387,7 +389,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             watermark: WatermarkPolicy::default(),
-            memory_bytes: 2 << 30,
+            memory_bytes: usize::MAX,
         }
     }
 }
