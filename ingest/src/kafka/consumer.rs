@@ -727,12 +727,10 @@ pub fn consume(
                 .cloned()
                 .collect();
             *lock(&shared.behind) = behind;
-        }
-        if shared.due()
-            && let Err(e) = shared.cut(false)
-        {
-            result = Err(e);
-            break;
+            if let Err(e) = shared.cut(false) {
+                result = Err(e);
+                break;
+            }
         }
         let v = shared.durable_version.load(Ordering::Acquire);
         if v != committed_version {
