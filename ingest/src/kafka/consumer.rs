@@ -208,7 +208,7 @@ impl Shared {
 
     fn due(&self) -> bool {
         let b = lock(&self.batch);
-        let rows = self.env.batch_records(b.messages) as usize;
+        let rows = self.env.batch_records(b.messages, b.bytes as u64) as usize;
         b.started.is_some_and(|s| {
             rows >= self.opts.batch_rows
                 || b.bytes >= self.opts.batch_bytes
@@ -658,12 +658,7 @@ pub fn consume(
         None => None,
     };
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(1);
-    let env = Arc::new(ParseEnv {
-        max_message_bytes: opts.max_message_bytes,
-        dead_letter,
-        records: AtomicU64::new(0),
-        messages: AtomicU64::new(0),
-    });
+    let env = Arc::new(ParseEnv::new(opts.max_message_bytes, dead_letter));
     let pool = match opts.parse_threads {
         0 | 1 => None,
         n => Some(Pool::start(n, env.clone())?),
@@ -807,12 +802,7 @@ mod tests {
             next: Mutex::new(HashMap::new()),
             work_tx: Mutex::new(None),
             writer_error: Mutex::new(None),
-            env: Arc::new(ParseEnv {
-                max_message_bytes: 1 << 20,
-                dead_letter: None,
-                records: AtomicU64::new(0),
-                messages: AtomicU64::new(0),
-            }),
+            env: Arc::new(ParseEnv::new(1 << 20, None)),
             pool: Mutex::new(None),
             behind: Mutex::new(HashSet::new()),
             metrics: Arc::new(Metrics::default()),

@@ -94,25 +94,65 @@ pub(super) struct ParseEnv {
     pub max_message_bytes: usize,
     pub dead_letter: Option<DeadLetter>,
     /// Records parsed into the open batch so far (all threads), for cutting by size.
-    pub records: AtomicU64,
-    /// Messages of the open batch parsed so far (all threads).
-    pub messages: AtomicU64,
+    records: AtomicU64,
+    /// Messages and payload bytes of the open batch parsed so far (all threads).
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    /// Records and payload bytes parsed since start, for the bytes-per-record estimate.
+    all_records: AtomicU64,
+    all_bytes: AtomicU64,
 }
 
+/// Bytes per record assumed before anything was parsed: below a compact audit record (~700
+/// bytes), so a first batch is cut early rather than late.
+const PRIOR_BYTES_PER_RECORD: u64 = 512;
+
 impl ParseEnv {
-    /// Records in the open batch of `submitted` messages: those parsed, plus the messages
-    /// still queued at the batch's records-per-message so far (exact without a pool).
-    pub fn batch_records(&self, submitted: u64) -> u64 {
-        let records = self.records.load(Ordering::Relaxed);
+    pub fn new(max_message_bytes: usize, dead_letter: Option<DeadLetter>) -> Self {
+        Self {
+            max_message_bytes,
+            dead_letter,
+            records: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            all_records: AtomicU64::new(0),
+            all_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Records in the open batch of `submitted` messages holding `submitted_bytes`: those
+    /// parsed, plus the bytes still queued at the bytes-per-record seen so far (exact without
+    /// a pool, where nothing is queued). Never less than one record per queued message, so a
+    /// burst of small messages polled before any parse finishes still cuts on time.
+    pub fn batch_records(&self, submitted: u64, submitted_bytes: u64) -> u64 {
         let parsed = self.messages.load(Ordering::Relaxed);
-        let per_message = records.checked_div(parsed).unwrap_or(1);
-        records + submitted.saturating_sub(parsed) * per_message.max(1)
+        let records = self.records.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let all_records = self.all_records.load(Ordering::Relaxed);
+        let per_record = self
+            .all_bytes
+            .load(Ordering::Relaxed)
+            .checked_div(all_records)
+            .unwrap_or(PRIOR_BYTES_PER_RECORD)
+            .max(1);
+        let queued = submitted.saturating_sub(parsed);
+        let queued_bytes = submitted_bytes.saturating_sub(bytes);
+        records + (queued_bytes / per_record).max(queued)
     }
 
     /// A batch was cut: count the next one from zero.
     pub fn reset(&self) {
         self.records.store(0, Ordering::Relaxed);
         self.messages.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+    }
+
+    fn parsed(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.all_records.fetch_add(records, Ordering::Relaxed);
+        self.all_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -135,8 +175,7 @@ pub(super) fn parse_one(
         into,
     );
     into.counts.add(&c);
-    env.records.fetch_add(c.records, Ordering::Relaxed);
-    env.messages.fetch_add(1, Ordering::Relaxed);
+    env.parsed(c.records, payload.map_or(0, |p| p.len() as u64));
     if into.newest != i64::MIN {
         let newest = into.newest;
         let m = into
@@ -264,5 +303,26 @@ impl Drop for Pool {
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ParseEnv;
+
+    #[test]
+    fn a_batch_polled_before_any_parse_is_sized_by_its_bytes() {
+        let env = ParseEnv::new(1 << 20, None);
+        // 30 messages of 20 records (~14 KB each) queued, none parsed yet: the estimate must
+        // see hundreds of records, not one per message.
+        assert!(env.batch_records(30, 30 * 14_000) >= 400);
+        // Tiny messages still count one record each.
+        assert_eq!(env.batch_records(50, 50), 50);
+        // Once parsed, the real bytes per record take over and parsed records are exact.
+        env.parsed(20, 14_000);
+        assert_eq!(env.batch_records(1, 14_000), 20);
+        assert_eq!(env.batch_records(2, 28_000), 40);
+        env.reset();
+        assert_eq!(env.batch_records(0, 0), 0);
     }
 }
