@@ -130,6 +130,8 @@ pub struct KafkaConfig {
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub enabled: Option<bool>,
+    /// How often continuous detection evaluates the rule (`30s`, `5m`, ...).
+    pub interval: Option<String>,
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
 }

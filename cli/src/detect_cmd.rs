@@ -247,6 +247,7 @@ pub async fn load_rules(
         .map(|(id, rc)| {
             let o = RuleOverride {
                 enabled: rc.enabled,
+                interval: rc.interval.clone(),
                 params: rc.params.clone(),
             };
             (id.clone(), o)

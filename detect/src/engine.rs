@@ -572,7 +572,7 @@ impl Engine {
     pub fn plan_range(&self, rule: &Rule, from: i64, to: i64) -> ((i64, i64), (i64, i64)) {
         let w = rule.doc.window.nanos();
         let start = from.saturating_sub(rule.lookback().nanos());
-        let w0 = start.div_euclid(w) * w;
+        let w0 = start.div_euclid(w).saturating_mul(w);
         let e0 = w0.saturating_sub(rule.history().nanos());
         let e1 = to.saturating_add(rule.lookback().nanos()).saturating_add(w);
         if rule.doc.complete {

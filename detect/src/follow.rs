@@ -8,13 +8,16 @@
 //! covered, so the same data is evaluated again); a store that does not exist yet (a fresh
 //! consumer has not committed) is waited for; an alert store opened while the disk refused
 //! writes is reopened before the next pass, so the loop recovers by itself once the disk does.
+//! A pass that panics is a failed pass too: the service keeps consuming, serving and retrying.
 
 use crate::anomaly::ModelConfig;
 use crate::engine::EngineOptions;
 use crate::rule::Rule;
 use crate::run::{DetectReport, PassMetrics, PassOptions, incremental};
 use crate::store::AlertStore;
+use futures::FutureExt;
 use kvwatch_ingest::DataDir;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -67,7 +70,19 @@ pub async fn follow(
             // Taken before the pass: a commit during the pass is seen at the next poll.
             seen = stamp;
             last_pass = Some(Instant::now());
-            match pass(data, rules, opts, &mut store).await {
+            // A bug in one pass must not end detection for the life of the service: the
+            // panic is a failed pass, logged and counted, and the next pass starts afresh.
+            let caught = AssertUnwindSafe(pass(data, rules, opts, &mut store))
+                .catch_unwind()
+                .await;
+            let outcome = match caught {
+                Ok(r) => r,
+                Err(p) => {
+                    store = None;
+                    Err(format!("detection pass panicked: {}", panic_text(&*p)))
+                }
+            };
+            match outcome {
                 Ok(r) => {
                     metrics.passes.fetch_add(1, Relaxed);
                     metrics.created.fetch_add(r.totals.created, Relaxed);
@@ -111,6 +126,13 @@ pub async fn follow(
         }
     }
     tracing::info!("detect.stopped");
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// One incremental pass, (re)opening the alert store first when needed.

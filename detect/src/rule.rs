@@ -37,7 +37,9 @@ pub enum RuleError {
     UnknownParam { rule: String, param: String },
     #[error("configuration names rule {0:?}, which is not in the rule pack")]
     UnknownConfigured(String),
-    #[error("rule {rule}: parameter {param} must be a number, boolean, string or list")]
+    #[error(
+        "rule {rule}: {param} must be a number, boolean, string or list (a duration like 5m for interval)"
+    )]
     BadConfigValue { rule: String, param: String },
 }
 
@@ -599,6 +601,8 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
 pub struct RuleOverride {
     /// Turns the rule on or off.
     pub enabled: Option<bool>,
+    /// How often continuous detection evaluates it (a duration: `30s`, `5m`).
+    pub interval: Option<String>,
     /// Parameter values, each of the kind of the rule's default.
     pub params: BTreeMap<String, toml::Value>,
 }
@@ -629,6 +633,12 @@ pub fn apply_overrides(
             params.insert(k.clone(), p);
         }
         r.set_params(&params)?;
+        if let Some(i) = &o.interval {
+            r.doc.interval = Dur::parse(i).ok_or_else(|| RuleError::BadConfigValue {
+                rule: r.id().to_owned(),
+                param: "interval".into(),
+            })?;
+        }
         if let Some(e) = o.enabled {
             r.doc.enabled = e;
         }

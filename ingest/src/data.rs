@@ -105,7 +105,7 @@ impl Manifest {
         policy: &crate::watermark::WatermarkPolicy,
         now: i64,
     ) -> Option<crate::watermark::Watermark> {
-        crate::watermark::watermark(&self.marks, self.time_range().map(|r| r.1), policy, now)
+        crate::watermark::watermark(&self.marks, self.time_range(), policy, now)
     }
 
     /// The span of event time of the audit events and activity this manifest lists.

@@ -70,16 +70,19 @@ fn ns(d: Duration) -> i64 {
     (d.as_nanos() as i128).min(i64::MAX as i128) as i64
 }
 
-/// The watermark of a store whose streaming sources stand at `marks` and whose newest event
-/// is `newest`, under `policy` at wall-clock `now` (ns); `None` for an empty store.
+/// The watermark of a store whose streaming sources stand at `marks` and whose events span
+/// `range` (oldest, newest), under `policy` at wall-clock `now` (ns); `None` for an empty
+/// store. It never falls below the oldest stored event: a partition assigned but silent holds
+/// everything back, which is "nothing complete", not a date in 1677.
 pub fn watermark<'a>(
     marks: impl IntoIterator<Item = (&'a String, &'a SourceMark)>,
-    newest: Option<i64>,
+    range: Option<(i64, i64)>,
     policy: &WatermarkPolicy,
     now: i64,
 ) -> Option<Watermark> {
+    let (oldest, newest) = range?;
     // Exclusive: the newest stored event itself is complete.
-    let newest = newest.map(|t| t.saturating_add(1));
+    let newest = newest.saturating_add(1);
     let idle_after = ns(policy.idle_after);
     let (active, idle): (Vec<_>, Vec<_>) = marks
         .into_iter()
@@ -90,13 +93,14 @@ pub fn watermark<'a>(
             complete_to: m
                 .max_time
                 .saturating_sub(ns(policy.lateness))
-                .min(newest.unwrap_or(i64::MIN)),
+                .min(newest)
+                .max(oldest),
             held_by: Some((*key).clone()),
             active_sources: active.len(),
             idle_sources: idle.len(),
         },
         None => Watermark {
-            complete_to: newest?,
+            complete_to: newest,
             held_by: None,
             active_sources: 0,
             idle_sources: idle.len(),
@@ -126,7 +130,7 @@ mod tests {
                 )
             })
             .collect();
-        watermark(&marks, Some(newest), &WatermarkPolicy::default(), now)
+        watermark(&marks, Some((0, newest)), &WatermarkPolicy::default(), now)
     }
 
     #[test]
@@ -154,5 +158,34 @@ mod tests {
         // Once every partition is idle, all that arrived is complete.
         let w = at(500 * MIN, &marks, now + 60 * MIN).unwrap();
         assert_eq!((w.complete_to, w.held_by), (500 * MIN + 1, None));
+    }
+
+    #[test]
+    fn a_partition_that_delivered_nothing_holds_it_at_the_oldest_event() {
+        let now = 1000 * MIN;
+        let marks = [
+            ("kafka:kv/0", 500 * MIN, now),
+            ("kafka:kv/1", i64::MIN, now),
+        ];
+        let marks: BTreeMap<String, SourceMark> = marks
+            .iter()
+            .map(|(k, t, at)| {
+                let m = SourceMark {
+                    max_time: *t,
+                    updated_at: *at,
+                    behind: true,
+                };
+                ((*k).to_owned(), m)
+            })
+            .collect();
+        let w = watermark(
+            &marks,
+            Some((200 * MIN, 500 * MIN)),
+            &WatermarkPolicy::default(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(w.complete_to, 200 * MIN);
+        assert_eq!(w.held_by.as_deref(), Some("kafka:kv/1"));
     }
 }

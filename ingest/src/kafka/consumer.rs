@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// How often the partitions' lag (from librdkafka's statistics) is checked for a change.
+const LAG_CHECK: Duration = Duration::from_millis(250);
+
 /// Settings of `kvwatch consume`.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -204,6 +207,27 @@ impl Shared {
         b.positions.insert(tp, offset + 1);
         Metrics::add(&m.messages, 1);
         Metrics::add(&m.message_bytes, payload.map_or(0, |p| p.len() as u64));
+    }
+
+    /// Records which assigned partitions still have records waiting, from librdkafka's last
+    /// statistics (`--stats-interval-secs`); unknown counts as waiting, which only delays
+    /// absence verdicts, never hastens them. True when the set changed.
+    fn refresh_behind(&self, lag: &BTreeMap<String, i64>) -> bool {
+        let now: HashSet<Tp> = lock(&self.next)
+            .keys()
+            .filter(|(t, p)| lag.get(&format!("{t}/{p}")).is_none_or(|l| *l != 0))
+            .cloned()
+            .collect();
+        let mut behind = lock(&self.behind);
+        let changed = *behind != now;
+        *behind = now;
+        changed
+    }
+
+    /// Opens the batch if none is open, so the next cut commits the partitions' marks even
+    /// when no message arrived.
+    fn open_batch(&self) {
+        lock(&self.batch).started.get_or_insert_with(Instant::now);
     }
 
     fn due(&self) -> bool {
@@ -693,6 +717,7 @@ pub fn consume(
     let mut last_log = Instant::now();
     let mut last_records = 0u64;
     let mut error_streak = 0u32;
+    let mut last_lag_check = Instant::now();
     let mut result = Ok(());
     while !shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
@@ -711,21 +736,21 @@ pub fn consume(
             }
             None => {}
         }
-        if shared.due() {
-            // Which assigned partitions still have records waiting, from librdkafka's last
-            // statistics (`--stats-interval-secs`); unknown counts as waiting, which only
-            // delays absence verdicts, never hastens them.
-            let lag = metrics.lag();
-            let behind = lock(&shared.next)
-                .keys()
-                .filter(|(t, p)| lag.get(&format!("{t}/{p}")).is_none_or(|l| *l != 0))
-                .cloned()
-                .collect();
-            *lock(&shared.behind) = behind;
-            if let Err(e) = shared.cut(false) {
-                result = Err(e);
-                break;
+        // A partition that catches up (or starts lagging) while nothing arrives still has
+        // to tell the store, or its stale `behind` would hold the watermark for good.
+        let mut lag_changed = false;
+        if last_lag_check.elapsed() >= LAG_CHECK {
+            last_lag_check = Instant::now();
+            lag_changed = shared.refresh_behind(&metrics.lag());
+            if lag_changed {
+                shared.open_batch();
             }
+        }
+        if (lag_changed || shared.due())
+            && let Err(e) = shared.cut(false)
+        {
+            result = Err(e);
+            break;
         }
         let v = shared.durable_version.load(Ordering::Acquire);
         if v != committed_version {
