@@ -604,7 +604,13 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
 async fn cmd_eval(data: &DataDir, a: EvalArgs) -> Result<ExitCode> {
     let labels = kvwatch_datasets::read_labels(&a.labels)?;
     let alerts = demo::load_alerts(data, a.alerts.as_deref())?;
-    let report = kvwatch_datasets::eval::score(&labels, &alerts, a.tolerance_secs);
+    // Arrival times come from the store; with an alerts file from elsewhere they would not
+    // belong to the same run.
+    let arrived = match a.alerts {
+        None => demo::arrivals(data, &labels).await?,
+        Some(_) => Default::default(),
+    };
+    let report = kvwatch_datasets::eval::score(&labels, &alerts, a.tolerance_secs, &arrived);
     let mut out = std::io::stdout().lock();
     demo::print_eval(&mut out, &report, a.format)?;
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ use crate::Labels;
 use crate::attacks::Label;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A principal named by an alert.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,9 @@ pub struct ScoredAlert {
     pub ips: Vec<String>,
     #[serde(default)]
     pub vaults: Vec<String>,
+    /// Wall-clock time the alert was raised (absent in alert files from older versions).
+    #[serde(default)]
+    pub detected_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,6 +53,9 @@ pub struct AttackResult {
     pub alerts: Vec<(String, String)>,
     /// Seconds from attack start to the earliest matching alert's first evidence.
     pub time_to_detect_secs: Option<f64>,
+    /// Wall-clock seconds from the attack's first event reaching the store to the first
+    /// matching alert being raised (needs arrival times and `detected_at`).
+    pub wall_time_to_detect_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,6 +70,9 @@ pub struct EvalReport {
     pub events: u64,
     pub benign_alerts_per_million_events: f64,
     pub mean_time_to_detect_secs: Option<f64>,
+    /// Over the attacks with a wall-clock time to detect: their median and maximum.
+    pub median_wall_time_to_detect_secs: Option<f64>,
+    pub max_wall_time_to_detect_secs: Option<f64>,
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -94,7 +104,14 @@ pub fn names_actor(alert: &ScoredAlert, label: &Label) -> bool {
 }
 
 /// Scores alerts against labels. `tolerance_secs` widens each attack window on both sides.
-pub fn score(labels: &Labels, alerts: &[ScoredAlert], tolerance_secs: i64) -> EvalReport {
+/// `arrivals` holds, per attack ID, when its first event reached the store (wall clock); with
+/// the alerts' `detected_at` it gives the wall-clock time to detect of a streamed run.
+pub fn score(
+    labels: &Labels,
+    alerts: &[ScoredAlert],
+    tolerance_secs: i64,
+    arrivals: &BTreeMap<String, DateTime<Utc>>,
+) -> EvalReport {
     let tol = chrono::Duration::seconds(tolerance_secs);
     let mut matched = vec![false; alerts.len()];
     let mut results = Vec::new();
@@ -106,11 +123,14 @@ pub fn score(labels: &Labels, alerts: &[ScoredAlert], tolerance_secs: i64) -> Ev
                 detected: false,
                 alerts: Vec::new(),
                 time_to_detect_secs: None,
+                wall_time_to_detect_secs: None,
             });
             continue;
         };
         let mut hits = Vec::new();
         let mut ttd: Option<f64> = None;
+        let mut wall: Option<f64> = None;
+        let arrived = arrivals.get(&l.id);
         for (i, a) in alerts.iter().enumerate() {
             let overlaps = a.first_seen <= end + tol && a.last_seen >= start - tol;
             if overlaps && names_actor(a, l) {
@@ -118,6 +138,10 @@ pub fn score(labels: &Labels, alerts: &[ScoredAlert], tolerance_secs: i64) -> Ev
                 hits.push((a.id.clone(), a.rule_id.clone()));
                 let d = ((a.first_seen - start).num_milliseconds() as f64 / 1000.0).max(0.0);
                 ttd = Some(ttd.map_or(d, |t: f64| t.min(d)));
+                if let (Some(at), Some(from)) = (a.detected_at, arrived) {
+                    let w = ((at - *from).num_milliseconds() as f64 / 1000.0).max(0.0);
+                    wall = Some(wall.map_or(w, |t: f64| t.min(w)));
+                }
             }
         }
         results.push(AttackResult {
@@ -126,6 +150,7 @@ pub fn score(labels: &Labels, alerts: &[ScoredAlert], tolerance_secs: i64) -> Ev
             detected: !hits.is_empty(),
             alerts: hits,
             time_to_detect_secs: ttd,
+            wall_time_to_detect_secs: wall,
         });
     }
     let detected = results.iter().filter(|r| r.detected).count();
@@ -148,7 +173,14 @@ pub fn score(labels: &Labels, alerts: &[ScoredAlert], tolerance_secs: i64) -> Ev
         .iter()
         .filter_map(|r| r.time_to_detect_secs)
         .collect();
+    let mut walls: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.wall_time_to_detect_secs)
+        .collect();
+    walls.sort_by(f64::total_cmp);
     EvalReport {
+        median_wall_time_to_detect_secs: (!walls.is_empty()).then(|| walls[walls.len() / 2]),
+        max_wall_time_to_detect_secs: walls.last().copied(),
         detected,
         recall: if results.is_empty() {
             0.0
@@ -220,6 +252,7 @@ mod tests {
                 .unwrap_or_default(),
             ips: ip.map(|i| vec![i.into()]).unwrap_or_default(),
             vaults: vec![],
+            detected_at: None,
         }
     }
 
@@ -313,7 +346,7 @@ mod tests {
                 "2024-05-10T02:30:00Z",
             ),
         ];
-        let r = score(&labels(), &alerts, 0);
+        let r = score(&labels(), &alerts, 0, &BTreeMap::new());
         assert_eq!(r.detected, 2);
         assert!((r.recall - 0.5).abs() < 1e-9);
         assert_eq!(r.benign_alerts, 3);
@@ -365,12 +398,41 @@ mod tests {
             "2024-05-09T03:30:00Z",
             "2024-05-09T04:00:00Z",
         )];
-        assert_eq!(score(&labels(), &alerts, 0).detected, 0);
-        assert_eq!(score(&labels(), &alerts, 3600).detected, 1);
-        let none = score(&labels(), &[], 3600);
+        assert_eq!(score(&labels(), &alerts, 0, &BTreeMap::new()).detected, 0);
+        assert_eq!(
+            score(&labels(), &alerts, 3600, &BTreeMap::new()).detected,
+            1
+        );
+        let none = score(&labels(), &[], 3600, &BTreeMap::new());
         assert_eq!(
             (none.detected, none.recall, none.benign_alerts),
             (0, 0.0, 0)
         );
+    }
+
+    #[test]
+    fn wall_time_to_detect_runs_from_arrival_to_the_first_alert_raised() {
+        let t = |s: &str| parse_time(s).unwrap();
+        let mut late = alert(
+            "x1",
+            "high",
+            Some("o1"),
+            None,
+            "2024-05-07T10:05:00Z",
+            "2024-05-07T10:20:00Z",
+        );
+        late.detected_at = Some(t("2026-12-01T12:00:09Z"));
+        let mut early = late.clone();
+        early.id = "x9".into();
+        early.detected_at = Some(t("2026-12-01T12:00:02.500Z"));
+        let mut arrivals = BTreeMap::new();
+        arrivals.insert("a1".to_owned(), t("2026-12-01T12:00:00Z"));
+        let r = score(&labels(), &[late.clone(), early], 0, &arrivals);
+        assert_eq!(r.attacks[0].wall_time_to_detect_secs, Some(2.5));
+        assert_eq!(r.median_wall_time_to_detect_secs, Some(2.5));
+        // No arrival known (a batch file, another store): no wall-clock figure.
+        let r = score(&labels(), &[late], 0, &BTreeMap::new());
+        assert_eq!(r.attacks[0].wall_time_to_detect_secs, None);
+        assert_eq!(r.max_wall_time_to_detect_secs, None);
     }
 }

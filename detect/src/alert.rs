@@ -215,9 +215,16 @@ pub struct Alert {
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
     #[schema(value_type = String, format = DateTime)]
     pub last_seen: i64,
+    /// Wall-clock time kvwatch first raised the alert (of an incident folded from several,
+    /// the earliest).
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    /// The same instant as `created_at`, under the name time-to-detect measurements use:
+    /// `detected_at` minus the events' arrival is the pipeline's detection latency.
+    #[serde(serialize_with = "ts", deserialize_with = "de_ts", default)]
+    #[schema(value_type = String, format = DateTime)]
+    pub detected_at: i64,
     #[serde(serialize_with = "ts", deserialize_with = "de_ts")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,

@@ -216,6 +216,7 @@ mod tests {
             first_seen: 1_700_000_000_000_000_000,
             last_seen: 1_700_000_060_000_000_000,
             created_at: 1_700_000_100_000_000_000,
+            detected_at: 1_700_000_100_000_000_000,
             updated_at: 1_700_000_100_123_456_789,
             event_count: 42,
             occurrences: 1,

@@ -17,6 +17,7 @@ pub(super) fn alert_set(data: &Path) -> BTreeMap<String, Value> {
             let o = a.as_object_mut().unwrap();
             o.remove("created_at");
             o.remove("updated_at");
+            o.remove("detected_at");
             (o["id"].as_str().unwrap().to_owned(), a)
         })
         .collect()

@@ -788,4 +788,43 @@ fn streamed_days_give_the_alerts_of_a_batch_run() {
     assert!(out.status.success(), "serve exit {:?}", out.status);
     assert!(silent.is_empty(), "silence raised mid-stream: {silent:?}");
     assert!(got == want, "streamed vs batch:\n{}", diff(&want, &got));
+
+    // `eval` on the streamed store: every attack caught by an alert about its actor has a
+    // wall-clock time to detect, from its first record reaching the store to its first alert
+    // being raised. (An attack whose records were swallowed by another attack's silence
+    // is matched only by the vault's silence alert, and has no arrival.)
+    let labels = generated.join("labels.json");
+    let e = super::common::run(
+        &data,
+        &[
+            "eval",
+            "--labels",
+            labels.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    let e: serde_json::Value = serde_json::from_str(&e.stdout).unwrap();
+    let detected: Vec<&serde_json::Value> = e["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h[1] != "kv-log-silence")
+        })
+        .collect();
+    assert!(!detected.is_empty(), "{e}");
+    for a in &detected {
+        let w = a["wall_time_to_detect_secs"].as_f64();
+        assert!(w.is_some_and(|w| w >= 0.0), "{a}");
+    }
+    assert!(
+        e["median_wall_time_to_detect_secs"].as_f64().is_some(),
+        "{e}"
+    );
 }

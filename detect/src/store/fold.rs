@@ -251,6 +251,12 @@ fn rechain(
         let Some(into) = first_occ.and_then(chain_of) else {
             continue;
         };
+        // The incident was first detected when the earliest of its parts was.
+        tx.execute(
+            "UPDATE alerts SET created_at = min(created_at, (SELECT created_at FROM alerts WHERE id = ?1))
+             WHERE id = ?2",
+            params![a, into],
+        )?;
         tx.execute(
             "UPDATE alert_history SET alert_id = ?2 WHERE alert_id = ?1",
             params![a, into],

@@ -472,6 +472,7 @@ impl RawAlert {
             first_seen: self.first_seen,
             last_seen: self.last_seen,
             created_at: self.created_at,
+            detected_at: self.created_at,
             updated_at: self.updated_at,
             event_count: self.event_count,
             occurrences: self.occurrences,
