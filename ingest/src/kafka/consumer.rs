@@ -121,7 +121,79 @@ impl Batch {
     }
 }
 
-/// A batch handed to the writer thread.
+/// A batch as the poll loop cuts it: the part parsed on the poll thread, the parts the
+/// parser threads are still finishing (each answers after the messages it was given before
+/// the cut), and the partitions' state at the cut.
+struct Cut {
+    parts: Vec<Parsed>,
+    pending: Vec<mpsc::Receiver<Parsed>>,
+    assigned: Vec<Tp>,
+    behind: HashSet<Tp>,
+    positions: Positions,
+    started: Instant,
+    done: Option<mpsc::SyncSender<Result<(), String>>>,
+}
+
+impl Cut {
+    /// Waits for the parser threads' parts and builds the record batches and marks the store
+    /// takes (on the writer thread, so the poll loop never waits for parsing).
+    fn assemble(self, env: &ParseEnv) -> Result<Work, String> {
+        let mut parts = self.parts;
+        for rx in self.pending {
+            parts.push(rx.recv().map_err(|_| "a parser thread ended".to_owned())?);
+        }
+        if let Some(d) = &env.dead_letter {
+            // Dead-letter copies go out before the position that covers them is stored.
+            if let Err(e) = d.flush(Duration::from_secs(30)) {
+                tracing::error!(error = %e, "dead-letter flush failed (the quarantine table still holds the messages)");
+            }
+        }
+        let mut batches = Vec::with_capacity(3 * parts.len());
+        let mut counts = ParseCounts::default();
+        let mut marks = Positions::new();
+        for part in &mut parts {
+            for (t, cols) in [
+                (Table::Events, &mut part.events),
+                (Table::Activity, &mut part.activity),
+                (Table::Quarantine, &mut part.quarantine),
+            ] {
+                if !cols.is_empty() {
+                    let rb = cols
+                        .finish()
+                        .map_err(|e| format!("building {} batch: {e}", t.name()))?;
+                    batches.push((t, rb));
+                }
+            }
+            counts.add(&part.counts);
+            for (tp, t) in &part.marks {
+                let m = marks.entry(tp.clone()).or_insert(*t);
+                *m = (*m).max(*t);
+            }
+        }
+        // Every assigned partition gets a mark, so one that has delivered nothing yet, or
+        // lags, holds the watermark back.
+        for tp in self.assigned {
+            marks.entry(tp).or_insert(i64::MIN);
+        }
+        let marks = marks
+            .into_iter()
+            .map(|(tp, t)| {
+                let b = self.behind.contains(&tp);
+                (tp, (t, b))
+            })
+            .collect();
+        Ok(Work {
+            batches,
+            positions: self.positions,
+            marks,
+            counts,
+            started: self.started,
+            done: self.done,
+        })
+    }
+}
+
+/// A batch ready for the store, on the writer thread.
 struct Work {
     batches: Vec<(Table, RecordBatch)>,
     positions: Positions,
@@ -143,7 +215,7 @@ struct Shared {
     /// a commit) rather than "wherever the log starts". Messages below it are dropped; a
     /// message above a known position means the log lost messages before we read them.
     next: Mutex<HashMap<Tp, (i64, bool)>>,
-    work_tx: Mutex<Option<mpsc::SyncSender<Work>>>,
+    work_tx: Mutex<Option<mpsc::SyncSender<Cut>>>,
     writer_error: Mutex<Option<String>>,
     /// Parse settings and the dead-letter producer, shared with the parser threads.
     env: Arc<ParseEnv>,
@@ -199,8 +271,16 @@ impl Shared {
             );
         }
         match lock(&self.pool).as_mut() {
-            Some(pool) => pool.submit(topic, partition, offset, payload),
-            None => parse_one(&self.env, &mut b.parsed, topic, partition, offset, payload),
+            Some(pool) => pool.submit(self.env.generation(), topic, partition, offset, payload),
+            None => parse_one(
+                &self.env,
+                self.env.generation(),
+                &mut b.parsed,
+                topic,
+                partition,
+                offset,
+                payload,
+            ),
         }
         b.bytes += payload.map_or(0, <[u8]>::len);
         b.messages += 1;
@@ -245,81 +325,40 @@ impl Shared {
         if let Some(e) = self.failed() {
             return Err(KafkaError::Writer(e));
         }
-        let work = {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let cut = {
             let mut guard = lock(&self.batch);
             let b = &mut *guard;
             if b.started.is_none() {
                 return Ok(());
             }
-            let mut parts = vec![std::mem::replace(&mut b.parsed, Parsed::new())];
-            if let Some(pool) = lock(&self.pool).as_ref() {
-                parts.extend(pool.flush());
-            }
+            let parts = vec![std::mem::replace(&mut b.parsed, Parsed::new())];
+            // The parser threads finish this batch while the poll loop goes on with the next;
+            // the writer thread collects their parts.
+            let pending = lock(&self.pool)
+                .as_ref()
+                .map(Pool::flush)
+                .unwrap_or_default();
             self.env.reset();
-            let mut batches = Vec::with_capacity(3 * parts.len());
-            let mut counts = ParseCounts::default();
-            let mut marks = Positions::new();
-            for part in &mut parts {
-                for (t, cols) in [
-                    (Table::Events, &mut part.events),
-                    (Table::Activity, &mut part.activity),
-                    (Table::Quarantine, &mut part.quarantine),
-                ] {
-                    if !cols.is_empty() {
-                        let rb = cols.finish().map_err(|e| {
-                            KafkaError::Writer(format!("building {} batch: {e}", t.name()))
-                        })?;
-                        batches.push((t, rb));
-                    }
-                }
-                counts.add(&part.counts);
-                for (tp, t) in &part.marks {
-                    let m = marks.entry(tp.clone()).or_insert(*t);
-                    *m = (*m).max(*t);
-                }
-            }
-            // Every assigned partition gets a mark, so one that has delivered nothing yet, or
-            // lags, holds the watermark back.
-            let behind = lock(&self.behind).clone();
-            for tp in lock(&self.next).keys() {
-                marks.entry(tp.clone()).or_insert(i64::MIN);
-            }
-            let marks = marks
-                .into_iter()
-                .map(|(tp, t)| {
-                    let b = behind.contains(&tp);
-                    (tp, (t, b))
-                })
-                .collect();
             let started = b.started.take().unwrap_or_else(Instant::now);
             b.bytes = 0;
             b.messages = 0;
-            Work {
-                batches,
+            Cut {
+                parts,
+                pending,
+                assigned: lock(&self.next).keys().cloned().collect(),
+                behind: lock(&self.behind).clone(),
                 positions: std::mem::take(&mut b.positions),
-                marks,
-                counts,
                 started,
-                done: None,
+                done: wait.then_some(done_tx),
             }
-        };
-        if let Some(d) = &self.env.dead_letter {
-            // Dead-letter copies go out before the position that covers them is stored.
-            if let Err(e) = d.flush(Duration::from_secs(30)) {
-                tracing::error!(error = %e, "dead-letter flush failed (the quarantine table still holds the messages)");
-            }
-        }
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let work = Work {
-            done: wait.then_some(done_tx),
-            ..work
         };
         crash_point("kafka-before-write");
         let tx = lock(&self.work_tx).clone();
         let Some(tx) = tx else {
             return Err(KafkaError::Writer("writer already closed".into()));
         };
-        tx.send(work).map_err(|_| {
+        tx.send(cut).map_err(|_| {
             KafkaError::Writer(
                 self.failed()
                     .unwrap_or_else(|| "writer thread ended".into()),
@@ -504,7 +543,7 @@ impl Ctx {
 /// Runs the writer thread: append, publish with positions, report durability.
 fn writer_loop(
     mut writer: StoreWriter,
-    rx: mpsc::Receiver<Work>,
+    rx: mpsc::Receiver<Cut>,
     shared: Arc<Shared>,
 ) -> StoreWriter {
     let m = shared.metrics.clone();
@@ -515,6 +554,21 @@ fn writer_loop(
             Ok(w) => Some(w),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let work = match work.map(|mut c| {
+            let done = c.done.take();
+            (c.assemble(&shared.env), done)
+        }) {
+            None => None,
+            Some((Ok(w), done)) => Some(Work { done, ..w }),
+            Some((Err(msg), done)) => {
+                tracing::error!(error = %msg, "could not assemble a batch; the consumer stops without advancing");
+                *lock(&shared.writer_error) = Some(msg.clone());
+                if let Some(d) = done {
+                    let _ = d.send(Err(msg));
+                }
+                break;
+            }
         };
         if let Some(w) = work {
             let before = writer.stats();
@@ -681,7 +735,7 @@ pub fn consume(
         Some(topic) => Some(DeadLetter::new(&opts.client, topic, metrics.clone())?),
         None => None,
     };
-    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(1);
+    let (work_tx, work_rx) = mpsc::sync_channel::<Cut>(1);
     let env = Arc::new(ParseEnv::new(opts.max_message_bytes, dead_letter));
     let pool = match opts.parse_threads {
         0 | 1 => None,

@@ -101,6 +101,9 @@ pub(super) struct ParseEnv {
     /// Records and payload bytes parsed since start, for the bytes-per-record estimate.
     all_records: AtomicU64,
     all_bytes: AtomicU64,
+    /// Which batch is open: messages of a batch already cut, still being parsed, do not
+    /// count toward the next one.
+    generation: AtomicU64,
 }
 
 /// Bytes per record assumed before anything was parsed: below a compact audit record (~700
@@ -117,6 +120,7 @@ impl ParseEnv {
             bytes: AtomicU64::new(0),
             all_records: AtomicU64::new(0),
             all_bytes: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -140,26 +144,36 @@ impl ParseEnv {
         records + (queued_bytes / per_record).max(queued)
     }
 
+    /// The open batch's generation, for messages handed to a parser thread.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     /// A batch was cut: count the next one from zero.
     pub fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.records.store(0, Ordering::Relaxed);
         self.messages.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
     }
 
-    fn parsed(&self, records: u64, bytes: u64) {
+    fn parsed(&self, generation: u64, records: u64, bytes: u64) {
+        self.all_records.fetch_add(records, Ordering::Relaxed);
+        self.all_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if generation != self.generation() {
+            return;
+        }
         self.records.fetch_add(records, Ordering::Relaxed);
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.all_records.fetch_add(records, Ordering::Relaxed);
-        self.all_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
-/// Parses one message into `into`; a message with quarantined content is logged and, when a
-/// dead-letter topic is set, copied there.
+/// Parses one message of batch `generation` into `into`; a message with quarantined content
+/// is logged and, when a dead-letter topic is set, copied there.
 pub(super) fn parse_one(
     env: &ParseEnv,
+    generation: u64,
     into: &mut Parsed,
     topic: &str,
     partition: i32,
@@ -175,7 +189,7 @@ pub(super) fn parse_one(
         into,
     );
     into.counts.add(&c);
-    env.parsed(c.records, payload.map_or(0, |p| p.len() as u64));
+    env.parsed(generation, c.records, payload.map_or(0, |p| p.len() as u64));
     if into.newest != i64::MIN {
         let newest = into.newest;
         let m = into
@@ -200,6 +214,7 @@ enum Job {
         partition: i32,
         offset: i64,
         payload: Option<Vec<u8>>,
+        generation: u64,
     },
     Flush(mpsc::SyncSender<Parsed>),
 }
@@ -232,8 +247,10 @@ impl Pool {
                                 partition,
                                 offset,
                                 payload,
+                                generation,
                             } => parse_one(
                                 &env,
+                                generation,
                                 &mut open,
                                 &topic,
                                 partition,
@@ -258,7 +275,14 @@ impl Pool {
     }
 
     /// Hands a message to the next thread (waits while that thread is 256 messages behind).
-    pub fn submit(&mut self, topic: &str, partition: i32, offset: i64, payload: Option<&[u8]>) {
+    pub fn submit(
+        &mut self,
+        generation: u64,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+    ) {
         let topic = match self.topics.get(topic) {
             Some(t) => t.clone(),
             None => {
@@ -272,6 +296,7 @@ impl Pool {
             partition,
             offset,
             payload: payload.map(<[u8]>::to_vec),
+            generation,
         };
         let i = self.next % self.senders.len();
         self.next = self.next.wrapping_add(1);
@@ -279,20 +304,17 @@ impl Pool {
         let _ = self.senders[i].send(job);
     }
 
-    /// Everything parsed since the last flush, one part per thread.
-    pub fn flush(&self) -> Vec<Parsed> {
-        let replies: Vec<_> = self
-            .senders
+    /// Asks every thread for what it parsed since the last flush. Each answers once it has
+    /// parsed the messages handed to it before: the caller may go on submitting the next
+    /// batch's messages meanwhile, and waits on the receivers only when it needs the parts.
+    pub fn flush(&self) -> Vec<mpsc::Receiver<Parsed>> {
+        self.senders
             .iter()
             .map(|s| {
                 let (tx, rx) = mpsc::sync_channel(1);
                 let _ = s.send(Job::Flush(tx));
                 rx
             })
-            .collect();
-        replies
-            .into_iter()
-            .filter_map(|rx| rx.recv().ok())
             .collect()
     }
 }
@@ -319,10 +341,13 @@ mod tests {
         // Tiny messages still count one record each.
         assert_eq!(env.batch_records(50, 50), 50);
         // Once parsed, the real bytes per record take over and parsed records are exact.
-        env.parsed(20, 14_000);
+        env.parsed(0, 20, 14_000);
         assert_eq!(env.batch_records(1, 14_000), 20);
         assert_eq!(env.batch_records(2, 28_000), 40);
         env.reset();
+        assert_eq!(env.batch_records(0, 0), 0);
+        // A message of the batch just cut, parsed late, does not count toward the next.
+        env.parsed(0, 20, 14_000);
         assert_eq!(env.batch_records(0, 0), 0);
     }
 }
