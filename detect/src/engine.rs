@@ -192,6 +192,10 @@ fn column_cells(rule: &str, name: &str, a: &ArrayRef) -> Result<Vec<Cell>, Engin
                     let inner = v.value(i);
                     let s = inner.as_any().downcast_ref::<StringArray>().expect("utf8");
                     let mut items: Vec<String> = s.iter().flatten().map(str::to_owned).collect();
+                    // `array_agg` lists come in the order the rows met the aggregation, which
+                    // depends on how the events are split into files and batches; sorted,
+                    // an alert's lists are a function of the data alone.
+                    items.sort_unstable();
                     items.dedup();
                     Cell::List(items)
                 })

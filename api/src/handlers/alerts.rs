@@ -67,6 +67,9 @@ pub struct AlertItem {
     last_seen: String,
     #[schema(value_type = String, format = DateTime)]
     created_at: String,
+    /// Wall-clock time the alert was first raised (as on the full alert).
+    #[schema(value_type = String, format = DateTime)]
+    detected_at: String,
     #[schema(value_type = String, format = DateTime)]
     updated_at: String,
     event_count: i64,
@@ -90,6 +93,7 @@ impl From<Alert> for AlertItem {
             first_seen: t(a.first_seen),
             last_seen: t(a.last_seen),
             created_at: t(a.created_at),
+            detected_at: t(a.detected_at),
             updated_at: t(a.updated_at),
             id: a.id,
             rule_id: a.rule_id,
