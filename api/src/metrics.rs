@@ -158,6 +158,11 @@ pub(crate) async fn metrics(State(s): State<Shared>) -> Response {
                 "passes that failed (retried)",
             ),
             (
+                "detect_rule_failures_total",
+                g(&d.rule_failures),
+                "rule evaluations that failed in a completed pass (their ranges are retried)",
+            ),
+            (
                 "detect_alerts_created_total",
                 g(&d.created),
                 "alerts opened",

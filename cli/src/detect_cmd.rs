@@ -344,7 +344,16 @@ pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<E
         incremental(data, &rules, &pass, &mut store, &mut progress(false)).await?
     };
     print_detect(&report, rules.len(), c.format)?;
-    Ok(ExitCode::SUCCESS)
+    if report.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.failed {
+        eprintln!(
+            "detect: rule {} failed (its ranges are evaluated again by the next run): {}",
+            f.rule_id, f.error
+        );
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// One line per pass of `detect --follow` (JSON Lines with `--format json`).

@@ -85,6 +85,9 @@ pub async fn follow(
             match outcome {
                 Ok(r) => {
                     metrics.passes.fetch_add(1, Relaxed);
+                    metrics
+                        .rule_failures
+                        .fetch_add(r.failed.len() as u64, Relaxed);
                     metrics.created.fetch_add(r.totals.created, Relaxed);
                     metrics.updated.fetch_add(r.totals.updated, Relaxed);
                     metrics.folded.fetch_add(r.totals.folded, Relaxed);

@@ -53,11 +53,22 @@ pub struct DetectReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deferred: Vec<String>,
     pub rules: Vec<RuleReport>,
+    /// Rules whose evaluation failed in this pass (a query error, a memory pool too small):
+    /// their ranges stay pending and the next pass evaluates them again; the other rules'
+    /// alerts are stored meanwhile.
+    pub failed: Vec<RuleFailure>,
     /// The behavioural models' pass, when enabled.
     pub models: Option<crate::anomaly::ModelReport>,
     #[serde(flatten)]
     pub totals: ApplyStats,
     pub elapsed_ms: u64,
+}
+
+/// A rule that failed in a pass, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleFailure {
+    pub rule_id: String,
+    pub error: String,
 }
 
 /// Merges `[min, max]` intervals that overlap or lie within `gap` of each other.
@@ -191,6 +202,7 @@ pub async fn backfill(
         watermark_ns: wm,
         new_files: 0,
         deferred: Vec::new(),
+        failed: Vec::new(),
         rules: reports,
         models,
         totals,
@@ -228,6 +240,7 @@ pub async fn incremental(
     let wm = engine.watermark();
     let mut reports = Vec::new();
     let mut deferred = Vec::new();
+    let mut failed = Vec::new();
     let mut evaluated: Vec<(i64, i64)> = Vec::new();
     let mut totals = ApplyStats::default();
     for (i, rule) in rules.iter().enumerate() {
@@ -258,7 +271,22 @@ pub async fn incremental(
             continue;
         }
         progress(i, rules.len(), rule.id());
-        let r = evaluate_rule(&engine, rule, &todo, alerts).await?;
+        let r = match evaluate_rule(&engine, rule, &todo, alerts).await {
+            Ok(r) => r,
+            // One rule's failure must not blind the others: its ranges stay pending (a rerun
+            // of a range it partly applied updates the same occurrences), the rest go on.
+            Err(DetectError::Engine(e)) => {
+                tracing::error!(rule = rule.id(), error = %e, "detect.rule_failed; its ranges stay pending");
+                st.pending = todo;
+                alerts.set_rule_state(rule.id(), &st)?;
+                failed.push(RuleFailure {
+                    rule_id: rule.id().to_owned(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         totals += r.stats;
         reports.push(r);
         evaluated.extend(todo);
@@ -274,7 +302,7 @@ pub async fn incremental(
     let mut models_state = alerts.rule_state(MODELS)?;
     let models_due =
         opts.models.is_some_and(|m| m.enabled) && (new_files > 0 || models_state.judged_to != held);
-    if new_files == 0 && reports.is_empty() && !models_due {
+    if new_files == 0 && reports.is_empty() && failed.is_empty() && !models_due {
         return Ok(DetectReport {
             mode: "up-to-date".into(),
             watermark: wm.map(kvwatch_ingest::time::format_ns),
@@ -300,6 +328,7 @@ pub async fn incremental(
         watermark_ns: wm,
         new_files,
         deferred,
+        failed,
         rules: reports,
         models,
         totals,
@@ -325,6 +354,8 @@ mod tests {
 pub struct PassMetrics {
     pub passes: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Rule evaluations that failed inside otherwise completed passes (retried).
+    pub rule_failures: std::sync::atomic::AtomicU64,
     pub created: std::sync::atomic::AtomicU64,
     pub updated: std::sync::atomic::AtomicU64,
     pub folded: std::sync::atomic::AtomicU64,

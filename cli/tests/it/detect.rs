@@ -565,3 +565,61 @@ fn an_ip_far_above_its_daily_trend_raises_the_series_alert() {
             .starts_with("2026-03-07T00:00:00")
     );
 }
+
+#[test]
+fn a_rule_that_fails_at_run_time_leaves_the_others_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    for r in ["kv-sens-mass-delete.yaml", "kv-sens-destructive-op.yaml"] {
+        std::fs::copy(pack.join(r), rules.join(r)).unwrap();
+    }
+    // Plans fine, fails on the data: a vault name is no number.
+    let f = rules.join("kv-sens-mass-delete.yaml");
+    let good = std::fs::read_to_string(&f).unwrap();
+    let bad = good.replace(
+        "HAVING count(*) > {{threshold}}",
+        "HAVING count(*) > CAST(max(vault) AS INT)",
+    );
+    assert_ne!(bad, good);
+    std::fs::write(&f, bad).unwrap();
+    let mut lines = deletes(0..8);
+    lines.push(record("2026-03-02T10:30:00Z", "SecretBackup", "secrets/b"));
+    write_lines(&dir.path().join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    let rules_arg = rules.display().to_string();
+    let args = [
+        "detect",
+        "--format",
+        "json",
+        "--no-models",
+        "--rules",
+        &rules_arg,
+    ];
+
+    let r = run(&data, &args);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let pass: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        pass["failed"][0]["rule_id"], "kv-sens-mass-delete",
+        "{pass}"
+    );
+    assert!(
+        r.stderr.contains("rule kv-sens-mass-delete failed"),
+        "{}",
+        r.stderr
+    );
+    let a = alerts(&data, &[]);
+    assert_eq!(by_rule(&a, "kv-sens-destructive-op").len(), 1, "{a:#?}");
+    assert!(by_rule(&a, "kv-sens-mass-delete").is_empty(), "{a:#?}");
+
+    // Repaired, the next run evaluates the range the failure left pending, with no new data.
+    std::fs::write(&f, good).unwrap();
+    let r = run(&data, &args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let a = alerts(&data, &[]);
+    assert_eq!(by_rule(&a, "kv-sens-mass-delete").len(), 1, "{a:#?}");
+    assert_eq!(by_rule(&a, "kv-sens-destructive-op").len(), 1, "{a:#?}");
+}
