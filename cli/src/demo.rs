@@ -38,11 +38,10 @@ pub async fn arrivals(
     labels: &kvwatch_datasets::Labels,
 ) -> Result<BTreeMap<String, DateTime<Utc>>> {
     let mut out = BTreeMap::new();
-    if !data.root().join(kvwatch_ingest::store::MANIFEST).exists() {
+    if !data.has_events() {
         return Ok(out);
     }
-    let ctx = query::open_session(data.root()).await?;
-    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let ctx = data.session().await?;
     let ts = |s: &str| {
         kvwatch_ingest::time::parse_timestamp_ns(s).map(kvwatch_detect::engine::sql_timestamp)
     };
@@ -55,13 +54,13 @@ pub async fn arrivals(
         let who = |oid: &str, upn: &str| {
             let mut w = Vec::new();
             if let Some(o) = &l.actor.oid {
-                w.push(format!("lower({oid}) = lower({})", lit(o)));
+                w.push(format!("lower({oid}) = lower({})", query::sql_literal(o)));
             }
             if let Some(u) = &l.actor.upn {
-                w.push(format!("lower({upn}) = lower({})", lit(u)));
+                w.push(format!("lower({upn}) = lower({})", query::sql_literal(u)));
             }
             if !l.ips.is_empty() {
-                let ips: Vec<String> = l.ips.iter().map(|i| lit(i)).collect();
+                let ips: Vec<String> = l.ips.iter().map(|i| query::sql_literal(i)).collect();
                 w.push(format!("caller_ip IN ({})", ips.join(", ")));
             }
             w.join(" OR ")
@@ -205,7 +204,7 @@ pub async fn run(data: &DataDir, cfg: &Config, a: DemoArgs) -> Result<std::proce
                 a.topic.clone(),
                 crate::StoreArgs::default().options(cfg),
             );
-            let data = data.root().to_owned();
+            let data = data.clone();
             tokio::task::spawn_blocking(move || {
                 kvwatch_ingest::kafka::round_trip(&data, cfg_store, inputs, &brokers, &topic)
             })

@@ -118,13 +118,17 @@ async fn run_one(rule: &Rule, f: &Fixture, work: &Path) -> Result<usize, String>
         }
     };
     let store = work.join("store");
-    let report = kvwatch_ingest::files::ingest_paths(&store, &[input.display().to_string()])
-        .map_err(|e| format!("ingesting the fixture: {e}"))?;
+    let report = kvwatch_ingest::files::ingest_paths(
+        &kvwatch_ingest::data::DataDir::new(&store),
+        &[input.display().to_string()],
+    )
+    .map_err(|e| format!("ingesting the fixture: {e}"))?;
     if !report.failed.is_empty() {
         return Err(format!("fixture input unreadable: {:?}", report.failed));
     }
     if report.stored.quarantine > 0 {
-        let ctx = kvwatch_ingest::query::open_session(&store)
+        let ctx = kvwatch_ingest::data::DataDir::new(&store)
+            .session()
             .await
             .map_err(|e| e.to_string())?;
         let mut reasons = String::new();

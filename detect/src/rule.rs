@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::alert::Severity;
+use kvwatch_ingest::query::sql_literal;
 
 /// Errors from loading, rendering or planning rules.
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +121,6 @@ pub enum Param {
 /// (`IN (NULL)` would make `NOT IN` filter out everything).
 const EMPTY_LIST_SENTINEL: &str = "'\u{1}kvwatch-empty-list'";
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 impl Param {
     /// The SQL text substituted for `{{name}}`.
     pub fn sql(&self) -> String {
@@ -133,10 +130,14 @@ impl Param {
             Param::Float(f) => format!("{f:?}"),
             Param::Str(s) => match Dur::parse(s) {
                 Some(d) => d.sql(),
-                None => quote(s),
+                None => sql_literal(s),
             },
             Param::List(l) if l.is_empty() => EMPTY_LIST_SENTINEL.to_owned(),
-            Param::List(l) => l.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "),
+            Param::List(l) => l
+                .iter()
+                .map(|s| sql_literal(s))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 

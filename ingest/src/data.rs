@@ -64,12 +64,14 @@ impl DataDir {
 
     /// A read-only query session over the current snapshot, with the compatibility views.
     pub async fn session(&self) -> Result<SessionContext> {
-        query::open_session(&self.root).await
+        let ctx = query::empty_context();
+        self.register(&ctx).await?;
+        Ok(ctx)
     }
 
     /// Registers the store's tables and views on an existing session.
     pub async fn register(&self, ctx: &SessionContext) -> Result<()> {
-        query::register_store(ctx, &self.root).await
+        query::register_manifest(ctx, &self.root, &self.snapshot()?).await
     }
 
     /// The alert store (SQLite).

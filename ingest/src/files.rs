@@ -765,11 +765,11 @@ pub fn ingest(
 
 /// Convenience for tests and tools: ingest paths into a data directory with default options.
 pub fn ingest_paths(
-    root: &Path,
+    data: &crate::data::DataDir,
     paths: &[String],
 ) -> Result<IngestReport, Box<dyn std::error::Error>> {
     let (inputs, skipped) = expand(paths)?;
-    let mut w = StoreWriter::open(root, Default::default())?;
+    let mut w = data.writer(Default::default())?;
     let mut r = ingest(&mut w, inputs, &IngestOptions::default(), |_| {})?;
     r.skipped_files = skipped.iter().map(|p| p.display().to_string()).collect();
     Ok(r)

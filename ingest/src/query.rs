@@ -6,7 +6,7 @@
 //! nothing else: no `COPY`, no `CREATE EXTERNAL TABLE`, no `SET`.
 
 use crate::schema::Table;
-use crate::store::{Result, read_manifest};
+use crate::store::Result;
 pub use crate::tables::{cast_to_schema, register_files, register_sorted_files};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -95,22 +95,15 @@ pub fn spilling_context(bytes: usize) -> std::result::Result<SessionContext, Dat
     Ok(ctx)
 }
 
-/// A query session over the current manifest of a data directory.
-pub async fn open_session(root: &Path) -> Result<SessionContext> {
-    let ctx = empty_context();
-    register_store(&ctx, root).await?;
-    Ok(ctx)
-}
-
-/// Registers the store's tables and compatibility views on an existing context: the files of
-/// the current manifest, or empty tables (with the same views) when there is no store yet. The
-/// one way every session (analyst SQL, reports, `kvwatch query`) sees the store.
-pub async fn register_store(ctx: &SessionContext, root: &Path) -> Result<()> {
-    let manifest = if root.join(crate::store::MANIFEST).exists() {
-        read_manifest(root)?
-    } else {
-        crate::store::Manifest::default()
-    };
+/// Registers the tables of `manifest` (files relative to `root`) and the compatibility views on
+/// an existing context; an empty manifest gives empty tables with the same views. The one way
+/// every session (analyst SQL, reports, `kvwatch query`, detection fixtures) sees the store:
+/// callers reach it through the data handle (`DataDir`).
+pub(crate) async fn register_manifest(
+    ctx: &SessionContext,
+    root: &Path,
+    manifest: &crate::store::Manifest,
+) -> Result<()> {
     for t in Table::ALL {
         let paths: Vec<PathBuf> = manifest
             .files(t)
@@ -121,6 +114,11 @@ pub async fn register_store(ctx: &SessionContext, root: &Path) -> Result<()> {
     }
     ctx.sql(AZURE_DIAGNOSTICS_VIEW).await?;
     Ok(())
+}
+
+/// `s` as a quoted SQL string literal (quotes doubled), for values spliced into SQL text.
+pub fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Options that make planning refuse anything but queries.

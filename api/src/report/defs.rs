@@ -10,6 +10,7 @@
 //! renders every statement).
 
 use super::{Kind, ReportError, ReportOptions};
+use kvwatch_ingest::query::sql_literal;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -172,11 +173,6 @@ impl Defs {
     }
 }
 
-/// A quoted SQL literal.
-pub fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// The run's template parameters, from its options.
 pub struct Params<'a> {
     o: &'a ReportOptions,
@@ -191,7 +187,7 @@ impl<'a> Params<'a> {
         if self.o.vaults.is_empty() {
             return String::new();
         }
-        let list: Vec<String> = self.o.vaults.iter().map(|v| lit(v)).collect();
+        let list: Vec<String> = self.o.vaults.iter().map(|v| sql_literal(v)).collect();
         format!(" AND {col} IN ({})", list.join(", "))
     }
 
@@ -214,8 +210,8 @@ impl<'a> Params<'a> {
             // The environment of a vault from the configured patterns.
             "env" => format!(
                 "CASE WHEN regexp_like(vault, {}, 'i') THEN 'production' WHEN regexp_like(vault, {}, 'i') THEN 'non-production' ELSE 'unclassified' END",
-                lit(&o.prod_pattern),
-                lit(&o.nonprod_pattern)
+                sql_literal(&o.prod_pattern),
+                sql_literal(&o.nonprod_pattern)
             ),
             // Alerts last seen in the period, naming one of the vaults.
             "alerts_within" => {
@@ -224,7 +220,7 @@ impl<'a> Params<'a> {
                     o.from, o.to
                 );
                 if !o.vaults.is_empty() {
-                    let list: Vec<String> = o.vaults.iter().map(|v| lit(v)).collect();
+                    let list: Vec<String> = o.vaults.iter().map(|v| sql_literal(v)).collect();
                     s += &format!(
                         " AND array_has_any(vaults, make_array({}))",
                         list.join(", ")

@@ -426,11 +426,8 @@ pub async fn run_models(
     let data_start = files.iter().map(|f| f.min_time).min().unwrap_or(0);
     // The hour holding the newest event is still filling, and so is every hour the store's
     // watermark has not passed: score them, do not learn them.
-    // A stream that has delivered nothing yet holds it at i64::MIN: nothing is complete, so
-    // the first hour of data is the open one.
     let open_hour = watermark
         .min(complete_to.unwrap_or(i64::MAX))
-        .max(data_start)
         .div_euclid(HOUR_NS) as i32;
     let mut b = load_state(root)?;
     let new: Vec<_> = files

@@ -3,10 +3,10 @@
 //! like a file ingest. The demo's Kafka path.
 
 use super::{ClientOptions, ConsumeOptions, KafkaError, Metrics, PublishOptions, consume, publish};
+use crate::data::DataDir;
 use crate::files::{IngestReport, Input};
 use crate::parse::ParseCounts;
-use crate::store::{StoreWriter, WriteOptions, WriteStats};
-use std::path::Path;
+use crate::store::{WriteOptions, WriteStats};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ const QUIET_LIMIT: Duration = Duration::from_secs(120);
 
 /// Publishes `inputs` to `topic` and consumes them back into the store in `data`.
 pub fn round_trip(
-    data: &Path,
+    data: &DataDir,
     store: WriteOptions,
     inputs: Vec<Input>,
     brokers: &str,
@@ -47,7 +47,7 @@ pub fn round_trip(
         compact_interval: None,
         ..Default::default()
     };
-    let writer = StoreWriter::open(data, store.clone())?;
+    let writer = data.writer(store.clone())?;
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
     let (m, s) = (metrics.clone(), stop.clone());
@@ -80,7 +80,7 @@ pub fn round_trip(
             QUIET_LIMIT.as_secs()
         )));
     }
-    let mut writer = StoreWriter::open(data, store)?;
+    let mut writer = data.writer(store)?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     rt.block_on(writer.compact())?;
     let elapsed = started.elapsed().as_secs_f64();

@@ -1,8 +1,8 @@
 //! A crash never exposes half-written data: files appear only through the manifest, and
 //! whatever an interrupted writer left behind is removed by the next one.
 
+use kvwatch_ingest::data::DataDir;
 use kvwatch_ingest::files::{IngestOptions, Input, ingest};
-use kvwatch_ingest::query::open_session;
 use kvwatch_ingest::store::{StoreError, StoreWriter, read_manifest};
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ fn sample(name: &str) -> PathBuf {
 }
 
 async fn count(root: &Path, sql: &str) -> i64 {
-    let ctx = open_session(root).await.unwrap();
+    let ctx = DataDir::new(root).session().await.unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let col = batches[0].column(0);
     datafusion::arrow::compute::cast(col, &datafusion::arrow::datatypes::DataType::Int64)
