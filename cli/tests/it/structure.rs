@@ -48,24 +48,54 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Paths following `prefix` in `text`: `crate::a::b::C` gives `["a", "b", "C"]`.
-fn paths_after<'t>(text: &'t str, prefix: &str) -> Vec<Vec<&'t str>> {
+/// Paths following `prefix` in `text`: `crate::a::b::C` gives `["a", "b", "C"]`, and a
+/// grouped import `crate::{a::X, b::{c, d}}` gives one path per leaf.
+fn paths_after(text: &str, prefix: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (i, _) in text.match_indices(prefix) {
         let before = text[..i].chars().next_back();
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
             continue;
         }
-        let rest = &text[i + prefix.len()..];
-        let end = rest
-            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            .unwrap_or(rest.len());
-        let parts: Vec<&str> = rest[..end].split("::").filter(|s| !s.is_empty()).collect();
-        if !parts.is_empty() {
-            out.push(parts);
-        }
+        use_tree(&text[i + prefix.len()..], &[], &mut out);
     }
     out
+}
+
+/// One use tree at the start of `rest` (a path, maybe ending in a `{…}` group), appended to
+/// `base`, into `out`.
+fn use_tree(rest: &str, base: &[String], out: &mut Vec<Vec<String>>) {
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(rest.len());
+    let mut path: Vec<String> = base.to_vec();
+    path.extend(
+        rest[..end]
+            .split("::")
+            .filter(|s| !s.is_empty() && *s != "self")
+            .map(str::to_owned),
+    );
+    if (end == 0 || rest[..end].ends_with("::")) && rest[end..].starts_with('{') {
+        let body = &rest[end + 1..];
+        let (mut depth, mut from) = (0usize, 0usize);
+        for (j, c) in body.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    use_tree(body[from..j].trim_start(), &path, out);
+                    return;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    use_tree(body[from..j].trim_start(), &path, out);
+                    from = j + 1;
+                }
+                _ => {}
+            }
+        }
+    } else if !path.is_empty() {
+        out.push(path);
+    }
 }
 
 fn graph(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
@@ -75,12 +105,12 @@ fn graph(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> 
         let edges = g.entry(m.clone()).or_default();
         let is_ancestor =
             |cand: &str| cand.is_empty() || m == cand || m.starts_with(&format!("{cand}::"));
-        let mut add = |base: Vec<&str>, parts: &[&str]| {
+        let mut add = |base: Vec<&str>, parts: &[String]| {
             for k in (1..=parts.len()).rev() {
                 let cand: Vec<&str> = base
                     .iter()
                     .copied()
-                    .chain(parts[..k].iter().copied())
+                    .chain(parts[..k].iter().map(String::as_str))
                     .collect();
                 let cand = cand.join("::");
                 if names.contains(cand.as_str()) {
@@ -101,6 +131,27 @@ fn graph(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> 
         };
         for parts in paths_after(text, "super::") {
             add(parent.clone(), &parts);
+        }
+        // A module naming its own children (`self::child::…`, `pub use child::…`, a bare
+        // `child::f()`): the re-exports a cycle can run through.
+        let own: Vec<&str> = m.split("::").filter(|s| !s.is_empty()).collect();
+        let children: BTreeSet<&str> = names
+            .iter()
+            .filter_map(|n| {
+                let rest = if m.is_empty() {
+                    Some(*n)
+                } else {
+                    n.strip_prefix(m.as_str())?.strip_prefix("::")
+                };
+                rest.filter(|r| !r.is_empty() && !r.contains("::"))
+            })
+            .collect();
+        for child in children {
+            for parts in paths_after(text, &format!("{child}::")) {
+                let mut p = vec![child.to_owned()];
+                p.extend(parts);
+                add(own.clone(), &p);
+            }
         }
     }
     g
@@ -199,4 +250,35 @@ fn the_check_sees_a_cycle() {
         c,
         vec![vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]]
     );
+}
+
+#[test]
+fn the_check_sees_through_groups_and_re_exports() {
+    let mut mods = BTreeMap::new();
+    // files → kafka (grouped import) → kafka::consumer (re-export) → files.
+    mods.insert(
+        "files".to_owned(),
+        "use crate::{audit::A, kafka::{Consumer, Opts}};".to_owned(),
+    );
+    mods.insert("audit".to_owned(), String::new());
+    mods.insert(
+        "kafka".to_owned(),
+        "mod consumer;\npub use consumer::Consumer;".to_owned(),
+    );
+    mods.insert(
+        "kafka::consumer".to_owned(),
+        "use crate::files::parse;".to_owned(),
+    );
+    assert_eq!(
+        cycles(&graph(&mods)),
+        vec![vec![
+            "files".to_owned(),
+            "kafka".to_owned(),
+            "kafka::consumer".to_owned()
+        ]]
+    );
+    let mut g = graph(&mods);
+    assert!(g["files"].contains("audit"), "{g:?}");
+    g.get_mut("kafka::consumer").unwrap().clear();
+    assert!(cycles(&g).is_empty());
 }
