@@ -59,6 +59,8 @@ pub struct DetectConfig {
     pub idle_source_secs: Option<u64>,
     /// Memory the detection rules share, in MiB.
     pub memory_mb: Option<usize>,
+    /// Seconds one rule may run in one pass.
+    pub rule_timeout_secs: Option<u64>,
     /// Event IDs kept as evidence per alert.
     pub max_evidence: Option<usize>,
 }

@@ -63,6 +63,10 @@ impl FollowArgs {
                 .memory_mb
                 .or(cfg.detect.memory_mb)
                 .map_or(d.memory_bytes, |mb| mb.max(64) << 20),
+            rule_timeout: self
+                .rule_timeout_secs
+                .or(cfg.detect.rule_timeout_secs)
+                .map_or(d.rule_timeout, |s| secs(s.max(1))),
         }
     }
 
@@ -122,6 +126,10 @@ pub struct FollowArgs {
     /// the temporary directory [default: unbounded].
     #[arg(long, env = "KVWATCH_DETECT_MEMORY_MB")]
     memory_mb: Option<usize>,
+    /// Seconds one rule may run in one pass; a rule still running then is stopped, reported
+    /// as failed and retried at the next pass [default: 600].
+    #[arg(long, env = "KVWATCH_RULE_TIMEOUT_SECS")]
+    rule_timeout_secs: Option<u64>,
     /// Rules only: skip the behavioural models.
     #[arg(long, env = "KVWATCH_DETECT_NO_MODELS")]
     no_models: bool,

@@ -623,3 +623,56 @@ fn a_rule_that_fails_at_run_time_leaves_the_others_and_is_retried() {
     assert_eq!(by_rule(&a, "kv-sens-mass-delete").len(), 1, "{a:#?}");
     assert_eq!(by_rule(&a, "kv-sens-destructive-op").len(), 1, "{a:#?}");
 }
+
+#[test]
+fn a_rule_past_its_deadline_is_stopped_and_the_others_still_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    for r in ["kv-sens-mass-delete.yaml", "kv-sens-destructive-op.yaml"] {
+        std::fs::copy(pack.join(r), rules.join(r)).unwrap();
+    }
+    // Plans fine and would count ten billion rows: a rule that never finishes on its own.
+    let f = rules.join("kv-sens-mass-delete.yaml");
+    let good = std::fs::read_to_string(&f).unwrap();
+    let runaway = good.replace(
+        "HAVING count(*) > {{threshold}}",
+        "HAVING count(*) > {{threshold}} + \
+         (SELECT count(*) FROM generate_series(1, 10000000000) WHERE value < 0)",
+    );
+    assert_ne!(runaway, good);
+    std::fs::write(&f, runaway).unwrap();
+    let mut lines = deletes(0..8);
+    lines.push(record("2026-03-02T10:30:00Z", "SecretBackup", "secrets/b"));
+    write_lines(&dir.path().join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    let rules_arg = rules.display().to_string();
+    let started = std::time::Instant::now();
+    let r = run(
+        &data,
+        &[
+            "detect",
+            "--format",
+            "json",
+            "--no-models",
+            "--rules",
+            &rules_arg,
+            "--rule-timeout-secs",
+            "2",
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(took.as_secs() < 30, "the deadline did not hold: {took:?}");
+    let pass: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        pass["failed"][0]["rule_id"], "kv-sens-mass-delete",
+        "{pass}"
+    );
+    assert!(r.stderr.contains("deadline"), "{}", r.stderr);
+    let a = alerts(&data, &[]);
+    assert_eq!(by_rule(&a, "kv-sens-destructive-op").len(), 1, "{a:#?}");
+    assert!(by_rule(&a, "kv-sens-mass-delete").is_empty(), "{a:#?}");
+}
