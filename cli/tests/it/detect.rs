@@ -7,7 +7,7 @@ use std::path::Path;
 const VAULT: &str = "/SUBSCRIPTIONS/00000000-0000-4000-8000-0000000000AA/RESOURCEGROUPS/PAY-RG/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/PAYMENTS-KV";
 
 /// One audit record by mallory on payments-kv.
-fn record(time: &str, op: &str, object: &str) -> String {
+pub(crate) fn record(time: &str, op: &str, object: &str) -> String {
     json!({
         "time": time, "category": "AuditEvent", "operationName": op, "resourceId": VAULT,
         "resultSignature": "OK", "callerIpAddress": "203.0.113.7",

@@ -305,6 +305,65 @@ fn hostile_analyst_sql_is_contained_and_the_service_stays_up() {
         Vec::<u32>::new(),
         "workers outlived the service"
     );
+
+    // 5. Continuous detection goes on while runaway queries hold every SQL worker: a purge
+    //    ingested meanwhile is alerted on long before the queries' deadline.
+    let log = dir.path().join("serve2.log");
+    let (child, base) = start(&data, &[], &["--sql-timeout-secs", "60"], &log);
+    let _reap = Reap(child.id());
+    let url = format!("{base}/api/v1/query");
+    let runaways: Vec<_> = (0..2)
+        .map(|_| {
+            let (u, k) = (url.clone(), analyst.clone());
+            std::thread::spawn(move || {
+                post(
+                    &u,
+                    &k,
+                    json!({"sql": "SELECT count(*) FROM events a, events b, events c WHERE a.vault || b.vault = c.vault"}),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        processes_with(&needle).len(),
+        2,
+        "two workers should be busy"
+    );
+    let purge = dir.path().join("purge.jsonl");
+    std::fs::write(
+        &purge,
+        super::detect::record("2026-03-02T10:00:00Z", "SecretPurge", "secrets/crown") + "\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    ingest(&data, &[&purge]);
+    let found = loop {
+        let (_, v) = get(
+            &format!("{base}/api/v1/alerts?rule=kv-sens-purge&limit=5"),
+            Some(&reader),
+        );
+        let hit = v["alerts"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x.to_string().contains("mallory@contoso.com"))
+        });
+        if hit {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no alert for the purge while the queries ran: {v}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        runaways.iter().all(|t| !t.is_finished()),
+        "the queries ended before detection answered ({found:?})"
+    );
+    eprintln!("purge alerted {found:?} after its ingest, with both SQL workers busy");
+    // The runaway requests end when `_reap` kills the service (their threads report the
+    // dropped connection).
 }
 
 #[test]
