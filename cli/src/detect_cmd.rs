@@ -123,7 +123,7 @@ pub struct FollowArgs {
     #[arg(long, env = "KVWATCH_IDLE_SOURCE_SECS")]
     idle_source_secs: Option<u64>,
     /// Memory the detection rules share, in MiB; beyond it sorts and aggregations spill to
-    /// the temporary directory [default: unbounded].
+    /// the temporary directory [default: 2048].
     #[arg(long, env = "KVWATCH_DETECT_MEMORY_MB")]
     memory_mb: Option<usize>,
     /// Seconds one rule may run in one pass; a rule still running then is stopped, reported
@@ -319,8 +319,7 @@ pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<E
         honour_intervals: false,
     };
     let report = if a.from.is_some() || a.to.is_some() {
-        let engine = Engine::open(data)?;
-        let Some((lo, hi)) = engine.data_range() else {
+        let Some((lo, hi)) = data.time_range()? else {
             bail!("the event store is empty");
         };
         let now = kvwatch_ingest::store::now_nanos();
@@ -355,11 +354,13 @@ pub async fn cmd_detect(data: &DataDir, cfg: &Config, a: DetectArgs) -> Result<E
     if report.failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
+    let again = if report.mode == "backfill" {
+        "rerun the range to evaluate it again"
+    } else {
+        "its ranges are evaluated again by the next run"
+    };
     for f in &report.failed {
-        eprintln!(
-            "detect: rule {} failed (its ranges are evaluated again by the next run): {}",
-            f.rule_id, f.error
-        );
+        eprintln!("detect: rule {} failed ({again}): {}", f.rule_id, f.error);
     }
     Ok(ExitCode::FAILURE)
 }

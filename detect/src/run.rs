@@ -178,9 +178,23 @@ pub async fn backfill(
     let ranges = vec![(from, to)];
     let mut reports = Vec::new();
     let mut totals = ApplyStats::default();
+    let mut failed = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         progress(i, rules.len(), rule.id());
-        let r = evaluate_rule(&engine, rule, &ranges, alerts).await?;
+        let r = match evaluate_rule(&engine, rule, &ranges, alerts).await {
+            Ok(r) => r,
+            // As in an incremental pass, one rule's failure does not stop the others; the
+            // report names it, and rerunning the range evaluates it again.
+            Err(DetectError::Engine(e)) => {
+                tracing::error!(rule = rule.id(), error = %e, "detect.rule_failed");
+                failed.push(RuleFailure {
+                    rule_id: rule.id().to_owned(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         totals += r.stats;
         reports.push(r);
     }
@@ -202,7 +216,7 @@ pub async fn backfill(
         watermark_ns: wm,
         new_files: 0,
         deferred: Vec::new(),
-        failed: Vec::new(),
+        failed,
         rules: reports,
         models,
         totals,
