@@ -35,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the partitions' lag (from librdkafka's statistics) is checked for a change.
 const LAG_CHECK: Duration = Duration::from_millis(250);
 
+/// A batch at least this fraction of a full one is cut as soon as every partition is read to
+/// its end (see `Shared::due`).
+const TAIL_FRACTION: usize = 8;
+
 /// Settings of `kvwatch consume`.
 #[derive(Debug, Clone)]
 pub struct ConsumeOptions {
@@ -310,14 +314,28 @@ impl Shared {
         lock(&self.batch).started.get_or_insert_with(Instant::now);
     }
 
-    fn due(&self) -> bool {
+    /// Whether the open batch should be cut now: full, old enough, or — when every assigned
+    /// partition has been read to its end — big enough to be a backlog's last batch, which
+    /// has nothing left to wait for (a trickle's small batches still linger, so a quiet
+    /// stream does not become a file per message).
+    fn due(&self, caught_up: bool) -> bool {
         let b = lock(&self.batch);
         let rows = self.env.batch_records(b.messages, b.bytes as u64) as usize;
         b.started.is_some_and(|s| {
             rows >= self.opts.batch_rows
                 || b.bytes >= self.opts.batch_bytes
                 || s.elapsed() >= self.opts.batch_linger
+                || (caught_up
+                    && (rows >= self.opts.batch_rows / TAIL_FRACTION
+                        || b.bytes >= self.opts.batch_bytes / TAIL_FRACTION))
         })
+    }
+
+    /// Whether every assigned partition's number is in `at_end` (partitions that reported
+    /// their end with nothing read since).
+    fn all_at_end(&self, at_end: &HashSet<i32>) -> bool {
+        let next = lock(&self.next);
+        !next.is_empty() && next.keys().all(|(_, p)| at_end.contains(p))
     }
 
     /// Hands the open batch to the writer. With `wait`, returns once it is durable.
@@ -706,7 +724,8 @@ fn consumer_config(opts: &ConsumeOptions) -> Result<ClientConfig, KafkaError> {
         ("enable.auto.commit", "false".into()),
         ("enable.auto.offset.store", "false".into()),
         ("auto.offset.reset", "earliest".into()),
-        ("enable.partition.eof", "false".into()),
+        // Reaching a partition's end is reported, so a backlog's last batch is cut at once.
+        ("enable.partition.eof", "true".into()),
         // Event Hubs' recommended group timings.
         ("session.timeout.ms", "30000".into()),
         ("heartbeat.interval.ms", "3000".into()),
@@ -773,11 +792,23 @@ pub fn consume(
     let mut error_streak = 0u32;
     let mut last_lag_check = Instant::now();
     let mut result = Ok(());
+    // Partition numbers read to their end with nothing since (librdkafka names only the
+    // number; with several topics a mix-up only cuts a large batch a little early).
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut caught_up = false;
     while !shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 error_streak = 0;
+                if !at_end.is_empty() {
+                    at_end.remove(&msg.partition());
+                    caught_up = false;
+                }
                 shared.accept(msg.topic(), msg.partition(), msg.offset(), msg.payload());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                caught_up = shared.all_at_end(&at_end);
             }
             Some(Err(e)) => {
                 Metrics::add(&metrics.kafka_errors, 1);
@@ -800,7 +831,7 @@ pub fn consume(
                 shared.open_batch();
             }
         }
-        if (lag_changed || shared.due())
+        if (lag_changed || shared.due(caught_up))
             && let Err(e) = shared.cut(false)
         {
             result = Err(e);
