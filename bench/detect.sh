@@ -75,6 +75,8 @@ con.execute("CREATE MACRO date_bin(i, t) AS time_bucket(i, t)")
 # stand-ins give the same answers; they are not general CIDR matching.
 con.execute("CREATE MACRO ip_in_cidrs(ip, c) AS (ip IS NOT NULL AND ip = c)")
 con.execute("CREATE MACRO cidr_prefix(c) AS TRY_CAST(split_part(c, '/', 2) AS INTEGER)")
+# DataFusion's to_char(timestamp, chrono format) is DuckDB's strftime with the same format.
+con.execute("CREATE MACRO to_char(t, f) AS strftime(t, f)")
 rules = json.load(open(f"{work}/rules.json"))
 total, failed = 0.0, []
 print(f"{'rule':<32} {'kvwatch ms':>11} {'duckdb ms':>10} {'rows':>6}")
