@@ -375,11 +375,12 @@ fn print_pass(outcome: PassOutcome<'_>, json: bool, interval: u64) {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
         }
         PassOutcome::Done(r) => println!(
-            "{} detect: {} new alerts, {} updated, {} folded ({} new files, {} ms)",
+            "{} detect: {} new alerts, {} updated, {} folded, {} withdrawn ({} new files, {} ms)",
             format_ns(kvwatch_ingest::store::now_nanos()),
             r.totals.created,
             r.totals.updated,
             r.totals.folded,
+            r.totals.withdrawn,
             r.new_files,
             r.elapsed_ms
         ),
@@ -431,6 +432,10 @@ fn print_detect(r: &DetectReport, nrules: usize, format: Format) -> Result<()> {
             ("updated", thousands(r.totals.updated)),
             ("folded into open alerts", thousands(r.totals.folded)),
             ("unchanged", thousands(r.totals.unchanged)),
+            (
+                "withdrawn (contradicted by late records)",
+                thousands(r.totals.withdrawn),
+            ),
             ("elapsed", format!("{:.2} s", r.elapsed_ms as f64 / 1000.0)),
         ],
     )?;

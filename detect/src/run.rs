@@ -115,6 +115,14 @@ async fn evaluate_rule(
         let ev = engine.evaluate(rule, from, to).await?;
         n += ev.occurrences.len();
         stats += alerts.apply(&rule.meta(), &ev.occurrences, now_nanos())?;
+        // A complete-data rule's verdicts on these windows are now final for the data the
+        // store holds: what it no longer finds was contradicted by records that came late.
+        if rule.doc.complete && ev.windows.1 > ev.windows.0 {
+            let keep: std::collections::BTreeSet<&str> =
+                ev.occurrences.iter().map(|o| o.id.as_str()).collect();
+            stats.withdrawn +=
+                alerts.withdraw(&rule.meta(), rule.id(), ev.windows, &keep, now_nanos())?;
+        }
         alerts.record_run(
             rule.id(),
             now_nanos(),

@@ -624,6 +624,87 @@ fn a_rule_that_fails_at_run_time_leaves_the_others_and_is_retried() {
     assert_eq!(by_rule(&a, "kv-sens-destructive-op").len(), 1, "{a:#?}");
 }
 
+/// `n` SecretGet records on `vault`, one every five minutes from `from`.
+fn every_five_minutes(vault: &str, from: &str, n: i64) -> Vec<String> {
+    let t0 = chrono::DateTime::parse_from_rfc3339(from).unwrap();
+    let id = VAULT.replace("PAYMENTS-KV", &vault.to_uppercase());
+    (0..n)
+        .map(|i| {
+            let t = (t0 + chrono::Duration::minutes(5 * i)).to_rfc3339();
+            let mut r: Value =
+                serde_json::from_str(&record(&t, "SecretGet", "secrets/s1")).unwrap();
+            r["resourceId"] = json!(id);
+            r.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_silence_that_late_records_fill_is_withdrawn_not_left_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    // payments-kv logs every five minutes, then nothing from 10:00 on 03-03 while prod-kv
+    // goes on until the end of 03-03: a silence, on the data the store holds.
+    let mut first = every_five_minutes("payments-kv", "2026-03-01T00:00:00Z", 58 * 12);
+    first.extend(every_five_minutes(
+        "prod-kv",
+        "2026-03-01T00:00:00Z",
+        72 * 12,
+    ));
+    write_lines(&dir.path().join("a.jsonl"), &first);
+    ingest(&data, &[&dir.path().join("a.jsonl")]);
+    detect(&data, &["--no-models"]);
+    let silent = by_rule(&alerts(&data, &[]), "kv-log-silence")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(silent.len(), 1, "{silent:#?}");
+    assert_eq!(silent[0]["status"], "new");
+    let id = silent[0]["id"].as_str().unwrap().to_owned();
+
+    // The vault's records for the gap arrive late (a blob delivered hours afterwards): the
+    // vault was never silent. The alert is withdrawn with the reason, not left standing.
+    let late = every_five_minutes("payments-kv", "2026-03-03T10:00:00Z", 14 * 12);
+    write_lines(&dir.path().join("b.jsonl"), &late);
+    ingest(&data, &[&dir.path().join("b.jsonl")]);
+    let pass = detect(&data, &["--no-models"]);
+    assert_eq!(pass["withdrawn"], 1, "{pass}");
+    let after = alerts(&data, &[]);
+    let silence = by_rule(&after, "kv-log-silence");
+    assert_eq!(silence.len(), 1, "{after:#?}");
+    assert_eq!(silence[0]["id"], id.as_str());
+    assert_eq!(silence[0]["status"], "resolved", "{:#?}", silence[0]);
+    assert!(
+        silence[0]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Withdrawn by detection"),
+        "{:#?}",
+        silence[0]
+    );
+    let trail = query(
+        &data,
+        &format!("SELECT actor, action, new FROM alert_history WHERE alert_id = '{id}'"),
+    );
+    assert!(
+        trail.iter().any(|h| h["action"] == "withdrawn"),
+        "{trail:#?}"
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|h| h["actor"] == "detection" && h["new"] == "resolved"),
+        "{trail:#?}"
+    );
+    // Nothing left to withdraw: a rerun changes nothing.
+    let pass = detect(
+        &data,
+        &["--no-models", "--from", "2026-03-01", "--to", "2026-03-05"],
+    );
+    assert_eq!(pass["withdrawn"], 0, "{pass}");
+    assert_eq!(by_rule(&alerts(&data, &[]), "kv-log-silence").len(), 1);
+}
+
 #[test]
 fn a_rule_past_its_deadline_is_stopped_and_the_others_still_alert() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,9 @@ pub struct ApplyStats {
     pub folded: u64,
     /// Occurrences seen before with nothing new.
     pub unchanged: u64,
+    /// Stored occurrences the data no longer supports (records that arrived late
+    /// contradicted them), taken out of their alerts.
+    pub withdrawn: u64,
 }
 
 impl std::ops::AddAssign for ApplyStats {
@@ -35,6 +38,7 @@ impl std::ops::AddAssign for ApplyStats {
         self.updated += o.updated;
         self.folded += o.folded;
         self.unchanged += o.unchanged;
+        self.withdrawn += o.withdrawn;
     }
 }
 
@@ -136,6 +140,96 @@ impl AlertStore {
         }
         tx.commit()?;
         Ok(stats)
+    }
+
+    /// Takes out the stored occurrences of `rule_id` in the windows `[w0, w1)` that the
+    /// rule's latest evaluation of exactly those windows did not produce again (`keep` holds
+    /// the IDs it did produce). For a rule that judges complete data this is what records
+    /// arriving after their verdict do: a gap they fill was no silence, a read they show
+    /// earlier makes a "first" read not the first. Each withdrawal is noted in the alert's
+    /// history; an alert left with no occurrence is resolved by detection, so an analyst and
+    /// every sink following the change feed see it closed, with the reason, rather than
+    /// having it vanish. Alerts an analyst resolved or suppressed keep their status.
+    pub fn withdraw(
+        &mut self,
+        meta: &AlertMeta<'_>,
+        rule_id: &str,
+        windows: (i64, i64),
+        keep: &BTreeSet<&str>,
+        now: i64,
+    ) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        let stale: Vec<(String, String, String)> = {
+            let mut st = tx.prepare_cached(
+                "SELECT o.id, o.alert_id, a.dedup_key FROM occurrences o JOIN alerts a ON a.id = o.alert_id
+                 WHERE o.rule_id = ?1 AND o.window_start >= ?2 AND o.window_start < ?3
+                 ORDER BY o.window_start, o.id",
+            )?;
+            st.query_map(params![rule_id, windows.0, windows.1], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|(id, _, _)| !keep.contains(id.as_str()))
+            .collect()
+        };
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        for (occ, alert, key) in &stale {
+            tx.execute("DELETE FROM occurrences WHERE id = ?1", params![occ])?;
+            tx.execute(
+                "INSERT INTO alert_history (alert_id, at, actor, action, old, new)
+                 VALUES (?1, ?2, 'detection', 'withdrawn', ?3, 'records that arrived later no longer support this occurrence')",
+                params![alert, now, occ],
+            )?;
+            tracing::info!(rule = %rule_id, alert = %alert, occurrence = %occ, "alert.occurrence_withdrawn");
+            touched.insert(alert.clone());
+            keys.insert(key.clone());
+        }
+        for key in &keys {
+            rechain(&tx, rule_id, key, meta.suppression_ns, now, &mut touched)?;
+        }
+        for a in &touched {
+            let left: i64 = tx.query_row(
+                "SELECT count(*) FROM occurrences WHERE alert_id = ?1",
+                params![a],
+                |r| r.get(0),
+            )?;
+            if left > 0 {
+                recompute(&tx, a, now, self.max_evidence)?;
+                continue;
+            }
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM alerts WHERE id = ?1", params![a], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(status) = status else { continue };
+            let closes = status == "new" || status == "acknowledged";
+            tx.execute(
+                "UPDATE alerts SET occurrences = 0, updated_at = ?2,
+                    status = CASE WHEN ?3 THEN 'resolved' ELSE status END,
+                    summary = 'Withdrawn by detection: records that arrived later contradict it. Was: ' || summary
+                 WHERE id = ?1",
+                params![a, now, closes],
+            )?;
+            if closes {
+                tx.execute(
+                    "INSERT INTO alert_history (alert_id, at, actor, action, old, new) VALUES (?1, ?2, 'detection', 'status', ?3, 'resolved')",
+                    params![a, now, status],
+                )?;
+            }
+            tracing::warn!(rule = %rule_id, alert = %a, "alert.withdrawn");
+        }
+        tx.commit()?;
+        Ok(stale.len() as u64)
     }
 
     /// Occurrences of one alert, oldest first.
@@ -441,5 +535,49 @@ mod tests {
         let bridged = shape(tempfile::tempdir().unwrap().path(), &[0, 4, 2]);
         assert_eq!(bridged.len(), 1, "{bridged:?}");
         assert_eq!(bridged[0].0, "occ-000");
+    }
+
+    #[test]
+    fn withdrawing_shrinks_an_alert_resolves_an_empty_one_and_spares_analyst_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = AlertStore::open(&DataDir::new(dir.path())).unwrap();
+        let none: Vec<String> = Vec::new();
+        let meta = AlertMeta {
+            title: "t",
+            description: "d",
+            tactics: &none,
+            techniques: &none,
+            suppression_ns: 2 * H,
+        };
+        // Alert occ-000 holds hours 0 and 1; alert occ-010 holds hour 10; occ-020 is suppressed.
+        s.apply(&meta, &[occ(0), occ(1), occ(10), occ(20)], 0)
+            .unwrap();
+        s.set_status("occ-020", crate::alert::Status::Suppressed, "ana", 1)
+            .unwrap();
+        let status = |s: &AlertStore, id: &str| -> (String, i64) {
+            s.conn
+                .query_row(
+                    "SELECT status, occurrences FROM alerts WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+        };
+        // Windows [0 h, 24 h) re-evaluated: only hour 0 is still found.
+        let keep: BTreeSet<&str> = ["occ-000"].into_iter().collect();
+        let n = s.withdraw(&meta, "r", (0, 24 * H), &keep, 5).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(status(&s, "occ-000"), ("new".into(), 1));
+        assert_eq!(status(&s, "occ-010"), ("resolved".into(), 0));
+        assert_eq!(status(&s, "occ-020"), ("suppressed".into(), 0));
+        let h = s.history("occ-010").unwrap();
+        assert!(h.iter().any(|e| e.action == "withdrawn"), "{h:?}");
+        assert!(
+            h.iter()
+                .any(|e| e.actor == "detection" && e.new.as_deref() == Some("resolved")),
+            "{h:?}"
+        );
+        // Windows outside the range are not touched, and a second pass finds nothing more.
+        assert_eq!(s.withdraw(&meta, "r", (0, 24 * H), &keep, 6).unwrap(), 0);
     }
 }
