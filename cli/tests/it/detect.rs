@@ -566,30 +566,51 @@ fn an_ip_far_above_its_daily_trend_raises_the_series_alert() {
     );
 }
 
-#[test]
-fn a_rule_that_fails_at_run_time_leaves_the_others_and_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("store");
-    let rules = dir.path().join("rules");
+/// A store with eight deletes and a backup by mallory, and a rule directory of two rules
+/// (mass-delete and destructive-op) in which mass-delete's threshold test is replaced by
+/// `having`. Returns the store, the rule directory and mass-delete's file with its good text.
+struct TwoRules {
+    data: std::path::PathBuf,
+    rules: String,
+    file: std::path::PathBuf,
+    good: String,
+}
+
+fn two_rules(dir: &Path, having: &str) -> TwoRules {
+    let data = dir.join("store");
+    let rules = dir.join("rules");
     std::fs::create_dir(&rules).unwrap();
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     for r in ["kv-sens-mass-delete.yaml", "kv-sens-destructive-op.yaml"] {
         std::fs::copy(pack.join(r), rules.join(r)).unwrap();
     }
-    // Plans fine, fails on the data: a vault name is no number.
-    let f = rules.join("kv-sens-mass-delete.yaml");
-    let good = std::fs::read_to_string(&f).unwrap();
-    let bad = good.replace(
-        "HAVING count(*) > {{threshold}}",
-        "HAVING count(*) > CAST(max(vault) AS INT)",
-    );
-    assert_ne!(bad, good);
-    std::fs::write(&f, bad).unwrap();
+    let file = rules.join("kv-sens-mass-delete.yaml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let changed = good.replace("HAVING count(*) > {{threshold}}", having);
+    assert_ne!(changed, good);
+    std::fs::write(&file, changed).unwrap();
     let mut lines = deletes(0..8);
     lines.push(record("2026-03-02T10:30:00Z", "SecretBackup", "secrets/b"));
-    write_lines(&dir.path().join("a.jsonl"), &lines);
-    ingest(&data, &[&dir.path().join("a.jsonl")]);
-    let rules_arg = rules.display().to_string();
+    write_lines(&dir.join("a.jsonl"), &lines);
+    ingest(&data, &[&dir.join("a.jsonl")]);
+    TwoRules {
+        data,
+        rules: rules.display().to_string(),
+        file,
+        good,
+    }
+}
+
+#[test]
+fn a_rule_that_fails_at_run_time_leaves_the_others_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    // Plans fine, fails on the data: a vault name is no number.
+    let TwoRules {
+        data,
+        rules: rules_arg,
+        file: f,
+        good,
+    } = two_rules(dir.path(), "HAVING count(*) > CAST(max(vault) AS INT)");
     let args = [
         "detect",
         "--format",
@@ -708,28 +729,16 @@ fn a_silence_that_late_records_fill_is_withdrawn_not_left_open() {
 #[test]
 fn a_rule_past_its_deadline_is_stopped_and_the_others_still_alert() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("store");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
-    for r in ["kv-sens-mass-delete.yaml", "kv-sens-destructive-op.yaml"] {
-        std::fs::copy(pack.join(r), rules.join(r)).unwrap();
-    }
     // Plans fine and would count ten billion rows: a rule that never finishes on its own.
-    let f = rules.join("kv-sens-mass-delete.yaml");
-    let good = std::fs::read_to_string(&f).unwrap();
-    let runaway = good.replace(
-        "HAVING count(*) > {{threshold}}",
+    let TwoRules {
+        data,
+        rules: rules_arg,
+        ..
+    } = two_rules(
+        dir.path(),
         "HAVING count(*) > {{threshold}} + \
          (SELECT count(*) FROM generate_series(1, 10000000000) WHERE value < 0)",
     );
-    assert_ne!(runaway, good);
-    std::fs::write(&f, runaway).unwrap();
-    let mut lines = deletes(0..8);
-    lines.push(record("2026-03-02T10:30:00Z", "SecretBackup", "secrets/b"));
-    write_lines(&dir.path().join("a.jsonl"), &lines);
-    ingest(&data, &[&dir.path().join("a.jsonl")]);
-    let rules_arg = rules.display().to_string();
     let started = std::time::Instant::now();
     let r = run(
         &data,

@@ -197,12 +197,7 @@ impl AlertStore {
             rechain(&tx, rule_id, key, meta.suppression_ns, now, &mut touched)?;
         }
         for a in &touched {
-            let left: i64 = tx.query_row(
-                "SELECT count(*) FROM occurrences WHERE alert_id = ?1",
-                params![a],
-                |r| r.get(0),
-            )?;
-            if left > 0 {
+            if occurrence_count(&tx, a)? > 0 {
                 recompute(&tx, a, now, self.max_evidence)?;
                 continue;
             }
@@ -333,12 +328,7 @@ fn rechain(
             .map(|c| rows[c.0].id.clone())
     };
     for a in old {
-        let left: i64 = tx.query_row(
-            "SELECT count(*) FROM occurrences WHERE alert_id = ?1",
-            params![a],
-            |r| r.get(0),
-        )?;
-        if left > 0 {
+        if occurrence_count(tx, a)? > 0 {
             continue;
         }
         let first_occ = rows.iter().find(|r| r.alert == a).map(|r| r.id.as_str());
@@ -368,6 +358,14 @@ fn rechain(
         touched.remove(a);
     }
     Ok(())
+}
+
+fn occurrence_count(tx: &rusqlite::Transaction<'_>, alert_id: &str) -> Result<i64> {
+    Ok(tx.query_row(
+        "SELECT count(*) FROM occurrences WHERE alert_id = ?1",
+        params![alert_id],
+        |r| r.get(0),
+    )?)
 }
 
 /// Re-derives an alert from its occurrences.
