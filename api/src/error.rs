@@ -185,7 +185,8 @@ fn client_request_id(req: &Request) -> Option<String> {
     ok.then(|| v.to_owned())
 }
 
-fn new_request_id() -> String {
+/// A fresh request ID (16 hex digits).
+pub(crate) fn new_request_id() -> String {
     use rand::RngCore;
     let mut raw = [0u8; 8];
     rand::rng().fill_bytes(&mut raw);

@@ -48,11 +48,13 @@ impl Default for ConnLimits {
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// The answer to a connection over the limit.
-fn refusal() -> Vec<u8> {
-    let body =
-        r#"{"error":"too many open connections; retry shortly","code":"too_many_connections"}"#;
+fn refusal(request_id: &str) -> Vec<u8> {
+    let body = format!(
+        r#"{{"error":"too many open connections; retry shortly","code":"too_many_connections","request_id":"{request_id}"}}"#
+    );
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n{}: {request_id}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        crate::error::REQUEST_ID_HEADER,
         body.len()
     )
     .into_bytes()
@@ -86,11 +88,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
+            let request_id = crate::error::new_request_id();
             tracing::warn!(
                 max = limits.max_connections,
+                request_id = %request_id,
                 "api.connection_refused_over_limit"
             );
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(stream, request_id));
             continue;
         }
         let guard = OpenGuard(open.clone());
@@ -142,9 +146,9 @@ pub async fn serve(
     Ok(())
 }
 
-async fn refuse(mut stream: tokio::net::TcpStream) {
+async fn refuse(mut stream: tokio::net::TcpStream, request_id: String) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(&refusal()).await;
+        let _ = stream.write_all(&refusal(&request_id)).await;
         let _ = stream.shutdown().await;
     })
     .await;

@@ -589,6 +589,20 @@ fn slow_clients_are_cut_off_and_connections_are_limited() {
     let _ = over.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too_many_connections"), "{answer}");
+    // Like every other error, the refusal carries a request ID, in its body and its header,
+    // and the log line that records it names the same ID.
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let body: Value = serde_json::from_str(body).unwrap();
+    let rid = body["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(rid.len(), 16, "{body}");
+    assert!(head.contains(&format!("x-request-id: {rid}")), "{head}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("api.connection_refused_over_limit") && l.contains(&rid)),
+        "{logged}"
+    );
     // The held connections say nothing, so they are closed and the service takes new ones.
     drop(hold);
     std::thread::sleep(Duration::from_millis(300));
