@@ -146,6 +146,28 @@ async fn evaluate_rule(
     })
 }
 
+/// One rule's result with an engine failure (a query error, a memory pool too small, a run
+/// past its deadline) recorded in `failed` instead of ending the pass: one rule's failure must
+/// not blind the others. Store errors still end the pass.
+fn contained(
+    rule: &Rule,
+    r: Result<RuleReport, DetectError>,
+    failed: &mut Vec<RuleFailure>,
+) -> Result<Option<RuleReport>, DetectError> {
+    match r {
+        Ok(r) => Ok(Some(r)),
+        Err(DetectError::Engine(e)) => {
+            tracing::error!(rule = rule.id(), error = %e, "detect.rule_failed");
+            failed.push(RuleFailure {
+                rule_id: rule.id().to_owned(),
+                error: e.to_string(),
+            });
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn fmt_ranges(r: &[(i64, i64)]) -> Vec<(String, String)> {
     use kvwatch_ingest::time::format_ns;
     r.iter()
@@ -189,19 +211,14 @@ pub async fn backfill(
     let mut failed = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         progress(i, rules.len(), rule.id());
-        let r = match evaluate_rule(&engine, rule, &ranges, alerts).await {
-            Ok(r) => r,
-            // As in an incremental pass, one rule's failure does not stop the others; the
-            // report names it, and rerunning the range evaluates it again.
-            Err(DetectError::Engine(e)) => {
-                tracing::error!(rule = rule.id(), error = %e, "detect.rule_failed");
-                failed.push(RuleFailure {
-                    rule_id: rule.id().to_owned(),
-                    error: e.to_string(),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
+        // Rerunning the range evaluates a failed rule again.
+        let Some(r) = contained(
+            rule,
+            evaluate_rule(&engine, rule, &ranges, alerts).await,
+            &mut failed,
+        )?
+        else {
+            continue;
         };
         totals += r.stats;
         reports.push(r);
@@ -293,21 +310,17 @@ pub async fn incremental(
             continue;
         }
         progress(i, rules.len(), rule.id());
-        let r = match evaluate_rule(&engine, rule, &todo, alerts).await {
-            Ok(r) => r,
-            // One rule's failure must not blind the others: its ranges stay pending (a rerun
-            // of a range it partly applied updates the same occurrences), the rest go on.
-            Err(DetectError::Engine(e)) => {
-                tracing::error!(rule = rule.id(), error = %e, "detect.rule_failed; its ranges stay pending");
-                st.pending = todo;
-                alerts.set_rule_state(rule.id(), &st)?;
-                failed.push(RuleFailure {
-                    rule_id: rule.id().to_owned(),
-                    error: e.to_string(),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
+        let Some(r) = contained(
+            rule,
+            evaluate_rule(&engine, rule, &todo, alerts).await,
+            &mut failed,
+        )?
+        else {
+            // Its ranges stay pending (a rerun of a range it partly applied updates the same
+            // occurrences).
+            st.pending = todo;
+            alerts.set_rule_state(rule.id(), &st)?;
+            continue;
         };
         totals += r.stats;
         reports.push(r);

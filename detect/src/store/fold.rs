@@ -472,18 +472,23 @@ mod tests {
         }
     }
 
+    /// Rule metadata with a 2-hour suppression period.
+    fn meta() -> AlertMeta<'static> {
+        static NONE: Vec<String> = Vec::new();
+        AlertMeta {
+            title: "t",
+            description: "d",
+            tactics: &NONE,
+            techniques: &NONE,
+            suppression_ns: 2 * H,
+        }
+    }
+
     /// (alert ID, occurrence IDs) of every alert, in ID order.
     fn shape(dir: &std::path::Path, order: &[i64]) -> Vec<(String, Vec<String>)> {
         let data = DataDir::new(dir);
         let mut s = AlertStore::open(&data).unwrap();
-        let tactics: Vec<String> = Vec::new();
-        let meta = AlertMeta {
-            title: "t",
-            description: "d",
-            tactics: &tactics,
-            techniques: &tactics,
-            suppression_ns: 2 * H,
-        };
+        let meta = meta();
         for h in order {
             s.apply(&meta, &[occ(*h)], 0).unwrap();
         }
@@ -539,14 +544,7 @@ mod tests {
     fn withdrawing_shrinks_an_alert_resolves_an_empty_one_and_spares_analyst_decisions() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = AlertStore::open(&DataDir::new(dir.path())).unwrap();
-        let none: Vec<String> = Vec::new();
-        let meta = AlertMeta {
-            title: "t",
-            description: "d",
-            tactics: &none,
-            techniques: &none,
-            suppression_ns: 2 * H,
-        };
+        let meta = meta();
         // Alert occ-000 holds hours 0 and 1; alert occ-010 holds hour 10; occ-020 is suppressed.
         s.apply(&meta, &[occ(0), occ(1), occ(10), occ(20)], 0)
             .unwrap();
