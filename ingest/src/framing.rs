@@ -69,6 +69,31 @@ impl Scan {
     }
 }
 
+/// The frame of an in-memory input that is one line (a Kafka message's envelope, usually
+/// hundreds of kilobytes): the same frame [`Framer`] would return, borrowed instead of
+/// copied and without the structural scan, which cannot change anything when no other line
+/// follows. `None` when the input needs the framer: several lines, only blanks, or a line
+/// over `max`.
+pub fn single_line(input: &[u8], max: usize) -> Option<Frame<'_>> {
+    let line = match memchr::memchr(b'\n', input) {
+        None => input,
+        Some(nl) if input[nl + 1..].iter().all(u8::is_ascii_whitespace) => &input[..nl],
+        Some(_) => return None,
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(line);
+    if line.len() > max || line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(Frame {
+        bytes: line,
+        first_line: 1,
+        last_line: 1,
+        multiline: false,
+        oversized: None,
+    })
+}
+
 /// Default cap on one frame: larger inputs are quarantined as oversized, never buffered whole.
 pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
 
@@ -300,6 +325,32 @@ mod tests {
             ));
         }
         out
+    }
+
+    #[test]
+    fn single_line_matches_the_framer() {
+        let rec = "{\"records\":[{\"a\":\"x\\\"}\"}]}";
+        for input in [
+            rec.to_owned(),
+            format!("{rec}\n"),
+            format!("{rec}\r\n \n\t"),
+            format!("\u{feff}{rec}"),
+            format!("  {rec}  "),
+            "{\"open\": [1, 2".to_owned(),
+        ] {
+            let fast = single_line(input.as_bytes(), 1 << 20).expect(&input);
+            let mut f = Framer::new(input.as_bytes());
+            assert_eq!(Some(fast), f.next_frame().unwrap(), "{input:?}");
+            assert_eq!(f.next_frame().unwrap(), None);
+        }
+        for input in [format!("{rec}\n{rec}"), " \n".to_owned(), String::new()] {
+            assert_eq!(single_line(input.as_bytes(), 1 << 20), None, "{input:?}");
+        }
+        assert_eq!(
+            single_line(rec.as_bytes(), 4),
+            None,
+            "over the limit: the framer cuts it"
+        );
     }
 
     #[test]

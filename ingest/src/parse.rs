@@ -326,6 +326,22 @@ pub fn parse_stream<S: RowSink>(
     Ok(parser.counts)
 }
 
+/// Parses bytes held in memory: a one-line input (a Kafka message's envelope) is parsed in
+/// place; anything else goes through [`parse_stream`]. Reading memory cannot fail.
+pub fn parse_bytes<S: RowSink>(
+    input: &[u8],
+    origin: &str,
+    sink: &mut S,
+    max_frame: usize,
+) -> ParseCounts {
+    if let Some(frame) = crate::framing::single_line(input, max_frame) {
+        let mut parser = Parser::new(sink, origin);
+        parser.frame(&frame);
+        return parser.counts;
+    }
+    parse_stream(input, origin, sink, max_frame).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

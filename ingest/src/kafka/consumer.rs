@@ -445,7 +445,12 @@ impl ClientContext for Ctx {
         *lock(&self.shared.metrics.lag) = lag;
     }
 
+    /// Error events of the client. rdkafka reports the end of a partition here too (and then
+    /// returns it from `poll`): that is news, not an error, and the poll loop uses it.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         Metrics::add(&self.shared.metrics.kafka_errors, 1);
         tracing::warn!(error = %error, reason, "kafka client error (librdkafka retries with backoff)");
     }

@@ -4,7 +4,7 @@
 //! size limit, gzip bombs, empty bodies and the source label that names the exact offset.
 
 use crate::gzip::Salvage;
-use crate::parse::parse_stream;
+use crate::parse::parse_bytes;
 use crate::parse::{ParseCounts, RowSink};
 use flate2::read::MultiGzDecoder;
 use std::io::Read;
@@ -98,8 +98,8 @@ fn parse_body<S: RowSink>(
     max_bytes: usize,
     sink: &mut S,
 ) -> ParseCounts {
-    // Reading from memory cannot fail; the parser quarantines everything it cannot use.
-    parse_stream(body, origin, sink, max_bytes.max(1)).unwrap_or_default()
+    // The parser quarantines everything it cannot use.
+    parse_bytes(body, origin, sink, max_bytes.max(1))
 }
 
 #[cfg(test)]
