@@ -117,6 +117,11 @@ pub fn print_eval(out: &mut dyn Write, r: &EvalReport, format: Format) -> Result
             rules.join(", ")
         )?;
     }
+    let per_class: Vec<String> = r
+        .classes
+        .iter()
+        .map(|(k, c)| format!("{k} {}/{}", c.detected, c.attacks))
+        .collect();
     kv_table(
         out,
         &[
@@ -124,6 +129,7 @@ pub fn print_eval(out: &mut dyn Write, r: &EvalReport, format: Format) -> Result
                 "recall",
                 format!("{}/{} = {:.2}", r.detected, r.attacks.len(), r.recall),
             ),
+            ("recall per class", per_class.join(", ")),
             ("alerts", r.alerts.to_string()),
             (
                 "benign alerts",

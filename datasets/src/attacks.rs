@@ -10,7 +10,20 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Every attack kind, by slug.
+mod careful;
+pub use careful::CLASSES as CAREFUL;
+
+/// The class an attack kind is scored under: its own slug for the careful classes, `loud`
+/// for the rest.
+pub fn class_of(kind: &str) -> &str {
+    if CAREFUL.contains(&kind) {
+        kind
+    } else {
+        "loud"
+    }
+}
+
+/// Every loud attack kind (the detection catalog's), by slug.
 pub const KINDS: &[&str] = &[
     "mass-retrieval",
     "burst-distinct",
@@ -209,7 +222,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Plans attack `kind` (an index into [`KINDS`]) as attack number `n`.
+/// Plans attack `kind` (a slug of [`KINDS`] or [`CAREFUL`]) as attack number `n`.
 pub fn plan(
     kind: &str,
     n: usize,
@@ -219,6 +232,9 @@ pub fn plan(
     start_ns: i64,
     days: u32,
 ) -> Attack {
+    if CAREFUL.contains(&kind) {
+        return careful::plan(kind, n, seed, world, casts, start_ns, days);
+    }
     let mut rng = rng_for(seed, kind, n as u64);
     let unit = rng.random_range(0..casts.len());
     let cast = &casts[unit];

@@ -338,10 +338,12 @@ fn poller(
     objects: &[usize],
     period_s: i64,
 ) {
-    let ip = id.ips[(h.day as usize) % id.ips.len()].clone();
+    // A workload's instances share the platform's outbound addresses: each poll leaves from
+    // any of them.
     let mut t = h.start_ns + rng.random_range(0..period_s) * 1_000_000_000;
     let mut first = true;
     while t < h.start_ns + HOUR_NS {
+        let ip = id.ips[rng.random_range(0..id.ips.len())].clone();
         if first {
             out.push(challenge(rng, t, vault, &id.user_agent, &ip));
             first = false;
@@ -399,9 +401,145 @@ fn office_hours(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Ho
     }
 }
 
+/// Honest novelty, the benign side of the careful attacks (each from RNG streams of its own,
+/// so the rest of the traffic is unchanged), from the middle of the period on:
+/// - a new developer joins and works like the others;
+/// - a developer is granted access to the payments vault by an admin (the approval trail)
+///   and from then on reads a few of its secrets in office hours;
+/// - the deployment pipeline adds a new secret in its nightly run and reads it back, and a
+///   web app starts reading it;
+/// - the on-call engineer works one night from home, reading a few production secrets.
+fn newcomers(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour, days: u32) {
+    let from = (days / 2).max(1);
+    if days < 3 || h.day < from {
+        return;
+    }
+    let unit = cast.unit;
+    let n = h.day as u64 * 24 + h.hour as u64;
+    let mut rng = rng_for(seed, &format!("newcomers-{unit}"), n);
+    let rng = &mut rng;
+    let mut ids = rng_for(seed, &format!("newcomer-ids-{unit}"), 0);
+    let joiner = user(
+        &mut ids,
+        "frank.dev",
+        unit,
+        "AZURECLI/2.61.0 (MSI) azsdk-python-core/1.28.0 Python/3.11.8 (Windows-11-10.0.22631-SP0)",
+    );
+    let home_ip = format!("198.51.100.{}", ids.random_range(10..250));
+    let first_business = h.business() && h.hour >= 11;
+    if h.business() && rng.random_bool(0.5) {
+        let vault = world.vault(unit, if rng.random_bool(0.85) { V_DEV } else { V_PROD });
+        session(out, rng, world, h, &joiner, vault, false);
+    }
+    // The grant, on the first day at 10:00, by the first admin from the office.
+    let pay = world.vault(unit, V_PAY);
+    let grantee = &cast.devs[2];
+    let admin = &cast.admins[0];
+    if h.day == from && h.hour == 10 {
+        let mut c = Caller::of(admin);
+        c.style = ClaimStyle::Long;
+        c.user_agent = "azure-resource-manager/2.0".into();
+        let t = h.start_ns + rng.random_range(0..20) * MIN_NS;
+        let mut e = ev(
+            rng,
+            t,
+            pay,
+            "VaultPatch",
+            None,
+            200,
+            c,
+            admin.ips[0].clone(),
+        );
+        e.config = Some(serde_json::json!({
+            "addedAccessPolicy": crate::render::policy(&grantee.oid, &["get", "list"], &[], &[]),
+            "properties": vault_state(false, true, 90, true, Some("Deny")),
+        }));
+        out.push(e);
+    }
+    if (h.day > from || first_business) && h.business() && rng.random_bool(0.3) {
+        let secrets = world.vaults[pay].objects_of(ObjKind::Secret);
+        let mut t = h.start_ns + rng.random_range(0..45) * MIN_NS;
+        for _ in 0..rng.random_range(1..3) {
+            let o = secrets[rng.random_range(0..secrets.len())];
+            out.push(ev(
+                rng,
+                t,
+                pay,
+                "SecretGet",
+                Some(obj(world, pay, o)),
+                200,
+                Caller::of(grantee),
+                grantee.ips[0].clone(),
+            ));
+            t += rng.random_range(10..300) * 1_000_000_000;
+        }
+    }
+    // The new secret: created and read back in the nightly run, then read by a web app.
+    let prod = world.vault(unit, V_PROD);
+    let secret = (
+        ObjKind::Secret,
+        "release-signing-secret".to_owned(),
+        Some(format!("{:032x}", seed ^ 0x5eed)),
+    );
+    let run_hour = (from * 24 + 2) as i64;
+    let rel = (h.day * 24 + h.hour) as i64;
+    if rel == run_hour {
+        let t = h.start_ns + 40 * MIN_NS;
+        let ip = cast.cicd.ips[0].clone();
+        for (dt, op) in [(0, "SecretSet"), (3, "SecretGet")] {
+            out.push(ev(
+                rng,
+                t + dt * 1_000_000_000,
+                prod,
+                op,
+                Some(secret.clone()),
+                200,
+                Caller::of(&cast.cicd),
+                ip.clone(),
+            ));
+        }
+    }
+    if rel > run_hour {
+        let (app, _, _) = &cast.web_apps[0];
+        let t = h.start_ns + rng.random_range(0..HOUR_NS);
+        let ip = app.ips[rng.random_range(0..app.ips.len())].clone();
+        out.push(ev(
+            rng,
+            t,
+            prod,
+            "SecretGet",
+            Some(secret.clone()),
+            200,
+            Caller::of(app),
+            ip,
+        ));
+    }
+    // On call: one night, from home.
+    if h.day == from + 1 && (1..3).contains(&h.hour) {
+        let bob = &cast.admins[1];
+        let mut t = h.start_ns + rng.random_range(0..30) * MIN_NS;
+        let secrets = world.vaults[prod].objects_of(ObjKind::Secret);
+        for _ in 0..rng.random_range(2..4) {
+            let o = secrets[rng.random_range(0..secrets.len())];
+            out.push(ev(
+                rng,
+                t,
+                prod,
+                "SecretGet",
+                Some(obj(world, prod, o)),
+                200,
+                Caller::of(bob),
+                home_ip.clone(),
+            ));
+            t += rng.random_range(30..600) * 1_000_000_000;
+        }
+    }
+}
+
 /// Generates the benign traffic of one scale unit for one hour.
 pub fn hour(out: &mut Vec<Ev>, seed: u64, world: &World, cast: &Cast, h: &Hour, days: u32) {
     office_hours(out, seed, world, cast, h);
+    newcomers(out, seed, world, cast, h, days);
     let n = h.day as u64 * 24 + h.hour as u64;
     let mut rng = rng_for(seed, &format!("benign-{}", cast.unit), n);
     let rng = &mut rng;

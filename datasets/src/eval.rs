@@ -58,11 +58,21 @@ pub struct AttackResult {
     pub wall_time_to_detect_secs: Option<f64>,
 }
 
+/// Recall over the attacks of one class (`loud`, or a careful class).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClassRecall {
+    pub attacks: usize,
+    pub detected: usize,
+    pub recall: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub attacks: Vec<AttackResult>,
     pub detected: usize,
     pub recall: f64,
+    /// Recall per attack class ([`crate::attacks::class_of`]).
+    pub classes: BTreeMap<String, ClassRecall>,
     pub alerts: usize,
     pub benign_alerts: usize,
     /// Benign alerts of severity medium or higher.
@@ -178,7 +188,17 @@ pub fn score(
         .filter_map(|r| r.wall_time_to_detect_secs)
         .collect();
     walls.sort_by(f64::total_cmp);
+    let mut classes: BTreeMap<String, ClassRecall> = BTreeMap::new();
+    for r in &results {
+        let c = classes
+            .entry(crate::attacks::class_of(&r.kind).to_owned())
+            .or_default();
+        c.attacks += 1;
+        c.detected += r.detected as usize;
+        c.recall = c.detected as f64 / c.attacks as f64;
+    }
     EvalReport {
+        classes,
         median_wall_time_to_detect_secs: (!walls.is_empty()).then(|| walls[walls.len() / 2]),
         max_wall_time_to_detect_secs: walls.last().copied(),
         detected,

@@ -27,7 +27,7 @@ use world::{World, rng_for};
 pub enum GenError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("unknown attack kind {0:?} (known: {known})", known = attacks::KINDS.join(", "))]
+    #[error("unknown attack kind {0:?} (known: all, loud, careful, none, {known}, {careful})", known = attacks::KINDS.join(", "), careful = attacks::CAREFUL.join(", "))]
     UnknownAttack(String),
     #[error("invalid option: {0}")]
     Invalid(String),
@@ -69,28 +69,35 @@ impl Default for GenConfig {
             seed: 1,
             scale: 1,
             format: OutputFormat::Archive,
-            attacks: attacks::KINDS.iter().map(|s| s.to_string()).collect(),
+            attacks: attacks::KINDS
+                .iter()
+                .chain(attacks::CAREFUL)
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
 
-/// Parses `all`, `none` or a comma-separated list of attack slugs.
+/// Parses `all`, `loud` (the catalog's kinds), `careful` (the careful classes), `none`, or a
+/// comma-separated list of those and attack slugs.
 pub fn parse_attacks(spec: &str) -> Result<Vec<String>, GenError> {
-    match spec.trim() {
-        "all" => Ok(attacks::KINDS.iter().map(|s| s.to_string()).collect()),
-        "none" | "" => Ok(Vec::new()),
-        list => list
-            .split(',')
-            .map(|s| {
-                let s = s.trim();
-                if attacks::KINDS.contains(&s) {
-                    Ok(s.to_owned())
-                } else {
-                    Err(GenError::UnknownAttack(s.to_owned()))
-                }
-            })
-            .collect(),
+    let mut out: Vec<String> = Vec::new();
+    for s in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kinds: Vec<&str> = match s {
+            "all" => attacks::KINDS
+                .iter()
+                .chain(attacks::CAREFUL)
+                .copied()
+                .collect(),
+            "loud" => attacks::KINDS.to_vec(),
+            "careful" => attacks::CAREFUL.to_vec(),
+            "none" => Vec::new(),
+            k if attacks::KINDS.contains(&k) || attacks::CAREFUL.contains(&k) => vec![k],
+            k => return Err(GenError::UnknownAttack(k.to_owned())),
+        };
+        out.extend(kinds.into_iter().map(str::to_owned));
     }
+    Ok(out)
 }
 
 /// The ground truth written next to the logs as `labels.json`.
