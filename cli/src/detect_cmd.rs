@@ -93,7 +93,7 @@ impl FollowArgs {
                     .max(10),
             ),
             engine: self.engine_options(cfg),
-            models: (!self.no_models).then_some(cfg.models),
+            models: (!self.no_models).then_some(cfg.models.clone()),
             max_evidence: self
                 .max_evidence
                 .or(cfg.detect.max_evidence)

@@ -51,11 +51,57 @@ impl Interner {
     }
 }
 
-/// First and last hour (index since the epoch) something was seen.
+/// First and last hour (index since the epoch) something was seen, and in how many events.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Seen {
     pub first: i32,
     pub last: i32,
+    #[serde(default)]
+    pub n: u32,
+}
+
+/// A principal's peer group: people or workloads, by the vault they use most. Peers are who
+/// an analyst would compare it with ("the other developers", "the payments workloads").
+pub type Group = u64;
+
+pub fn group_of(person: bool, primary_vault: u32) -> Group {
+    ((person as u64) << 32) | primary_vault as u64
+}
+
+/// Groups whose members read something kept per vault or object.
+pub const MAX_READER_GROUPS: usize = 16;
+
+/// Who has read a vault or an object: how many principals, how many of them people, and
+/// how many members of each peer group (at most [`MAX_READER_GROUPS`] groups).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Readers {
+    pub total: u32,
+    pub persons: u32,
+    pub groups: Vec<(Group, u32)>,
+    /// First hour anyone used it.
+    pub first: i32,
+    /// Its first sighting was a write: it was created then (a new secret, a new key).
+    #[serde(default)]
+    pub created: bool,
+}
+
+impl Readers {
+    pub fn add(&mut self, person: bool, group: Group, hour: i32, written: bool) {
+        if self.total == 0 {
+            self.first = hour;
+            self.created = written;
+        }
+        self.total += 1;
+        self.persons += person as u32;
+        if let Some(g) = self.groups.iter_mut().find(|g| g.0 == group) {
+            g.1 += 1;
+        } else if self.groups.len() < MAX_READER_GROUPS {
+            self.groups.push((group, 1));
+        }
+    }
+    pub fn of_group(&self, group: Group) -> u32 {
+        self.groups.iter().find(|g| g.0 == group).map_or(0, |g| g.1)
+    }
 }
 
 /// Hourly counts of one (vault, operation family) series of a principal.
@@ -91,11 +137,50 @@ pub struct Principal {
     pub max_vaults_per_hour: u32,
     /// Key: vault id << 32 | family id.
     pub series: HashMap<u64, Series>,
+    /// Has a user principal name: a person, not a workload.
+    #[serde(default)]
+    pub person: bool,
+    /// Its peer group as of its last learned hour.
+    #[serde(default)]
+    pub group: Group,
+    /// Last hour an address, or an object, was new for it (its egress and object sets are
+    /// established when these lie a day behind).
+    #[serde(default)]
+    pub last_new_ip: i32,
+    #[serde(default)]
+    pub last_new_object: i32,
+    /// Hours it was active in.
+    #[serde(default)]
+    pub active_hours: u32,
 }
+
+impl Principal {
+    /// The vault it used in most events (the first by name on a tie).
+    pub fn primary_vault(&self, names: &Interner) -> u32 {
+        self.vaults
+            .iter()
+            .max_by_key(|(v, s)| (s.n, std::cmp::Reverse(names.name(**v))))
+            .map_or(u32::MAX, |(v, _)| *v)
+    }
+}
+
+/// Access granted to a principal on a vault by someone (an access policy added, a role
+/// assigned): the approval trail that explains its first reads there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub vault: String,
+    pub hour: i32,
+    pub by: String,
+}
+
+/// Version of the persisted state: a state of another version is rebuilt from the store.
+pub const STATE_VERSION: u32 = 2;
 
 /// All baselines, plus what they cover.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Baselines {
+    #[serde(default)]
+    pub version: u32,
     pub strings: Interner,
     pub principals: HashMap<u32, Principal>,
     /// First hour each vault appeared in the data (learning periods).
@@ -112,6 +197,20 @@ pub struct Baselines {
     /// Successful reads per caller IP per day (day index), recent days only.
     #[serde(default)]
     pub ip_days: HashMap<u32, std::collections::BTreeMap<i32, u32>>,
+    /// Who reads each vault and each object (objects: material reads, exports, crypto).
+    #[serde(default)]
+    pub vault_readers: HashMap<u32, Readers>,
+    #[serde(default)]
+    pub object_readers: HashMap<u32, Readers>,
+    /// Members of each peer group.
+    #[serde(default)]
+    pub group_sizes: HashMap<Group, u32>,
+    /// Open incidents per principal: evidence accumulating over hours.
+    #[serde(default)]
+    pub incidents: HashMap<u32, super::incident::Incident>,
+    /// Grants per grantee (principal key), read from the store at every pass.
+    #[serde(skip)]
+    pub grants: HashMap<String, Vec<Grant>>,
 }
 
 /// Is `seen` known at `hour`, given that sightings older than `decay_hours` are forgotten?
@@ -119,13 +218,23 @@ pub fn known(seen: Option<&Seen>, hour: i32, decay_hours: i32) -> bool {
     seen.is_some_and(|s| hour - s.last <= decay_hours)
 }
 
-pub fn touch(map: &mut HashMap<u32, Seen>, k: u32, hour: i32) {
+/// Records a sighting of `k` at `hour`; true when `k` was not in the map before.
+pub fn touch(map: &mut HashMap<u32, Seen>, k: u32, hour: i32) -> bool {
+    let mut new = false;
     map.entry(k)
-        .and_modify(|s| s.last = s.last.max(hour))
-        .or_insert(Seen {
-            first: hour,
-            last: hour,
+        .and_modify(|s| {
+            s.last = s.last.max(hour);
+            s.n = s.n.saturating_add(1);
+        })
+        .or_insert_with(|| {
+            new = true;
+            Seen {
+                first: hour,
+                last: hour,
+                n: 1,
+            }
         });
+    new
 }
 
 impl Series {
@@ -213,6 +322,16 @@ impl Baselines {
                     + p.objects.len());
             n += p.series.len() * (std::mem::size_of::<Series>() + 16);
         }
+        let readers =
+            |r: &Readers| std::mem::size_of::<(u32, Readers)>() + 8 + r.groups.capacity() * 12;
+        n += self.vault_readers.values().map(readers).sum::<usize>();
+        n += self.object_readers.values().map(readers).sum::<usize>();
+        n += self.group_sizes.len() * 24;
+        n += self
+            .incidents
+            .values()
+            .map(super::incident::Incident::approx_bytes)
+            .sum::<usize>();
         n += self
             .ip_days
             .values()

@@ -14,6 +14,8 @@
 //! state is rebuilt from the beginning (deterministic, so alerts only update).
 
 pub mod baseline;
+pub mod incident;
+pub mod networks;
 pub mod score;
 pub mod series;
 pub mod stats;
@@ -226,22 +228,23 @@ fn strings(b: &datafusion::arrow::array::RecordBatch, i: usize) -> Result<String
         .clone())
 }
 
+fn times(
+    b: &datafusion::arrow::array::RecordBatch,
+    i: usize,
+) -> Result<TimestampNanosecondArray, ModelError> {
+    let a = cast(
+        b.column(i),
+        &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+    )?;
+    Ok(a.as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .expect("timestamp")
+        .clone())
+}
+
 /// A non-empty value of a string column.
 fn opt(a: &StringArray, i: usize) -> Option<&str> {
     (!a.is_null(i) && !a.value(i).is_empty()).then(|| a.value(i))
-}
-
-fn network_of(ip: &str) -> Option<String> {
-    match ip.parse::<std::net::IpAddr>().ok()? {
-        std::net::IpAddr::V4(a) => {
-            let o = a.octets();
-            Some(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
-        }
-        std::net::IpAddr::V6(a) => {
-            let s = a.segments();
-            Some(format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]))
-        }
-    }
 }
 
 /// The client family: the product token of the user agent (`AZURECLI/2.59 …` → `azurecli`).
@@ -267,6 +270,52 @@ struct Span {
     learn_to: i32,
 }
 
+const GRANTS_SQL: &str = "SELECT time, vault, policy_added_oid AS grantee, \
+coalesce(principal_oid, principal_upn, principal_appid) AS granter FROM events \
+WHERE policy_added_oid IS NOT NULL AND http_status < 300 AND vault IS NOT NULL";
+const ROLE_GRANTS_SQL: &str = " UNION ALL SELECT time, vault, target_principal_id, \
+coalesce(caller_oid, caller_upn, caller_appid) FROM activity \
+WHERE target_principal_id IS NOT NULL AND vault IS NOT NULL \
+AND lower(operation) LIKE '%roleassignments/write' AND lower(coalesce(status, '')) NOT LIKE 'fail%'";
+
+/// Reads every grant in the store (access policies added; roles assigned on a vault), the
+/// approval trail the models weigh first reads against. Few rows: read whole at each pass.
+async fn load_grants(
+    ctx: &datafusion::prelude::SessionContext,
+    b: &mut Baselines,
+) -> Result<(), ModelError> {
+    let mut sql = GRANTS_SQL.to_owned();
+    if ctx.table_exist("activity")? {
+        sql.push_str(ROLE_GRANTS_SQL);
+    }
+    b.grants.clear();
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let time = times(&batch, 0)?;
+        let (vault, grantee, by) = (
+            strings(&batch, 1)?,
+            strings(&batch, 2)?,
+            strings(&batch, 3)?,
+        );
+        for i in 0..batch.num_rows() {
+            let (Some(v), Some(g)) = (opt(&vault, i), opt(&grantee, i)) else {
+                continue;
+            };
+            b.grants
+                .entry(g.to_ascii_lowercase())
+                .or_default()
+                .push(baseline::Grant {
+                    vault: v.to_owned(),
+                    hour: time.value(i).div_euclid(HOUR_NS) as i32,
+                    by: opt(&by, i).unwrap_or("unknown").to_owned(),
+                });
+        }
+    }
+    for g in b.grants.values_mut() {
+        g.sort_by(|x, y| (x.hour, &x.vault, &x.by).cmp(&(y.hour, &y.vault, &y.by)));
+    }
+    Ok(())
+}
+
 /// Replays events of `span` in time order, scoring and learning hour by hour.
 async fn replay(
     root: &DataDir,
@@ -287,6 +336,11 @@ async fn replay(
         learn_to,
         ..
     } = span;
+    load_grants(&ctx, b).await?;
+    let nets = match &cfg.networks_file {
+        Some(path) => networks::Networks::load(path).map_err(|msg| state_err(path, msg))?,
+        None => networks::Networks::default(),
+    };
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let mut hour_events: Vec<Ev> = Vec::new();
     let mut infos: HashMap<u32, PrincipalInfo> = HashMap::new();
@@ -310,8 +364,11 @@ async fn replay(
             ip_out.extend(judge_day(b, cfg, prev));
         }
         last_day = Some(day);
+        // Every hour is scored, so incidents grow the same in a backfill as incrementally;
+        // only the emitted range reaches the alert store.
+        let occs = score::score_hour(b, cfg, hour, evs, infos, hour < learn_to);
         if hour >= emit_from {
-            out.extend(score::score_hour(b, cfg, hour, evs, infos));
+            out.extend(occs);
         }
         if hour < learn_to {
             score::learn_hour(b, hour, evs);
@@ -323,15 +380,7 @@ async fn replay(
     };
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let time = cast(
-            batch.column(0),
-            &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-        )?;
-        let time = time
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .expect("timestamp")
-            .clone();
+        let time = times(&batch, 0)?;
         let cols: Vec<StringArray> = (1..batch.num_columns())
             .map(|i| strings(&batch, i))
             .collect::<Result<_, _>>()?;
@@ -362,15 +411,12 @@ async fn replay(
             let p = s.id(principal.value(i));
             let fam = opt(&family, i).unwrap_or("other");
             let object = match (opt(&oname, i), fam) {
-                (Some(n), "material_read" | "export" | "crypto") => Some(s.id(&format!(
-                    "{}/{}/{}",
-                    vault.value(i),
-                    opt(&otype, i).unwrap_or("?"),
-                    n
-                ))),
+                (Some(n), "material_read" | "export" | "crypto" | "object_write") => Some(s.id(
+                    &format!("{}/{}/{}", vault.value(i), opt(&otype, i).unwrap_or("?"), n),
+                )),
                 _ => None,
             };
-            let ipv = opt(&ip, i);
+            let ipv = opt(&ip, i).filter(|x| x.parse::<std::net::IpAddr>().is_ok());
             let ev = Ev {
                 time: t,
                 principal: p,
@@ -378,9 +424,10 @@ async fn replay(
                 family: s.id(fam),
                 object,
                 ip: ipv.map(|x| s.id(x)),
-                network: ipv.and_then(network_of).map(|n| s.id(&n)),
+                network: ipv.and_then(|x| nets.network_of(x)).map(|n| s.id(&n)),
                 agent: opt(&ua, i).and_then(agent_family).map(|a| s.id(&a)),
                 app: opt(&appid, i).map(|a| s.id(a)),
+                person: opt(&upn, i).is_some(),
                 event_id: eid.value(i).to_owned(),
             };
             infos.entry(p).or_insert_with(|| PrincipalInfo {
@@ -437,7 +484,8 @@ pub async fn run_models(
     let late = new
         .iter()
         .any(|f| (f.min_time.div_euclid(HOUR_NS) as i32) < b.through);
-    let rebuild = range.is_some() || late || b.data_first.is_none();
+    let stale = b.version != baseline::STATE_VERSION;
+    let rebuild = range.is_some() || late || stale || b.data_first.is_none();
     if !rebuild && new.is_empty() {
         report.principals = b.principals.len();
         report.state_bytes = b.approx_bytes();
@@ -449,7 +497,10 @@ pub async fn run_models(
         None => (b.through, i64::MAX, b.through as i64 * HOUR_NS),
     };
     if rebuild {
-        b = Baselines::default();
+        b = Baselines {
+            version: baseline::STATE_VERSION,
+            ..Baselines::default()
+        };
         report.rebuilt = true;
     }
     let mut occs = Vec::new();
@@ -475,6 +526,16 @@ pub async fn run_models(
         None => emit_to,
     };
     occs.retain(|o| o.window_start < emit_to);
+    // A growing incident is emitted at every hour it grew: keep its latest state.
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for (i, o) in occs.iter().enumerate() {
+        latest.insert(o.id.clone(), i);
+    }
+    let mut i = 0;
+    occs.retain(|o| {
+        i += 1;
+        latest[&o.id] == i - 1
+    });
     ip_occs.retain(|o| o.window_start < emit_to);
     b.through = b.through.max(open_hour);
     b.covered = files.iter().map(|f| f.path.clone()).collect();
