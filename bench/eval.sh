@@ -11,6 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
 cargo build --release --locked -q
 K="$CARGO_TARGET_DIR/release/kvwatch"
 WORK="${BENCH_DIR:-$(mktemp -d /tmp/kvwatch-eval-XXXX)}"
+mkdir -p "$WORK"
 run() { # seed scale
   local s=$1 sc=$2 d="$WORK/seed$1-scale$2"
   rm -rf "$d"
