@@ -66,6 +66,19 @@ impl Ctx<'_> {
         objs
     }
 
+    /// A random `count` of the objects of `vault` (after the first `skip`), in random order.
+    fn pick(
+        &mut self,
+        vault: usize,
+        kind: ObjKind,
+        skip: usize,
+        count: std::ops::Range<usize>,
+    ) -> Vec<usize> {
+        let objs = self.shuffled(vault, kind, skip);
+        let n = self.rng.random_range(count);
+        objs.into_iter().take(n).collect()
+    }
+
     /// Reads `objs` a few per hour from `from` on, `per_hour` (inclusive range) at a time at
     /// random minutes; returns how many hours it took.
     fn trickle(
@@ -156,11 +169,7 @@ fn spread_out(cx: &mut Ctx<'_>, variant: usize, day_ns: i64) -> Outline {
     let (vaults, description) = match variant {
         0 => {
             let v = cx.vault(V_PAY);
-            let objs: Vec<usize> = cx
-                .shuffled(v, ObjKind::Secret, 0)
-                .into_iter()
-                .take(cx.rng.random_range(18..27))
-                .collect();
+            let objs: Vec<usize> = cx.pick(v, ObjKind::Secret, 0, 18..27);
             let hours = cx.trickle(from, v, ObjKind::Secret, &objs, (2, 4), &c, &ip);
             (
                 vec![v],
@@ -173,11 +182,7 @@ fn spread_out(cx: &mut Ctx<'_>, variant: usize, day_ns: i64) -> Outline {
         }
         1 => {
             let v = cx.vault(V_PROD);
-            let objs: Vec<usize> = cx
-                .shuffled(v, ObjKind::Secret, 0)
-                .into_iter()
-                .take(cx.rng.random_range(14..21))
-                .collect();
+            let objs: Vec<usize> = cx.pick(v, ObjKind::Secret, 0, 14..21);
             let hours = cx.trickle(from, v, ObjKind::Secret, &objs, (1, 3), &c, &ip);
             (
                 vec![v],
@@ -191,16 +196,8 @@ fn spread_out(cx: &mut Ctx<'_>, variant: usize, day_ns: i64) -> Outline {
         _ => {
             let v = cx.vault(V_PAY);
             let v2 = cx.vault(V_CERTS);
-            let a: Vec<usize> = cx
-                .shuffled(v, ObjKind::Secret, 0)
-                .into_iter()
-                .take(cx.rng.random_range(8..13))
-                .collect();
-            let b: Vec<usize> = cx
-                .shuffled(v2, ObjKind::Certificate, 0)
-                .into_iter()
-                .take(cx.rng.random_range(4..8))
-                .collect();
+            let a: Vec<usize> = cx.pick(v, ObjKind::Secret, 0, 8..13);
+            let b: Vec<usize> = cx.pick(v2, ObjKind::Certificate, 0, 4..8);
             let h1 = cx.trickle(from, v, ObjKind::Secret, &a, (1, 2), &c, &ip);
             let h2 = cx.trickle(
                 from + HOUR_NS / 2,
@@ -237,11 +234,7 @@ fn trusted_identity(cx: &mut Ctx<'_>, variant: usize, day_ns: i64) -> Outline {
             let c = Caller::of(&id);
             let ip = id.ips[0].clone();
             let v = cx.vault(V_PAY);
-            let objs: Vec<usize> = cx
-                .shuffled(v, ObjKind::Secret, 8)
-                .into_iter()
-                .take(cx.rng.random_range(4..8))
-                .collect();
+            let objs: Vec<usize> = cx.pick(v, ObjKind::Secret, 8, 4..8);
             let mut t = day_ns + 2 * HOUR_NS + cx.rng.random_range(6..25) * MIN_NS;
             for &o in &objs {
                 let ob = cx.obj(v, o);
