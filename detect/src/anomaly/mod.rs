@@ -527,15 +527,10 @@ pub async fn run_models(
     };
     occs.retain(|o| o.window_start < emit_to);
     // A growing incident is emitted at every hour it grew: keep its latest state.
-    let mut latest: HashMap<String, usize> = HashMap::new();
-    for (i, o) in occs.iter().enumerate() {
-        latest.insert(o.id.clone(), i);
-    }
-    let mut i = 0;
-    occs.retain(|o| {
-        i += 1;
-        latest[&o.id] == i - 1
-    });
+    let mut seen = std::collections::HashSet::new();
+    occs.reverse();
+    occs.retain(|o| seen.insert(o.id.clone()));
+    occs.reverse();
     ip_occs.retain(|o| o.window_start < emit_to);
     b.through = b.through.max(open_hour);
     b.covered = files.iter().map(|f| f.path.clone()).collect();
