@@ -86,13 +86,16 @@ pub struct Readers {
 }
 
 impl Readers {
-    pub fn add(&mut self, person: bool, group: Group, hour: i32, written: bool) {
+    /// Counts a new reader; `group` is `None` for one whose access was granted to it
+    /// personally (a grant does not make the thing a norm of its peers).
+    pub fn add(&mut self, person: bool, group: Option<Group>, hour: i32, written: bool) {
         if self.total == 0 {
             self.first = hour;
             self.created = written;
         }
         self.total += 1;
         self.persons += person as u32;
+        let Some(group) = group else { return };
         if let Some(g) = self.groups.iter_mut().find(|g| g.0 == group) {
             g.1 += 1;
         } else if self.groups.len() < MAX_READER_GROUPS {
@@ -211,6 +214,26 @@ pub struct Baselines {
     /// Grants per grantee (principal key), read from the store at every pass.
     #[serde(skip)]
     pub grants: HashMap<String, Vec<Grant>>,
+}
+
+/// How long a grant to a principal on a vault by someone else explains its first reads there.
+pub const GRANT_EXPLAINS_HOURS: i32 = 7 * 24;
+
+impl Baselines {
+    /// The latest grant to `principal` on `vault` by someone else within
+    /// [`GRANT_EXPLAINS_HOURS`] before `hour`.
+    pub fn grant_for(&self, principal: &str, vault: &str, hour: i32) -> Option<&Grant> {
+        self.grants
+            .get(&principal.to_ascii_lowercase())?
+            .iter()
+            .rev()
+            .find(|g| {
+                g.vault.eq_ignore_ascii_case(vault)
+                    && !g.by.eq_ignore_ascii_case(principal)
+                    && g.hour <= hour
+                    && hour - g.hour <= GRANT_EXPLAINS_HOURS
+            })
+    }
 }
 
 /// Is `seen` known at `hour`, given that sightings older than `decay_hours` are forgotten?

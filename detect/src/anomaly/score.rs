@@ -11,7 +11,7 @@ use crate::alert::Severity;
 use crate::alert::{Occurrence, Principal as AlertPrincipal};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One successful event, interned.
 #[derive(Debug, Clone)]
@@ -235,7 +235,6 @@ fn settled_at(p: &Principal, hour: i32) -> bool {
 }
 
 /// How long a grant explains first reads of its vault.
-const GRANT_EXPLAINS_HOURS: i32 = 7 * 24;
 
 /// A secret named like a certificate of its vault backs that certificate: it holds the
 /// private key.
@@ -324,19 +323,7 @@ pub fn signals(
 
     // A grant to it on the vault by someone else in the last week explains its first reads.
     let pname = name(pid);
-    let granted = |v: u32| -> Option<&super::baseline::Grant> {
-        let vname = b.strings.name(v);
-        b.grants
-            .get(&pname.to_ascii_lowercase())?
-            .iter()
-            .rev()
-            .find(|g| {
-                g.vault.eq_ignore_ascii_case(vname)
-                    && !g.by.eq_ignore_ascii_case(&pname)
-                    && g.hour <= hour
-                    && hour - g.hour <= GRANT_EXPLAINS_HOURS
-            })
-    };
+    let granted = |v: u32| b.grant_for(&pname, b.strings.name(v), hour);
     for v in vaults
         .iter()
         .copied()
@@ -960,7 +947,7 @@ pub fn learn_hour(b: &mut Baselines, hour: i32, evs: &[Ev]) {
                 && touch(&mut p.objects, o, hour)
             {
                 p.last_new_object = hour;
-                new_objects.push((o, Some(e.family) == write));
+                new_objects.push((o, Some(e.family) == write, e.vault));
             }
             *counts
                 .entry(((e.vault as u64) << 32) | e.family as u64)
@@ -1011,17 +998,25 @@ pub fn learn_hour(b: &mut Baselines, hour: i32, evs: &[Ev]) {
             }
             *b.group_sizes.entry(group).or_default() += 1;
         }
+        // What it reads on a vault granted to it personally is not a norm of its group.
+        let pname = b.strings.name(pid).to_owned();
+        let granted: HashSet<u32> = vaults
+            .iter()
+            .copied()
+            .filter(|&v| b.grant_for(&pname, b.strings.name(v), hour).is_some())
+            .collect();
+        let peer = |v: u32| (!granted.contains(&v)).then_some(group);
         for v in new_vaults {
             b.vault_readers
                 .entry(v)
                 .or_default()
-                .add(person, group, hour, false);
+                .add(person, peer(v), hour, false);
         }
-        for (o, written) in new_objects {
+        for (o, written, v) in new_objects {
             b.object_readers
                 .entry(o)
                 .or_default()
-                .add(person, group, hour, written);
+                .add(person, peer(v), hour, written);
         }
     }
 }
