@@ -193,6 +193,45 @@ pub fn load_state(data: &DataDir) -> Result<Baselines, ModelError> {
     }
 }
 
+/// What the models have learned about one principal (keyed by object ID, else UPN, else app
+/// ID, as the models key them), for people to read: `None` when the models never saw it.
+pub fn profile(b: &Baselines, key: &str) -> Option<serde_json::Value> {
+    let id = b
+        .strings
+        .lookup(key)
+        .or_else(|| b.strings.lookup(&key.to_ascii_lowercase()))?;
+    let p = b.principals.get(&id)?;
+    let at = |h: i32| kvwatch_ingest::time::format_ns(h as i64 * HOUR_NS);
+    let seen = |m: &std::collections::HashMap<u32, baseline::Seen>| {
+        let mut v: Vec<(&u32, &baseline::Seen)> = m.iter().collect();
+        v.sort_by_key(|(k, s)| (s.first, **k));
+        v.iter()
+            .take(30)
+            .map(|(k, s)| {
+                serde_json::json!({
+                    "name": b.strings.name(**k), "first_seen": at(s.first),
+                    "last_seen": at(s.last), "active_hours": s.n,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let hours: Vec<u32> = (0..24).filter(|h| p.hours_of_day & (1 << h) != 0).collect();
+    Some(serde_json::json!({
+        "kind": if p.person { "person" } else { "workload" },
+        "first_active": at(p.first_hour),
+        "last_active": at(p.last_hour),
+        "active_hours": p.active_hours,
+        "active_days": p.active_days,
+        "active_hours_of_day_utc": hours,
+        "primary_vault": b.strings.name(p.primary_vault(&b.strings)),
+        "peers": b.group_sizes.get(&p.group).copied().unwrap_or(1).saturating_sub(1),
+        "objects_known": p.objects.len(),
+        "vaults": seen(&p.vaults),
+        "addresses": seen(&p.ips),
+        "clients": seen(&p.agents),
+    }))
+}
+
 fn save_state(data: &DataDir, b: &Baselines) -> Result<(), ModelError> {
     let path = data.baselines();
     let bytes = serde_json::to_vec(b).map_err(|e| state_err(&path, e))?;

@@ -234,8 +234,6 @@ fn settled_at(p: &Principal, hour: i32) -> bool {
     !p.person && hour - p.first_hour >= 24 && hour - p.last_new_object >= 24
 }
 
-/// How long a grant explains first reads of its vault.
-
 /// A secret named like a certificate of its vault backs that certificate: it holds the
 /// private key.
 fn key_material(b: &Baselines, object: &str) -> bool {

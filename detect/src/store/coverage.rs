@@ -35,6 +35,16 @@ impl AlertStore {
         Ok(())
     }
 
+    /// The last run of every rule that ran: rule ID → (wall clock ns, occurrences found,
+    /// milliseconds it took).
+    pub fn rule_runs(&self) -> Result<std::collections::BTreeMap<String, (i64, i64, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT rule_id, last_run_at, occurrences, elapsed_ms FROM rule_runs")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// A rule's continuous-detection state (empty for a rule never run).
     pub fn rule_state(&self, rule_id: &str) -> Result<RuleState> {
         let row: Option<(String, Option<i64>)> = self

@@ -541,6 +541,35 @@ mod tests {
     }
 
     #[test]
+    fn totals_kept_by_triggers_match_a_full_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = AlertStore::open(&DataDir::new(dir.path())).unwrap();
+        let meta = meta();
+        let same = |s: &AlertStore| {
+            let mut full = s.counts(i64::MIN, i64::MAX).unwrap();
+            full.by_rule.clear();
+            assert_eq!(s.totals().unwrap(), full);
+        };
+        // Inserts, a fold, a bridging occurrence that merges two alerts (a delete), a higher
+        // severity, analysts' status changes.
+        s.apply(&meta, &[occ(0), occ(4), occ(10), occ(20), occ(30)], 0)
+            .unwrap();
+        same(&s);
+        assert_eq!(s.totals().unwrap().total, 5);
+        s.apply(&meta, &[occ(2)], 0).unwrap();
+        let mut high = occ(30);
+        high.severity = Severity::High;
+        s.apply(&meta, &[high], 0).unwrap();
+        same(&s);
+        s.set_status("occ-020", crate::alert::Status::Suppressed, "ana", 1)
+            .unwrap();
+        s.set_status("occ-030", crate::alert::Status::Resolved, "ana", 2)
+            .unwrap();
+        same(&s);
+        assert_eq!(s.totals().unwrap().total, 4);
+    }
+
+    #[test]
     fn withdrawing_shrinks_an_alert_resolves_an_empty_one_and_spares_analyst_decisions() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = AlertStore::open(&DataDir::new(dir.path())).unwrap();

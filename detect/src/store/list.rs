@@ -259,6 +259,38 @@ impl AlertStore {
             })?)
     }
 
+    /// Counts of every alert by severity and status (kept by triggers, so this is a read of
+    /// a few rows however many alerts there are); `by_rule` is left empty.
+    pub fn totals(&self) -> Result<AlertCounts> {
+        let mut c = AlertCounts::default();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT severity, status, n FROM alert_totals WHERE n > 0")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for r in rows {
+            let (sev, status, n) = r?;
+            *c.by_severity.entry(sev).or_default() += n;
+            *c.by_status.entry(status).or_default() += n;
+            c.total += n;
+        }
+        Ok(c)
+    }
+
+    /// Alerts per rule over every alert (an index-only scan).
+    pub fn rule_totals(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT rule_id, count(*) FROM alerts GROUP BY rule_id")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Alert counts by severity, status and rule, for alerts last seen in `[from, to)`.
     pub fn counts(&self, from: i64, to: i64) -> Result<AlertCounts> {
         let mut c = AlertCounts::default();

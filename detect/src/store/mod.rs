@@ -237,6 +237,30 @@ CREATE TABLE rule_state (
     judged_to INTEGER
 );
 "#,
+    // The console's counts by severity and status over every alert, kept by triggers: a
+    // GROUP BY over a million alerts takes a quarter of a second, a read of this table none.
+    r#"
+CREATE TABLE alert_totals (
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (severity, status)
+) WITHOUT ROWID;
+INSERT INTO alert_totals SELECT severity, status, count(*) FROM alerts GROUP BY 1, 2;
+CREATE TRIGGER alert_totals_on_insert AFTER INSERT ON alerts BEGIN
+    INSERT INTO alert_totals VALUES (NEW.severity, NEW.status, 1)
+        ON CONFLICT (severity, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER alert_totals_on_update AFTER UPDATE OF severity, status ON alerts
+WHEN OLD.severity <> NEW.severity OR OLD.status <> NEW.status BEGIN
+    UPDATE alert_totals SET n = n - 1 WHERE severity = OLD.severity AND status = OLD.status;
+    INSERT INTO alert_totals VALUES (NEW.severity, NEW.status, 1)
+        ON CONFLICT (severity, status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER alert_totals_on_delete AFTER DELETE ON alerts BEGIN
+    UPDATE alert_totals SET n = n - 1 WHERE severity = OLD.severity AND status = OLD.status;
+END;
+"#,
 ];
 
 /// The SQLite alert store.
