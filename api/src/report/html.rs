@@ -23,6 +23,79 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// Nanoseconds since the epoch as `2024-05-08 09:13:00 UTC` (reports and console print
+/// times to the second with the zone; CSV and JSON keep the exact value).
+pub fn when(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| ns.to_string())
+}
+
+/// An RFC 3339 text (as the stores print it) in the form of [`when`]; other text unchanged.
+pub fn when_text(s: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) => when(t.timestamp() * 1_000_000_000),
+        Err(_) => s.to_owned(),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A share (0..1) as a percentage: `0.8712` → `87.1 %`.
+pub fn percent(share: f64) -> String {
+    let p = share * 100.0;
+    if p != 0.0 && p.abs() < 0.1 {
+        "< 0.1 %".to_owned()
+    } else if (p - p.round()).abs() < 0.05 {
+        format!("{:.0} %", p)
+    } else {
+        format!("{:.1} %", p)
+    }
+}
+
+/// A value for people: numbers with separators, timestamps to the second, lists joined.
+pub fn human(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) if s.len() >= 20 && s.as_bytes().get(4) == Some(&b'-') => when_text(s),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => thousands(i),
+            None => n
+                .as_f64()
+                .map_or_else(|| n.to_string(), |f| format!("{f:.3}")),
+        },
+        Value::Array(a) => a.iter().map(human).collect::<Vec<_>>().join(", "),
+        Value::Object(_) => v.to_string(),
+    }
+}
+
+/// A headline number: a share as a percentage, a count with separators.
+fn metric_text(label: &str, v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if label.to_ascii_lowercase().starts_with("share") && (0.0..=1.0).contains(&f) => {
+            percent(f)
+        }
+        _ => human(v),
+    }
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -32,13 +105,13 @@ fn text(v: &Value) -> String {
     }
 }
 
-const PALETTE: [&str; 9] = [
+pub const PALETTE: [&str; 9] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22",
 ];
 
 /// A stacked bar chart: one bar per category, one colour per series.
-fn stacked_bars(
+pub fn stacked_bars(
     title: &str,
     cats: &[String],
     series: &[(String, Vec<f64>)],
@@ -100,7 +173,7 @@ fn stacked_bars(
     for (si, (name, _)) in series.iter().enumerate() {
         let _ = write!(
             svg,
-            r#"<span><i style="background:{}"></i>{}</span>"#,
+            r#"<span><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10" fill="{}"/></svg> {}</span>"#,
             colors[si % colors.len()],
             esc(name)
         );
@@ -262,7 +335,7 @@ fn table_html(out: &mut String, t: &Table, max: usize) {
             for c in &t.columns {
                 let v = r.get(c).unwrap_or(&Value::Null);
                 let cls = if v.is_number() { " class=\"n\"" } else { "" };
-                let _ = write!(out, "<td{cls}>{}</td>", esc(&text(v)));
+                let _ = write!(out, "<td{cls}>{}</td>", esc(&human(v)));
             }
             out.push_str("</tr>");
         }
@@ -283,14 +356,15 @@ fn table_html(out: &mut String, t: &Table, max: usize) {
     );
 }
 
-const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
+/// The look of reports, which the console shares.
+pub const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
 h1{margin-bottom:.2em}h2{border-bottom:2px solid #1f77b4;padding-bottom:.2em;margin-top:2em}\
 .meta{color:#555}.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}\
 .card{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;min-width:10em}.card b{display:block;font-size:1.5em}\
 table{border-collapse:collapse;width:100%;font-size:.8em;margin:.5em 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}\
 th{background:#f3f6fa}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.flag td{background:#fde8e8}\
 .legend span{margin-right:1em;font-size:.8em}.legend i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}\
-figure{margin:1em 0}figcaption{font-weight:600}pre{white-space:pre-wrap;font-size:.75em;background:#f7f7f7;padding:.5em}\
+figure{margin:1em 0;max-width:100%;overflow-x:auto}figcaption{font-weight:600}pre{white-space:pre-wrap;font-size:.75em;background:#f7f7f7;padding:.5em}\
 .none,.note{color:#666;font-size:.85em}\
 @media print{details{display:none}h2{page-break-before:always}h2:first-of-type{page-break-before:avoid}tr{page-break-inside:avoid}}";
 
@@ -306,9 +380,9 @@ pub fn render(r: &Report) -> String {
         out,
         "<h1>{}</h1><p class=\"meta\">Period {} to {} · generated {} by kvwatch {} · vaults: {}</p>",
         esc(&r.title),
-        esc(&r.from),
-        esc(&r.to),
-        esc(&r.generated_at),
+        esc(&when_text(&r.from)),
+        esc(&when_text(&r.to)),
+        esc(&when_text(&r.generated_at)),
         env!("CARGO_PKG_VERSION"),
         if r.vaults.is_empty() {
             "all".to_owned()
@@ -317,16 +391,19 @@ pub fn render(r: &Report) -> String {
         }
     );
     out.push_str("<div class=\"cards\">");
+    // A number two sections both headline (denied requests, say) is one tile.
+    let mut shown = std::collections::HashSet::new();
     for m in r
         .summary
         .iter()
         .chain(r.sections.iter().flat_map(|s| s.summary.iter()))
+        .filter(|m| shown.insert((m.label.clone(), m.value.to_string())))
     {
         let _ = write!(
             out,
             "<div class=\"card\" title=\"{}\"><b>{}</b>{}</div>",
             esc(&m.sql),
-            esc(&text(&m.value)),
+            esc(&metric_text(&m.label, &m.value)),
             esc(&m.label)
         );
     }

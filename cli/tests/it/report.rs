@@ -477,6 +477,17 @@ fn html_is_self_contained_with_its_charts_and_csv_carries_the_same_numbers() {
         "no external resources"
     );
     assert!(!html.contains("<script"));
+    // People's formats in HTML: times to the second with the zone, one tile per number.
+    assert!(
+        !html.contains("0000Z"),
+        "a timestamp with fractional digits"
+    );
+    assert!(html.contains(" UTC to "), "the period in human form");
+    assert_eq!(html.matches(">Denied requests</div>").count(), 1);
+    assert!(
+        !html.contains("style=\""),
+        "no inline style attributes (the console's CSP)"
+    );
     let csv = run(data, &["report", "--format", "csv"]).stdout;
     assert!(
         csv.contains(&format!(
