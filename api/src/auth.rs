@@ -94,7 +94,8 @@ const LAST_USED_RESOLUTION_NS: i64 = 60_000_000_000;
 
 const PREFIX: &str = "kvw_";
 
-fn hash(secret: &str) -> String {
+/// The stored form of a key secret (also of console session IDs).
+pub fn hash(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
 }
 
@@ -247,6 +248,30 @@ impl KeyStore {
         Ok(out)
     }
 
+    /// The active key with this hash (a console session holds the hash of the key it was
+    /// opened with, so revoking the key ends its sessions at their next request).
+    pub fn active(&self, key_hash: &str) -> Result<Option<(String, Role)>, AuthError> {
+        let conn = self.conn();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let version = conn
+            .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
+            .ok();
+        if version.is_none() || cache.version != version {
+            match load_active(&conn) {
+                Ok(by_hash) => {
+                    cache.by_hash = by_hash;
+                    cache.version = version;
+                }
+                // Keep answering from the last copy; with no copy at all, say so.
+                Err(e) if cache.version.is_none() && cache.by_hash.is_empty() => {
+                    return Err(e);
+                }
+                Err(e) => tracing::warn!(error = %e, "auth.key_reload_failed"),
+            }
+        }
+        Ok(cache.by_hash.get(key_hash).cloned())
+    }
+
     /// The active key a presented secret belongs to. Answers from memory when the database
     /// cannot be read; `last_used_at` is refreshed best-effort (a disk that refuses the write
     /// does not refuse the caller).
@@ -254,30 +279,10 @@ impl KeyStore {
         if !secret.starts_with(PREFIX) {
             return Ok(None);
         }
-        let conn = self.conn();
-        let found = {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let version = conn
-                .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
-                .ok();
-            if version.is_none() || cache.version != version {
-                match load_active(&conn) {
-                    Ok(by_hash) => {
-                        cache.by_hash = by_hash;
-                        cache.version = version;
-                    }
-                    // Keep answering from the last copy; with no copy at all, say so.
-                    Err(e) if cache.version.is_none() && cache.by_hash.is_empty() => {
-                        return Err(e);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "auth.key_reload_failed"),
-                }
-            }
-            cache.by_hash.get(&hash(secret)).cloned()
-        };
-        let Some((name, role)) = found else {
+        let Some((name, role)) = self.active(&hash(secret))? else {
             return Ok(None);
         };
+        let conn = self.conn();
         let t = now();
         let due = {
             let mut seen = self.last_written.lock().unwrap_or_else(|p| p.into_inner());

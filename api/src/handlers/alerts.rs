@@ -15,41 +15,55 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-/// Query parameters of `GET /alerts`.
-#[derive(Deserialize, IntoParams)]
+/// Query parameters of `GET /alerts` (and of the console's queue).
+#[derive(Deserialize, Serialize, IntoParams, Default, Clone)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Minimum severity (informational, low, medium, high, critical).
-    severity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
     /// new, acknowledged, resolved or suppressed.
-    status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     /// Rule ID.
-    rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     /// Vault name (case-insensitive).
-    vault: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault: Option<String>,
     /// Principal UPN, object ID or application ID (case-insensitive).
-    principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     /// Caller IP address.
-    ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
     /// Assignee.
-    assignee: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
     /// Substring (3 characters or more) of title, summary, description or dedup key
     /// (case-insensitive).
-    q: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
     /// RFC 3339: alerts last seen at or after.
-    since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     /// RFC 3339: alerts last seen before.
-    until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
     /// -last_seen (default), last_seen, -created_at, created_at, -severity, severity,
     /// -event_count or event_count.
-    sort: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<String>,
     /// Page size, 1 to 1000 [default 100].
-    limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
-    cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
     /// Include each alert's `description` and `evidence` (event IDs); by default a page
     /// carries `evidence_count` instead, and `GET /alerts/{id}` has everything.
-    full: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full: Option<bool>,
 }
 
 /// An alert as listed: everything but the rule description and the evidence IDs.
@@ -142,44 +156,61 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
     Some((t.parse().ok()?, id.to_owned()))
 }
 
+impl ListParams {
+    /// The store filter these parameters ask for (the page size defaults to 100).
+    pub fn filter(&self) -> Result<AlertFilter, ApiError> {
+        let p = self;
+        let mut f = AlertFilter::default();
+        if let Some(v) = p.severity.as_deref().filter(|v| !v.is_empty()) {
+            f.min_severity =
+                Some(Severity::parse(v).ok_or_else(|| bad(format!("unknown severity {v:?}")))?);
+        }
+        if let Some(v) = p.status.as_deref().filter(|v| !v.is_empty()) {
+            f.status = Some(Status::parse(v).ok_or_else(|| bad(format!("unknown status {v:?}")))?);
+        }
+        if let Some(v) = p.sort.as_deref().filter(|v| !v.is_empty()) {
+            f.sort = AlertSort::parse(v).ok_or_else(|| bad(format!("unknown sort {v:?}")))?;
+        }
+        for (name, value, slot) in [
+            ("since", &p.since, &mut f.since),
+            ("until", &p.until, &mut f.until),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                *slot = Some(rfc3339(name, v)?);
+            }
+        }
+        if let Some(c) = p.cursor.as_deref().filter(|v| !v.is_empty()) {
+            f.after = Some(decode_cursor(c).ok_or_else(|| bad("malformed cursor"))?);
+        }
+        let some = |v: &Option<String>| v.clone().filter(|t| !t.trim().is_empty());
+        f.rule = some(&p.rule);
+        f.vault = some(&p.vault);
+        f.principal = some(&p.principal);
+        f.ip = some(&p.ip);
+        f.assignee = some(&p.assignee);
+        f.text = some(&p.q);
+        if f.text.as_ref().is_some_and(|t| t.chars().count() < 3) {
+            return Err(bad("q needs at least 3 characters"));
+        }
+        f.limit = Some(p.limit.unwrap_or(100).clamp(1, 1000));
+        Ok(f)
+    }
+}
+
+/// The cursor of the page after `alerts`, when the page was full.
+pub fn next_cursor(alerts: &[Alert], limit: usize, sort: AlertSort) -> Option<String> {
+    (alerts.len() == limit)
+        .then(|| alerts.last().map(|a| encode_cursor(sort.key(a), &a.id)))
+        .flatten()
+}
+
 /// List alerts with filters, sorting and cursor pagination.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(ListParams),
     responses((status = 200, body = AlertPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -> Answer {
-    let mut f = AlertFilter::default();
-    if let Some(v) = &p.severity {
-        f.min_severity =
-            Some(Severity::parse(v).ok_or_else(|| bad(format!("unknown severity {v:?}")))?);
-    }
-    if let Some(v) = &p.status {
-        f.status = Some(Status::parse(v).ok_or_else(|| bad(format!("unknown status {v:?}")))?);
-    }
-    if let Some(v) = &p.sort {
-        f.sort = AlertSort::parse(v).ok_or_else(|| bad(format!("unknown sort {v:?}")))?;
-    }
-    for (name, value, slot) in [
-        ("since", &p.since, &mut f.since),
-        ("until", &p.until, &mut f.until),
-    ] {
-        if let Some(v) = value {
-            *slot = Some(rfc3339(name, v)?);
-        }
-    }
-    if let Some(c) = &p.cursor {
-        f.after = Some(decode_cursor(c).ok_or_else(|| bad("malformed cursor"))?);
-    }
-    f.rule = p.rule;
-    f.vault = p.vault;
-    f.principal = p.principal;
-    f.ip = p.ip;
-    f.assignee = p.assignee;
-    f.text = p.q.filter(|t| !t.is_empty());
-    if f.text.as_ref().is_some_and(|t| t.chars().count() < 3) {
-        return Err(bad("q needs at least 3 characters"));
-    }
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    f.limit = Some(limit);
+    let f = p.filter()?;
+    let limit = f.limit.unwrap_or(100);
     let sort = f.sort;
     let full = p.full.unwrap_or(false);
     // The page is built and serialised on the blocking thread that read it, so every
@@ -187,9 +218,7 @@ pub async fn list_alerts(State(s): State<Shared>, Query(p): Query<ListParams>) -
     let page = s
         .read_alerts(move |st| {
             let alerts = st.list(&f)?;
-            let next_cursor = (alerts.len() == limit)
-                .then(|| alerts.last().map(|a| encode_cursor(sort.key(a), &a.id)))
-                .flatten();
+            let next_cursor = next_cursor(&alerts, limit, sort);
             let alerts = if full {
                 Listed::Full(alerts)
             } else {
@@ -330,22 +359,34 @@ pub async fn alert_events(State(s): State<Shared>, UrlPath(id): UrlPath<String>)
     Ok(Json(evidence_events(&s.data, &alert.evidence).await?).into_response())
 }
 
-/// `events` rows with the given IDs as a JSON array. The statement is the service's own
-/// (event IDs are hex hashes, checked before they go into it), so it runs in-process.
-async fn evidence_events(data: &DataDir, evidence: &[String]) -> Result<Value, ApiError> {
+/// The statement that reads an alert's evidence events: the service's own (event IDs are
+/// hex hashes, checked before they go into it). `None` when there is no well-formed ID.
+pub(crate) fn evidence_sql(evidence: &[String]) -> Option<String> {
     let ids: Vec<&String> = evidence
         .iter()
         .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
-    if ids.is_empty() || !data.has_events() {
-        return Ok(json!([]));
+    if ids.is_empty() {
+        return None;
     }
     let list = ids
         .iter()
         .map(|e| format!("'{e}'"))
         .collect::<Vec<_>>()
         .join(",");
-    let sql = format!("SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id");
+    Some(format!(
+        "SELECT * FROM events WHERE event_id IN ({list}) ORDER BY time, event_id"
+    ))
+}
+
+/// `events` rows with the given IDs as a JSON array, run in-process (see [`evidence_sql`]).
+pub(crate) async fn evidence_events(
+    data: &DataDir,
+    evidence: &[String],
+) -> Result<Value, ApiError> {
+    let Some(sql) = evidence_sql(evidence).filter(|_| data.has_events()) else {
+        return Ok(json!([]));
+    };
     let internal = |e: &dyn std::fmt::Display| ApiError::internal(format!("evidence events: {e}"));
     let ctx = data.session().await.map_err(|e| internal(&e))?;
     let df = kvwatch_ingest::query::read_only_sql(&ctx, &sql)

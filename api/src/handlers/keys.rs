@@ -62,7 +62,7 @@ pub async fn create_key(
 }
 
 /// A key-store write the disk refused marks the disk for `/readyz`.
-fn note_key_write(s: &Shared, e: &crate::auth::AuthError) {
+pub(crate) fn note_key_write(s: &Shared, e: &crate::auth::AuthError) {
     if let crate::auth::AuthError::Db(db) = e
         && crate::error::is_disk_refusal(db)
     {

@@ -75,24 +75,7 @@ pub async fn query(
     }
     let res = r?;
     if csv {
-        let mut buf = Vec::new();
-        {
-            let mut w = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut buf);
-            for b in &res.batches {
-                w.write(b).map_err(ApiError::internal)?;
-            }
-        }
-        if res.batches.is_empty() {
-            let names: Vec<&str> = res
-                .schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect();
-            buf = format!("{}\n", names.join(",")).into_bytes();
-        }
+        let buf = csv_bytes(&res)?;
         return Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
@@ -120,4 +103,27 @@ pub async fn query(
         elapsed_ms: res.elapsed.as_millis() as u64,
     })
     .into_response())
+}
+
+/// A result as CSV with a header row (also when there are no rows).
+pub(crate) fn csv_bytes(res: &crate::sql::SqlResult) -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut buf);
+        for b in &res.batches {
+            w.write(b).map_err(ApiError::internal)?;
+        }
+    }
+    if res.batches.is_empty() {
+        let names: Vec<&str> = res
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        buf = format!("{}\n", names.join(",")).into_bytes();
+    }
+    Ok(buf)
 }

@@ -75,43 +75,52 @@ pub async fn create_report(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Answer {
-    use crate::report::{Format, Kind, ReportOptions};
+    use crate::report::{Format, Kind};
     let r: ReportRequest = json_body(req, 16 * 1024).await?;
     let kind = Kind::parse(r.kind.as_deref().unwrap_or("compliance"))
         .ok_or_else(|| bad("unknown kind"))?;
     let format = Format::parse(r.format.as_deref().unwrap_or("html"))
         .ok_or_else(|| bad("unknown format (html, csv or json)"))?;
-    let to = match r.to.as_deref() {
-        Some(v) => rfc3339("to", v)?,
-        None => kvwatch_ingest::store::now_nanos(),
-    };
-    let from = match r.from.as_deref() {
-        Some(v) => rfc3339("from", v)?,
-        None => to - 30 * 86_400_000_000_000,
-    };
+    let to = r.to.as_deref().map(|v| rfc3339("to", v)).transpose()?;
+    let from = r.from.as_deref().map(|v| rfc3339("from", v)).transpose()?;
+    let by = format!("api:{}", caller.name);
+    let meta = generate(&s, kind, format, from, to, &r.vaults, by).await?;
+    tracing::info!(report = %meta.id, key = %caller.name, "api.report_generated");
+    Ok((StatusCode::CREATED, Json(meta)).into_response())
+}
+
+/// Runs, renders and stores a report (`to` defaults to now, `from` to 30 days before `to`).
+pub(crate) async fn generate(
+    s: &Shared,
+    kind: crate::report::Kind,
+    format: crate::report::Format,
+    from: Option<i64>,
+    to: Option<i64>,
+    vaults: &[String],
+    by: String,
+) -> Result<crate::report::StoredReport, ApiError> {
+    let to = to.unwrap_or_else(kvwatch_ingest::store::now_nanos);
+    let from = from.unwrap_or(to - 30 * 86_400_000_000_000);
     if from >= to {
         return Err(bad("from must be before to"));
     }
-    let mut o = ReportOptions::new(kind, from, to);
-    o.vaults = r.vaults.iter().map(|v| v.trim().to_lowercase()).collect();
+    let mut o = crate::report::ReportOptions::new(kind, from, to);
+    o.vaults = vaults.iter().map(|v| v.trim().to_lowercase()).collect();
     let rep = crate::report::run(&s.data, &o).await?;
     let body = crate::report::render(&rep, format);
     let data = s.data.clone();
-    let by = format!("api:{}", caller.name);
     let saved =
         tokio::task::spawn_blocking(move || crate::report::save(&data, &rep, format, &body, &by))
             .await?;
-    let meta = match saved {
-        Ok(m) => m,
+    match saved {
+        Ok(m) => Ok(m),
         Err(crate::report::ReportError::Io(e)) => {
             s.disk.write_failed("a report", &e);
-            return Err(ApiError::unavailable(
+            Err(ApiError::unavailable(
                 "the report could not be stored (disk full or read-only)",
                 e,
-            ));
+            ))
         }
-        Err(e) => return Err(e.into()),
-    };
-    tracing::info!(report = %meta.id, key = %caller.name, "api.report_generated");
-    Ok((StatusCode::CREATED, Json(meta)).into_response())
+        Err(e) => Err(e.into()),
+    }
 }

@@ -67,7 +67,7 @@ pub async fn list_sinks(State(s): State<Shared>) -> Answer {
     Ok(Json(out).into_response())
 }
 
-fn known_sink(s: &Shared, name: &str) -> Result<(), ApiError> {
+pub(crate) fn known_sink(s: &Shared, name: &str) -> Result<(), ApiError> {
     if s.sinks.iter().any(|x| x.name == name) {
         Ok(())
     } else {
