@@ -5,7 +5,8 @@
 # The broker is tansu 0.6.0, a Kafka-compatible broker written in Rust, installed once per
 # machine from crates.io into a cache outside the clone (about 8-20 minutes the first time,
 # skipped afterwards). The Kafka tests start and stop their own broker processes on free
-# ports; nothing is left running.
+# ports; nothing is left running. The console's tests do the same with Chromium and its
+# WebDriver, installed once from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
@@ -20,6 +21,18 @@ if [ ! -x "$KVWATCH_TANSU" ]; then
     cargo install tansu --version 0.6.0 --features dynostore,libsql --root "$tansu_root"
 fi
 "$KVWATCH_TANSU" --version || true
+
+# The console's browser tests drive Debian's Chromium through its WebDriver (chromium and
+# chromium-driver, installed once per machine; KVWATCH_CHROMIUM / KVWATCH_CHROMEDRIVER may
+# point at other builds).
+export KVWATCH_CHROMEDRIVER="${KVWATCH_CHROMEDRIVER:-/usr/bin/chromedriver}"
+if [ ! -x "$KVWATCH_CHROMEDRIVER" ]; then
+    echo "test.sh: installing chromium and chromium-driver from Debian's packages (once per machine)"
+    sudo_="" ; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+"$KVWATCH_CHROMEDRIVER" --version || true
 
 cargo test --workspace --locked "$@"
 

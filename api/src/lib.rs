@@ -6,6 +6,7 @@
 //! pushes alerts to SIEMs from durable cursors.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod forward;
 pub mod handlers;
@@ -15,6 +16,7 @@ mod metrics;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod sql;
 pub mod state;
 

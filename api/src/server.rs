@@ -165,6 +165,7 @@ pub fn router(state: Shared) -> Router {
         .merge(reader)
         .merge(analyst)
         .merge(admin)
+        .merge(crate::console::router())
         .layer(middleware::from_fn(crate::error::request_ids))
         .with_state(state)
 }

@@ -35,6 +35,10 @@ pub struct ServiceOptions {
     pub pool: PoolOptions,
     /// Free disk space below which the service reports not ready.
     pub min_free: u64,
+    /// A console session unused this long ends.
+    pub session_idle: std::time::Duration,
+    /// A console session ends this long after sign-in.
+    pub session_max: std::time::Duration,
     /// The Kafka / Event Hubs source, when one is configured.
     pub kafka: Option<(ConsumeOptions, WriteOptions)>,
     /// The rule pack, loaded and checked.
@@ -132,6 +136,7 @@ impl Service {
             opts.min_free,
         );
         state.rules = opts.rules.iter().map(|r| r.detail()).collect();
+        state.sessions = crate::session::Sessions::new(opts.session_idle, opts.session_max);
         state.sql_limits = opts.sql_limits;
         for sink in &opts.sinks {
             let status = Arc::new(SinkStatus::new(sink));

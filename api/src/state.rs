@@ -32,6 +32,8 @@ pub struct ApiState {
     pub sql: Arc<SqlPool>,
     /// Whether the data directory takes writes.
     pub disk: Arc<DiskHealth>,
+    /// Signed-in console sessions.
+    pub sessions: crate::session::Sessions,
     pub(crate) requests: Mutex<BTreeMap<(String, u16), u64>>,
     pub(crate) denied: AtomicU64,
     /// Idle read-only alert-store connections, reused across requests.
@@ -73,6 +75,7 @@ impl ApiState {
             disk: Arc::new(DiskHealth::new(data.root().to_owned(), min_free)),
             data,
             keys,
+            sessions: crate::session::Sessions::default(),
             kafka,
             rules: Vec::new(),
             detect: None,

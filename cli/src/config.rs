@@ -102,6 +102,10 @@ pub struct ApiConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Free disk space, in MiB, below which the service reports not ready.
     pub min_free_mb: Option<u64>,
+    /// Minutes a console session may stay unused.
+    pub session_idle_mins: Option<u64>,
+    /// Hours after sign-in a console session ends.
+    pub session_max_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -327,5 +327,14 @@ pub async fn run(data: &DataDir, cfg: &Config, a: DemoArgs) -> Result<std::proce
         "  kvwatch --data {} alerts --severity medium",
         data.root().display()
     )?;
+    // A key for the console, so the demo's data can be triaged in a browser at once.
+    let keys = kvwatch_api::KeyStore::open(data)?;
+    let name = format!("demo-analyst-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let key = keys.create(&name, kvwatch_api::Role::Analyst)?;
+    writeln!(
+        out,
+        "\nTriage it in the analyst console: start the service\n  kvwatch --data {} serve\nthen open http://127.0.0.1:8080/ and sign in with this analyst key (shown once):\n  {key}",
+        data.root().display()
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
 }

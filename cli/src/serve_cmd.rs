@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// Free disk space, in MiB, below which the service reports not ready [default: 64].
     #[arg(long, env = "KVWATCH_MIN_FREE_MB")]
     min_free_mb: Option<u64>,
+    /// Minutes a console session may stay unused before it ends [default: 60].
+    #[arg(long, env = "KVWATCH_SESSION_IDLE_MINS")]
+    session_idle_mins: Option<u64>,
+    /// Hours after sign-in a console session ends, used or not [default: 12].
+    #[arg(long, env = "KVWATCH_SESSION_MAX_HOURS")]
+    session_max_hours: Option<u64>,
     /// Do not run the `[[sinks]]` forwarders of the config file (e.g. on a standby node).
     #[arg(long, env = "KVWATCH_NO_FORWARD")]
     no_forward: bool,
@@ -101,6 +107,20 @@ pub async fn cmd_serve(data: &DataDir, cfg: &Config, a: ServeArgs) -> Result<Exi
         sql_limits: a.sql.limits(cfg),
         pool: a.sql.pool(cfg, data)?,
         min_free: a.min_free_mb.or(cfg.api.min_free_mb).unwrap_or(64) << 20,
+        session_idle: Duration::from_secs(
+            60 * a
+                .session_idle_mins
+                .or(cfg.api.session_idle_mins)
+                .unwrap_or(60)
+                .max(1),
+        ),
+        session_max: Duration::from_secs(
+            3600 * a
+                .session_max_hours
+                .or(cfg.api.session_max_hours)
+                .unwrap_or(12)
+                .max(1),
+        ),
         kafka,
         rules: detect_cmd::load_rules(cfg, &a.detect.source, true).await?,
         follow: a.detect.follow_options(cfg),

@@ -156,6 +156,20 @@ fn demo_catches_every_attack_on_a_fixed_seed() {
     ] {
         assert!(r.stdout.contains(class), "{class}: {}", r.stdout);
     }
+    // It ends with a ready analyst key for the console.
+    let key = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("analyst key"))
+        .nth(1)
+        .unwrap_or_default()
+        .trim();
+    assert!(key.starts_with("kvw_") && key.len() == 44, "{}", r.stdout);
+    let keys = run(data.path(), &["apikey", "list", "--format", "json"]).stdout;
+    assert!(
+        keys.contains("demo-analyst-") && keys.contains("\"analyst\""),
+        "{keys}"
+    );
 }
 
 /// The careful classes on another seed, twice each (different actors and variants), with the

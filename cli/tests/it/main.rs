@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod console;
 mod continuous;
 mod detect;
 mod fixture;
