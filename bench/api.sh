@@ -6,28 +6,8 @@
 #   bench/api.sh [N]        needs wrk (apt-get install wrk) and python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
 n="${1:-1000000}"
-work="${KVWATCH_BENCH_DIR:-/tmp/kvwatch-bench-api}"
-cargo build --release --quiet
-kv="$CARGO_TARGET_DIR/release/kvwatch"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-data="$work/data-$n"
-if [ ! -f "$data/alerts.db" ]; then
-    rm -rf "$data"
-    "$kv" --data "$data" sinks list >/dev/null   # creates and migrates the alert store
-    python3 bench/fill_alerts.py "$data/alerts.db" "$n"
-fi
-rm -f "$data/auth.db"*
-key=$("$kv" --data "$data" apikey create --role reader --name bench 2>/dev/null)
-
-port=$(free_port)
-"$kv" --data "$data" serve --listen "127.0.0.1:$port" --interval 86400 --no-models --no-forward \
-    >"$work/serve.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+source bench/alert_store.sh "$n" reader serve.log
 base="http://127.0.0.1:$port/api/v1/alerts"
 cursor=$(curl -sf -H "Authorization: Bearer $key" "$base?limit=1000&sort=-last_seen" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
 # Warm-up (not reported): fills the page cache and the server's reader pool.
