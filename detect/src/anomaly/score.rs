@@ -997,12 +997,19 @@ pub fn learn_hour(b: &mut Baselines, hour: i32, evs: &[Ev]) {
             *b.group_sizes.entry(group).or_default() += 1;
         }
         // What it reads on a vault granted to it personally is not a norm of its group.
-        let pname = b.strings.name(pid).to_owned();
-        let granted: HashSet<u32> = vaults
-            .iter()
-            .copied()
-            .filter(|&v| b.grant_for(&pname, b.strings.name(v), hour).is_some())
-            .collect();
+        // (Only when something is new and grants name it: most principal-hours pay nothing.)
+        let mut granted: HashSet<u32> = HashSet::new();
+        if (!new_vaults.is_empty() || !new_objects.is_empty()) && !b.grants.is_empty() {
+            let pname = b.strings.name(pid);
+            if b.grants.contains_key(&pname.to_ascii_lowercase()) {
+                granted.extend(
+                    vaults
+                        .iter()
+                        .copied()
+                        .filter(|&v| b.grant_for(pname, b.strings.name(v), hour).is_some()),
+                );
+            }
+        }
         let peer = |v: u32| (!granted.contains(&v)).then_some(group);
         for v in new_vaults {
             b.vault_readers
