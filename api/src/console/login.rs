@@ -56,16 +56,26 @@ pub struct Login {
     next: Option<String>,
 }
 
-pub async fn sign_in(State(s): State<Shared>, Form(f): Form<Login>) -> Response {
+pub async fn sign_in(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<Login>,
+) -> Response {
     let next = local(f.next.as_deref());
     let now = kvwatch_ingest::store::now_nanos();
     match s.sessions.open(&s.keys, &f.key, now) {
         Ok(Some((id, sess))) => {
             tracing::info!(key = %sess.name, role = sess.role.as_str(), "console.sign_in");
+            // Behind a TLS-terminating proxy the cookie is also `Secure` (never sent in clear).
+            let tls = headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("https"));
             let cookie = format!(
-                "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
                 session::COOKIE,
-                s.sessions.absolute.as_secs()
+                s.sessions.absolute.as_secs(),
+                if tls { "; Secure" } else { "" }
             );
             let mut r = Redirect::to(&next).into_response();
             r.headers_mut()

@@ -150,6 +150,35 @@ fn an_analyst_triages_in_the_console_and_a_reader_cannot() {
     let (child, base) = serve_with(&data, &[], "serve.log");
     let _reap = Reap(child.id());
 
+    // The session cookie: HttpOnly and SameSite=Strict always, Secure behind a TLS proxy.
+    let no_redirects: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    for (proto, secure) in [(None, false), (Some("https"), true)] {
+        let mut req = no_redirects.post(&format!("{base}/login"));
+        if let Some(p) = proto {
+            req = req.header("X-Forwarded-Proto", p);
+        }
+        let r = req
+            .send_form([("key", analyst.as_str()), ("next", "/alerts")])
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        assert_eq!(cookie.contains("; Secure"), secure, "{cookie}");
+    }
+
     let port = free_port();
     let mut driver = Command::new(chromedriver())
         .arg(format!("--port={port}"))
