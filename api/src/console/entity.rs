@@ -112,6 +112,18 @@ pub fn sections(secs: &[Section], results: &[Rows]) -> Markup {
     }
 }
 
+/// Events per day and operation family of what `filter` selects, drawn as stacked bars.
+fn activity(filter: &str) -> Section {
+    Section {
+        title: "Activity per day",
+        sql: format!(
+            "SELECT to_char(date_trunc('day', time), '%Y-%m-%d') AS day, operation_family AS family, \
+             count(*) AS n FROM events WHERE {filter} GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+        daily: true,
+    }
+}
+
 /// A SQL string literal of `v` (quotes doubled).
 pub fn lit(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
@@ -267,13 +279,7 @@ pub async fn principal(
         "(SELECT DISTINCT principal_oid FROM events WHERE {me} AND principal_oid IS NOT NULL)"
     );
     let secs = vec![
-        Section {
-            title: "Activity per day",
-            sql: format!(
-                "SELECT to_char(date_trunc('day', time), '%Y-%m-%d') AS day, operation_family AS family, count(*) AS n FROM events WHERE {me} GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            daily: true,
-        },
+        activity(&me),
         Section {
             title: "Blast radius: the vaults it can reach and what it read there",
             sql: format!(
@@ -323,13 +329,7 @@ pub async fn vault(State(s): State<Shared>, signed: Signed, Path(id): Path<Strin
     }
     let v = lit(&id.to_lowercase());
     let secs = vec![
-        Section {
-            title: "Activity per day",
-            sql: format!(
-                "SELECT to_char(date_trunc('day', time), '%Y-%m-%d') AS day, operation_family AS family, count(*) AS n FROM events WHERE vault = {v} GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            daily: true,
-        },
+        activity(&format!("vault = {v}")),
         Section {
             title: "Who reads it",
             sql: format!(
@@ -377,13 +377,7 @@ pub async fn ip(State(s): State<Shared>, signed: Signed, Path(id): Path<String>)
     }
     let a = lit(&id);
     let secs = vec![
-        Section {
-            title: "Activity per day",
-            sql: format!(
-                "SELECT to_char(date_trunc('day', time), '%Y-%m-%d') AS day, operation_family AS family, count(*) AS n FROM events WHERE caller_ip = {a} GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            daily: true,
-        },
+        activity(&format!("caller_ip = {a}")),
         Section {
             title: "Principals calling from it, first seen first",
             sql: format!(
