@@ -23,7 +23,10 @@ pub struct ActivityRow {
     pub caller_oid: Option<String>,
     pub caller_upn: Option<String>,
     pub caller_appid: Option<String>,
+    /// A parsed address or null, as in `events`.
     pub caller_ip: Option<String>,
+    /// The address as logged, when it is not exactly `caller_ip`.
+    pub caller_ip_raw: Option<String>,
     pub resource_id: Option<String>,
     pub subscription_id: Option<String>,
     pub scope: Option<String>,
@@ -175,8 +178,11 @@ pub fn normalize(raw: &str) -> Result<ActivityRow, RecordError> {
         .or_else(|| text(get_ci(&v, "resultType")))
         .or_else(|| text(path(&v, &["properties", "activityStatusValue"])));
     row.correlation_id = text(get_ci(&v, "correlationId"));
-    row.caller_ip = text(get_ci(&v, "callerIpAddress"))
+    let ip = text(get_ci(&v, "callerIpAddress"))
         .or_else(|| text(path(&v, &["httpRequest", "clientIpAddress"])));
+    let (ip, logged) = crate::derive::split_caller_ip(ip.map(std::borrow::Cow::Owned));
+    row.caller_ip = ip.map(std::borrow::Cow::into_owned);
+    row.caller_ip_raw = logged.map(std::borrow::Cow::into_owned);
     let claims = path(&v, &["identity", "claims"]).or_else(|| get_ci(&v, "claims"));
     row.caller_oid = claim(
         claims,
@@ -205,7 +211,7 @@ pub fn normalize(raw: &str) -> Result<ActivityRow, RecordError> {
         }
     }
     let resource_id = text(get_ci(&v, "resourceId"));
-    row.resource_id = resource_id.as_ref().map(|s| s.to_ascii_lowercase());
+    row.resource_id = resource_id.as_deref().map(crate::derive::resource_id_key);
     let auth_scope = text(path(&v, &["identity", "authorization", "scope"]))
         .or_else(|| text(path(&v, &["authorization", "scope"])));
 
@@ -224,7 +230,7 @@ pub fn normalize(raw: &str) -> Result<ActivityRow, RecordError> {
         });
         row.target_principal_id = text(get_ci(bp, "principalId")).map(|s| s.to_ascii_lowercase());
         row.target_principal_type = text(get_ci(bp, "principalType"));
-        row.scope = text(get_ci(bp, "scope")).map(|s| s.to_ascii_lowercase());
+        row.scope = text(get_ci(bp, "scope")).map(|s| crate::derive::resource_id_key(&s));
     }
     row.role_name = row.role_definition_id.as_deref().and_then(role_name);
     if row.scope.is_none() {
@@ -234,7 +240,7 @@ pub fn normalize(raw: &str) -> Result<ActivityRow, RecordError> {
                 .split("/providers/microsoft.authorization/roleassignments/")
                 .next()
                 .map(str::to_owned),
-            _ => auth_scope.map(|s| s.to_ascii_lowercase()),
+            _ => auth_scope.map(|s| crate::derive::resource_id_key(&s)),
         };
     }
     let parts = resource_id

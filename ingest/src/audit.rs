@@ -35,7 +35,10 @@ pub struct EventRow<'a> {
     pub result_description: S<'a>,
     pub http_status: Option<i32>,
     pub duration_ms: Option<i64>,
+    /// A parsed address (see [`derive::caller_ip`]) or null.
     pub caller_ip: S<'a>,
+    /// The address as logged, when it is not exactly `caller_ip` (`<Redacted>`, `IP:port`, …).
+    pub caller_ip_raw: S<'a>,
     pub correlation_id: S<'a>,
     pub principal_oid: Option<String>,
     pub principal_upn: Option<String>,
@@ -121,6 +124,7 @@ pub fn normalize<'a>(rec: &RawObject<'a>) -> Result<EventRow<'a>, RecordError> {
         return Err(RecordError::Missing("operationName"));
     }
     row.operation_family = derive::operation_family(&row.operation);
+    (row.caller_ip, row.caller_ip_raw) = derive::split_caller_ip(row.caller_ip.take());
 
     if let Some(p) = props {
         properties(&mut row, p, &mut extra)?;
@@ -416,7 +420,7 @@ fn object_ref(uri: &str) -> ObjectRef {
 fn resource(rid: &str) -> (String, derive::ResourceParts) {
     MEMOS.with_borrow_mut(|m| {
         m.resource.get(rid, |r| {
-            (r.to_ascii_lowercase(), derive::parse_resource_id(r))
+            (derive::resource_id_key(r), derive::parse_resource_id(r))
         })
     })
 }
@@ -585,7 +589,11 @@ fn event_id(row: &EventRow<'_>) -> String {
         put(key, b(row.resource_id.as_deref().or(row.vault.as_deref())));
         put(key, Some(row.operation.as_bytes()));
         put(key, b(row.correlation_id.as_deref()));
-        put(key, b(row.caller_ip.as_deref()));
+        // The address as logged: IDs stored before addresses were normalised stay valid.
+        put(
+            key,
+            b(row.caller_ip_raw.as_deref().or(row.caller_ip.as_deref())),
+        );
         put(key, b(row.request_uri.as_deref()));
         put(key, b(row.object_uri.as_deref()));
         match row.http_status {
@@ -615,7 +623,7 @@ mod tests {
         put(row.resource_id.as_deref().or(row.vault.as_deref()));
         put(Some(&row.operation));
         put(row.correlation_id.as_deref());
-        put(row.caller_ip.as_deref());
+        put(row.caller_ip_raw.as_deref().or(row.caller_ip.as_deref()));
         put(row.request_uri.as_deref());
         put(row.object_uri.as_deref());
         put(row.http_status.map(|s| s.to_string()).as_deref());

@@ -1,6 +1,8 @@
 //! Fields derived from raw values: resource ID parts, object coordinates, operation family,
 //! principal type. Pure functions, shared by the audit-event and activity-log paths.
 
+use std::borrow::Cow;
+
 /// Parts of an ARM resource ID such as
 /// `/SUBSCRIPTIONS/{sub}/RESOURCEGROUPS/{rg}/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/{name}`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,15 +22,35 @@ pub fn parse_resource_id(id: &str) -> ResourceParts {
     with_segments(id, resource_parts)
 }
 
+/// The lower-case form of a resource ID every table stores. Blanks around segments (an ID
+/// re-typed or wrapped by hand: `resourceGroups/ lab-rg /providers`) are dropped.
+pub fn resource_id_key(id: &str) -> String {
+    if !id.bytes().any(|b| b.is_ascii_whitespace()) {
+        return id.to_ascii_lowercase();
+    }
+    with_segments(id, |segs| {
+        let mut out = String::with_capacity(id.len());
+        for s in segs {
+            out.push('/');
+            out.push_str(&s.to_ascii_lowercase());
+        }
+        out
+    })
+}
+
 /// Calls `f` with the non-empty `/`-separated segments of `path`, without allocating for the
 /// usual short paths (this runs twice per ingested record).
 fn with_segments<R>(path: &str, f: impl FnOnce(&[&str]) -> R) -> R {
     const CAP: usize = 24;
     let mut buf = [""; CAP];
     let mut n = 0;
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
+    for seg in path.split('/').map(str::trim).filter(|s| !s.is_empty()) {
         if n == CAP {
-            let all: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let all: Vec<&str> = path
+                .split('/')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
             return f(&all);
         }
         buf[n] = seg;
@@ -281,6 +303,80 @@ pub fn principal_type(
     "unknown"
 }
 
+/// A caller address as logged, read as an address: `IP:port`, `[IPv6]`, `[IPv6]:port`, a zone
+/// suffix, surrounding blanks and IPv4-mapped IPv6 are undone; anything that is not an address
+/// (`<Redacted>`, `unknown`, empty) is [`CallerIp::NotAnAddress`].
+pub fn caller_ip(text: &str) -> CallerIp {
+    use std::net::{IpAddr, Ipv4Addr};
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        // An IPv4 address that parses is canonical already (no leading zeros are accepted).
+        if ip.is_ipv4() {
+            return CallerIp::Canonical;
+        }
+        let s = canonical(ip).to_string();
+        return if s == text {
+            CallerIp::Canonical
+        } else {
+            CallerIp::Normalised(s)
+        };
+    }
+    let t = text.trim();
+    let inner = if let Some(rest) = t.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        match rest.split_once(']') {
+            Some((v6, tail)) if tail.is_empty() || tail.strip_prefix(':').is_some_and(is_port) => {
+                v6
+            }
+            _ => return CallerIp::NotAnAddress,
+        }
+    } else if let Some((host, port)) = t.rsplit_once(':')
+        && is_port(port)
+        && host.parse::<Ipv4Addr>().is_ok()
+    {
+        host
+    } else {
+        t
+    };
+    let inner = inner.split_once('%').map_or(inner, |(a, _)| a);
+    match inner.parse::<IpAddr>() {
+        Ok(ip) => CallerIp::Normalised(canonical(ip).to_string()),
+        Err(_) => CallerIp::NotAnAddress,
+    }
+}
+
+/// What a logged caller address is, read as an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerIp {
+    /// Already the address in canonical form (the common case: nothing is allocated).
+    Canonical,
+    /// An address written another way; here in canonical form.
+    Normalised(String),
+    NotAnAddress,
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Splits a logged caller address into the column value (a parsed address or null) and the raw
+/// text kept beside it when the two differ.
+pub fn split_caller_ip<'a>(
+    raw: Option<Cow<'a, str>>,
+) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
+    let Some(raw) = raw else {
+        return (None, None);
+    };
+    match caller_ip(&raw) {
+        CallerIp::Canonical => (Some(raw), None),
+        CallerIp::Normalised(ip) => (Some(Cow::Owned(ip)), Some(raw)),
+        CallerIp::NotAnAddress => (None, Some(raw)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,5 +471,48 @@ mod tests {
             "service_principal"
         );
         assert_eq!(principal_type(None, None, None, None, None), "unknown");
+    }
+
+    #[test]
+    fn caller_addresses_are_read_as_addresses() {
+        for (raw, want) in [
+            ("203.0.113.5", CallerIp::Canonical),
+            (
+                "203.0.113.5:51234",
+                CallerIp::Normalised("203.0.113.5".into()),
+            ),
+            (" 203.0.113.5 ", CallerIp::Normalised("203.0.113.5".into())),
+            ("2001:db8::1", CallerIp::Canonical),
+            (
+                "2001:DB8:0:0:0:0:0:1",
+                CallerIp::Normalised("2001:db8::1".into()),
+            ),
+            ("[2001:db8::1]", CallerIp::Normalised("2001:db8::1".into())),
+            (
+                "[2001:db8::1]:443",
+                CallerIp::Normalised("2001:db8::1".into()),
+            ),
+            ("fe80::1%eth0", CallerIp::Normalised("fe80::1".into())),
+            (
+                "::ffff:198.51.100.7",
+                CallerIp::Normalised("198.51.100.7".into()),
+            ),
+            ("<Redacted>", CallerIp::NotAnAddress),
+            ("unknown", CallerIp::NotAnAddress),
+            ("", CallerIp::NotAnAddress),
+            ("10.0.0.1:99999999", CallerIp::NotAnAddress),
+            ("[2001:db8::1", CallerIp::NotAnAddress),
+            ("2001:db8::1:443x", CallerIp::NotAnAddress),
+        ] {
+            assert_eq!(caller_ip(raw), want, "{raw:?}");
+        }
+        assert_eq!(
+            split_caller_ip(Some(Cow::Borrowed("<Redacted>"))),
+            (None, Some(Cow::Borrowed("<Redacted>")))
+        );
+        assert_eq!(
+            split_caller_ip(Some(Cow::Borrowed("1.2.3.4"))),
+            (Some(Cow::Borrowed("1.2.3.4")), None)
+        );
     }
 }

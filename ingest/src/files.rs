@@ -520,7 +520,7 @@ impl ParseCtx {
                     if let Some(why) = damage.as_ref().and_then(Damage::get) {
                         parser.unreadable(framer.line() + 1, &why);
                     }
-                    Ok(parser.counts)
+                    Ok(parser.finish())
                 });
                 // Rows of a file are shipped before its completion is reported.
                 ship.ship_all();
@@ -613,7 +613,7 @@ impl ParseCtx {
                         while let Some(frame) = framer.next_frame()? {
                             parser.frame(&frame);
                         }
-                        let counts = parser.counts;
+                        let counts = parser.finish();
                         ship.ship_all();
                         Ok(counts)
                     })

@@ -262,13 +262,20 @@ impl<R: BufRead> Framer<R> {
             }
             break self.line;
         };
-        // Once a file has shown itself line-oriented, lines are not scanned at all.
+        // Once a file has shown itself line-oriented, lines are not scanned at all. Nor is a
+        // line that does not open a JSON structure (a caption, a note saved with the records):
+        // it is a frame of its own, and it does not decide the file's mode, so a stray quote in
+        // it cannot open a "string" that swallows the records after it.
+        let opens = matches!(
+            buf.iter().find(|c| !c.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        );
         let mut scan = Scan::default();
-        if self.mode != Mode::Lines {
+        if self.mode != Mode::Lines && opens {
             scan.feed(&buf);
         }
-        if self.mode == Mode::Lines || !scan.open() {
-            if self.mode == Mode::Unknown {
+        if self.mode == Mode::Lines || !scan.open() || scan.in_string {
+            if self.mode == Mode::Unknown && opens && !scan.open() {
                 self.mode = Mode::Lines;
             }
             self.buf = buf;
@@ -294,7 +301,9 @@ impl<R: BufRead> Framer<R> {
             buf.push(b'\n');
             buf.extend_from_slice(&line);
             scan.feed(&line);
-            if !scan.open() {
+            // A JSON string cannot span lines: one still open at a line's end is a cut or
+            // garbled record, and following it further would swallow the records after it.
+            if !scan.open() || scan.in_string {
                 break;
             }
         }

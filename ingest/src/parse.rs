@@ -52,6 +52,85 @@ pub struct Parser<'s, S: RowSink> {
     /// Source label prefix, e.g. a file path; rows get `{prefix}:{line}` or `…#{index}`.
     pub origin: String,
     src: String,
+    /// Text that did not parse, kept until the next record or the end of the input.
+    pending: Option<Pending>,
+}
+
+/// Deferred text and the lines it spans.
+struct Pending {
+    first: u64,
+    last: u64,
+    text: String,
+}
+
+/// Deferred text is salvaged at least this often, so memory stays bounded on garbage input.
+const PENDING_MAX: usize = 16 << 20;
+
+/// A stretch of text that is not a record: where it starts and why.
+struct Junk {
+    start: usize,
+    why: String,
+}
+
+impl Junk {
+    fn at(start: usize, why: impl Into<String>) -> Self {
+        Self {
+            start,
+            why: why.into(),
+        }
+    }
+}
+
+/// Line numbers of byte offsets in a text, counted incrementally in either direction.
+struct Lines<'t> {
+    text: &'t [u8],
+    pos: usize,
+    line: u64,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str, first: u64) -> Self {
+        Self {
+            text: text.as_bytes(),
+            pos: 0,
+            line: first,
+        }
+    }
+
+    /// The line of the byte at `off` (the last line for the end of the text).
+    fn at(&mut self, off: usize) -> u64 {
+        let off = off.min(self.text.len());
+        if off >= self.pos {
+            self.line += memchr::memchr_iter(b'\n', &self.text[self.pos..off]).count() as u64;
+        } else {
+            self.line -= memchr::memchr_iter(b'\n', &self.text[off..self.pos]).count() as u64;
+        }
+        self.pos = off;
+        self.line
+    }
+}
+
+/// Is this value a record, an array of them or an envelope? Only such values end a stretch
+/// of deferred text: a pretty-printed record's inner objects (`"identity": {…}` on lines of
+/// their own) do not.
+fn record_like(v: &Top<'_>) -> bool {
+    const KEYS: [&str; 7] = [
+        "records",
+        "time",
+        "timegenerated",
+        "eventtimestamp",
+        "category",
+        "operationname",
+        "operationnamevalue",
+    ];
+    match v {
+        Top::Object(o) => o
+            .fields
+            .iter()
+            .any(|(k, _)| KEYS.iter().any(|w| k.eq_ignore_ascii_case(w))),
+        Top::Array(items) => !items.is_empty() && items.iter().all(|i| i.get().starts_with('{')),
+        Top::Other(_) => false,
+    }
 }
 
 impl<'s, S: RowSink> Parser<'s, S> {
@@ -61,6 +140,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             counts: ParseCounts::default(),
             origin: origin.into(),
             src: String::new(),
+            pending: None,
         }
     }
 
@@ -93,6 +173,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
     /// Records that the input could not be read beyond `line` (a damaged compressed stream):
     /// one quarantine row, counted like a record, so the loss is seen and not silent.
     pub fn unreadable(&mut self, line: u64, reason: &str) {
+        self.flush();
         self.set_src(line, line, None);
         self.quarantine(reason, "");
     }
@@ -100,8 +181,9 @@ impl<'s, S: RowSink> Parser<'s, S> {
     /// Parses one frame.
     pub fn frame(&mut self, f: &Frame) {
         self.counts.bytes += f.bytes.len() as u64;
-        self.set_src(f.first_line, f.last_line, None);
         if let Some(size) = f.oversized {
+            self.flush();
+            self.set_src(f.first_line, f.last_line, None);
             let sample = String::from_utf8_lossy(&f.bytes[..f.bytes.len().min(OVERSIZED_SAMPLE)]);
             self.quarantine(
                 &format!(
@@ -115,49 +197,167 @@ impl<'s, S: RowSink> Parser<'s, S> {
         let text = match std::str::from_utf8(f.bytes) {
             Ok(t) => t,
             Err(e) => {
+                self.flush();
+                self.set_src(f.first_line, f.last_line, None);
                 let lossy = String::from_utf8_lossy(f.bytes).into_owned();
                 self.quarantine(&format!("invalid UTF-8: {e}"), &lossy);
                 return;
             }
         };
-        if let Err(msg) = self.text(text, f.first_line, f.last_line) {
-            if f.multiline {
-                self.retry_lines(text, f.first_line, &msg);
-            } else {
-                let (bad, _) = msg;
-                self.quarantine_rest(text, bad.0, &bad.1);
+        self.values(text, f.first_line);
+    }
+
+    /// Stores every value of a frame that is a record or an envelope; anything else (text
+    /// that is not JSON, a cut record, a fragment of a pretty-printed record in a
+    /// line-oriented file) is deferred to [`Self::salvage`] with the text around it.
+    fn values(&mut self, text: &str, first: u64) {
+        let b = text.as_bytes();
+        let mut lines = Lines::new(text, first);
+        let mut at = 0;
+        loop {
+            // Commas between top-level values: records pasted as `},\n{` without an array.
+            while at < b.len() && (b[at].is_ascii_whitespace() || b[at] == b',') {
+                at += 1;
             }
-        }
-    }
-
-    fn quarantine_rest(&mut self, text: &str, at: usize, reason: &str) {
-        let rest = &text[at.min(text.len())..];
-        self.quarantine(reason, rest.trim());
-    }
-
-    /// Parses all JSON values in `text`. On a syntax error, returns the offset where the bad
-    /// part starts and why, and whether any value before it was stored.
-    fn text(&mut self, text: &str, first: u64, last: u64) -> Result<(), ((usize, String), bool)> {
-        let mut any = false;
-        for v in TopValues::new(text) {
-            match v {
-                Ok((v, raw)) => {
-                    self.set_src(first, last, None);
-                    self.top(v, raw);
-                    any = true;
-                }
-                Err((start, e)) => {
-                    let what = if e.is_eof() {
-                        "truncated JSON"
-                    } else {
-                        "invalid JSON"
+            if at == b.len() {
+                return;
+            }
+            match TopValues::new(&text[at..]).next() {
+                Some(Ok((v, raw))) => {
+                    let end = at + raw.len();
+                    let take = match &v {
+                        Top::Other(_) => false,
+                        _ => self.pending.is_none() || record_like(&v),
                     };
-                    self.set_src(first, last, None);
-                    return Err(((start, format!("{what}: {e}")), any));
+                    if take {
+                        self.flush();
+                        self.set_src(lines.at(at), lines.at(end), None);
+                        self.top(v, raw);
+                    } else {
+                        self.defer(raw, lines.at(at));
+                    }
+                    at = end;
                 }
+                Some(Err(_)) => {
+                    self.defer(&text[at..], lines.at(at));
+                    return;
+                }
+                None => return,
             }
         }
-        Ok(())
+    }
+
+    /// Holds text that is not a record, starting at `line`, until a record follows it.
+    fn defer(&mut self, text: &str, line: u64) {
+        let p = self.pending.get_or_insert_with(|| Pending {
+            first: line,
+            last: line,
+            text: String::new(),
+        });
+        if !p.text.is_empty() {
+            // Keep the file's line structure (blank lines the framer skipped included), so
+            // what salvage finds is reported at its own lines.
+            match line.saturating_sub(p.last) {
+                0 => p.text.push(' '),
+                gap => p.text.extend(std::iter::repeat_n('\n', gap as usize)),
+            }
+        }
+        p.text.push_str(text);
+        p.last = line + memchr::memchr_iter(b'\n', text.as_bytes()).count() as u64;
+        if p.text.len() > PENDING_MAX {
+            self.flush();
+        }
+    }
+
+    /// Salvages the deferred text, if any.
+    fn flush(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.salvage(&p.text, p.first);
+        }
+    }
+
+    /// Finds every complete record in text that did not parse as a whole, the way an analyst
+    /// would read it: a record may start at any `{` (or an array of records at any `[`), an
+    /// array or envelope that never closes is read item by item, and each stretch between
+    /// records that is not made of envelope punctuation becomes **one** quarantine row with
+    /// its line range and why it is not a record.
+    fn salvage(&mut self, text: &str, first: u64) {
+        let b = text.as_bytes();
+        let mut lines = Lines::new(text, first);
+        let mut junk: Option<Junk> = None;
+        // Failed attempts can rescan the text; bound the total so hostile input stays linear.
+        let mut budget = text.len().saturating_mul(32).saturating_add(1 << 20);
+        let mut pos = 0;
+        while pos < b.len() {
+            let c = b[pos];
+            if c.is_ascii_whitespace() || c == b',' || (junk.is_none() && c == b']') {
+                pos += 1;
+                continue;
+            }
+            if (c == b'{' || c == b'[') && budget > 0 {
+                match TopValues::new(&text[pos..]).next() {
+                    Some(Ok((v, raw))) if record_like(&v) => {
+                        self.junk(junk.take(), text, &mut lines, pos);
+                        let end = pos + raw.len();
+                        self.set_src(lines.at(pos), lines.at(end), None);
+                        self.top(v, raw);
+                        pos = end;
+                    }
+                    Some(Ok((_, raw))) => {
+                        junk.get_or_insert_with(|| {
+                            Junk::at(pos, "not a Key Vault record: JSON without record fields")
+                        });
+                        pos += raw.len();
+                    }
+                    Some(Err((_, e))) => {
+                        budget = budget.saturating_sub(e.at + 1);
+                        // An array that never closes (a cut file, a missing `]`): its items
+                        // are tried one by one, and the bracket alone is not worth a row.
+                        if junk.is_none() && c != b'[' {
+                            let what = if e.is_eof() {
+                                "truncated JSON"
+                            } else {
+                                "invalid JSON"
+                            };
+                            let line = lines.at(pos) + e.line.saturating_sub(1) as u64;
+                            junk =
+                                Some(Junk::at(pos, format!("{what}: {} (line {line})", e.what())));
+                        }
+                        pos += 1;
+                    }
+                    None => break,
+                }
+                continue;
+            }
+            junk.get_or_insert_with(|| match TopValues::new(&text[pos..]).next() {
+                Some(Ok((Top::Other(kind), _))) => Junk::at(
+                    pos,
+                    format!("expected a JSON object or array, found {kind}"),
+                ),
+                _ => Junk::at(pos, "invalid JSON: free text, not a record"),
+            });
+            pos = memchr::memchr2(b'{', b'[', &b[pos + 1..]).map_or(b.len(), |i| pos + 1 + i);
+        }
+        self.junk(junk, text, &mut lines, b.len());
+    }
+
+    /// One quarantine row for a stretch of text that holds no record, ending before `end`.
+    fn junk(&mut self, junk: Option<Junk>, text: &str, lines: &mut Lines, end: usize) {
+        let Some(j) = junk else { return };
+        let raw = text[j.start..end]
+            .trim_end_matches(|c: char| c.is_ascii_whitespace() || matches!(c, ',' | '[' | ']'));
+        if raw.is_empty() {
+            return;
+        }
+        let (a, z) = (lines.at(j.start), lines.at(j.start + raw.len() - 1));
+        self.set_src(a, z, None);
+        self.quarantine(&j.why, raw);
+    }
+
+    /// Stores what is still deferred and returns the counts: call once the input has ended.
+    pub fn finish(mut self) -> ParseCounts {
+        self.flush();
+        self.counts
     }
 
     /// One top-level value parsed in a single pass (the common case: one record per line).
@@ -184,43 +384,6 @@ impl<'s, S: RowSink> Parser<'s, S> {
         } else {
             self.record_obj(&obj, raw);
         }
-    }
-
-    /// A multi-line frame failed to parse: salvage the lines that are complete JSON objects by
-    /// themselves (compact records inside a damaged envelope), quarantine runs of the rest.
-    fn retry_lines(&mut self, text: &str, first: u64, reason: &((usize, String), bool)) {
-        let mut bad_start: Option<(u64, String)> = None;
-        let flush = |p: &mut Self, bad: &mut Option<(u64, String)>, end: u64| {
-            if let Some((start, raw)) = bad.take() {
-                p.set_src(start, end, None);
-                p.quarantine(&reason.0.1, raw.trim());
-            }
-        };
-        let mut last_no = first;
-        for (i, line) in text.split('\n').enumerate() {
-            let no = first + i as u64;
-            last_no = no;
-            let t = line.trim().trim_end_matches(',').trim_end();
-            let salvageable = if t.starts_with('{') {
-                RawObject::parse(t).ok()
-            } else {
-                None
-            };
-            if let Some(obj) = salvageable {
-                flush(self, &mut bad_start, no - 1);
-                self.set_src(no, no, None);
-                self.object(obj, t);
-            } else if !t.is_empty() {
-                match &mut bad_start {
-                    Some((_, raw)) => {
-                        raw.push('\n');
-                        raw.push_str(line);
-                    }
-                    None => bad_start = Some((no, line.to_owned())),
-                }
-            }
-        }
-        flush(self, &mut bad_start, last_no);
     }
 
     fn records(&mut self, items: &[Raw<'_>]) {
@@ -323,7 +486,7 @@ pub fn parse_stream<S: RowSink>(
     while let Some(frame) = framer.next_frame()? {
         parser.frame(&frame);
     }
-    Ok(parser.counts)
+    Ok(parser.finish())
 }
 
 /// Parses bytes held in memory: a one-line input (a Kafka message's envelope) is parsed in
@@ -337,7 +500,7 @@ pub fn parse_bytes<S: RowSink>(
     if let Some(frame) = crate::framing::single_line(input, max_frame) {
         let mut parser = Parser::new(sink, origin);
         parser.frame(&frame);
-        return parser.counts;
+        return parser.finish();
     }
     parse_stream(input, origin, sink, max_frame).unwrap_or_default()
 }
@@ -374,7 +537,7 @@ mod tests {
         while let Some(f) = fr.next_frame().unwrap() {
             p.frame(&f);
         }
-        let c = p.counts;
+        let c = p.finish();
         (sink, c)
     }
 

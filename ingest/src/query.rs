@@ -156,7 +156,7 @@ pub const AZURE_DIAGNOSTICS_VIEW: &str = r#"CREATE VIEW azure_diagnostics AS SEL
   result_description AS "ResultDescription",
   correlation_id AS "CorrelationId",
   duration_ms AS "DurationMs",
-  caller_ip AS "CallerIPAddress",
+  coalesce(caller_ip_raw, caller_ip) AS "CallerIPAddress",
   request_uri AS "requestUri_s",
   object_uri AS "id_s",
   client_info AS "clientInfo_s",

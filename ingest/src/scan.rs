@@ -101,18 +101,30 @@ impl SyntaxError {
 
 impl std::error::Error for SyntaxError {}
 
+impl SyntaxError {
+    /// What is wrong, without where.
+    pub fn what(&self) -> String {
+        match self.kind {
+            ErrorKind::Eof => "input ends inside a value".into(),
+            ErrorKind::Expected(what) => format!("expected {what}"),
+            ErrorKind::ControlCharacter => "control character inside a string".into(),
+            ErrorKind::InvalidEscape => "invalid escape in a string".into(),
+            ErrorKind::InvalidNumber => "invalid number".into(),
+            ErrorKind::TooDeep => format!("nested deeper than {MAX_DEPTH} levels"),
+            ErrorKind::TrailingCharacters => "trailing characters after the value".into(),
+        }
+    }
+}
+
 impl fmt::Display for SyntaxError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self.kind {
-            ErrorKind::Eof => f.write_str("input ends inside a value")?,
-            ErrorKind::Expected(what) => write!(f, "expected {what}")?,
-            ErrorKind::ControlCharacter => f.write_str("control character inside a string")?,
-            ErrorKind::InvalidEscape => f.write_str("invalid escape in a string")?,
-            ErrorKind::InvalidNumber => f.write_str("invalid number")?,
-            ErrorKind::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels")?,
-            ErrorKind::TrailingCharacters => f.write_str("trailing characters after the value")?,
-        }
-        write!(f, " at line {} column {}", self.line, self.column)
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.what(),
+            self.line,
+            self.column
+        )
     }
 }
 

@@ -124,7 +124,7 @@ proptest! {
         while let Some(f) = framer.next_frame().unwrap() {
             parser.frame(&f);
         }
-        let c = parser.counts;
+        let c = parser.finish();
         prop_assert_eq!(c.records, c.events + c.activity + c.quarantined);
         prop_assert_eq!(sink.events, c.events);
         prop_assert_eq!(sink.activity, c.activity);
