@@ -162,6 +162,8 @@ pub struct IngestConfig {
     pub mmap: Option<bool>,
     pub parse_threads: Option<usize>,
     pub split_mb: Option<usize>,
+    /// `auto`, `resource-log`, `azure-diagnostics`, `azkv-audit-logs` or `azure-activity`.
+    pub shape: Option<String>,
 }
 
 /// Loads the config file named by `--config`/`KVWATCH_CONFIG`, else `./kvwatch.toml` if present.

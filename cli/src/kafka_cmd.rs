@@ -186,7 +186,7 @@ pub struct ConsumeArgs {
 
 #[derive(Args)]
 pub struct PublishArgs {
-    /// Files, directories (walked for *.json, *.jsonl, *.ndjson, *.gz) or `-` for stdin.
+    /// Files, directories (walked for *.json, *.jsonl, *.ndjson, *.csv, *.gz) or `-` for stdin.
     #[arg(required = true)]
     paths: Vec<String>,
     #[command(flatten)]

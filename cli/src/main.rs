@@ -15,6 +15,7 @@ use config::Config;
 use kvwatch_ingest::DataDir;
 use kvwatch_ingest::WriteOptions;
 use kvwatch_ingest::files::{IngestOptions, IngestReport, Progress, expand};
+use kvwatch_ingest::loganalytics::Shape;
 use output::{Format, kv_table, thousands};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -247,9 +248,15 @@ impl StoreArgs {
 
 #[derive(Args)]
 struct IngestArgs {
-    /// Files, directories or `-` (stdin). Directories are walked for *.json, *.jsonl, *.ndjson, *.gz.
+    /// Files, directories or `-` (stdin). Directories are walked for *.json, *.jsonl, *.ndjson,
+    /// *.csv, *.gz.
     #[arg(required = true)]
     paths: Vec<String>,
+    /// What the inputs hold: `auto` tells Azure's records (diagnostic settings, Event Hubs,
+    /// storage, portal and CLI exports) from Log Analytics rows record by record; the others
+    /// force one: resource-log, azure-diagnostics, azkv-audit-logs, azure-activity (JSON or CSV).
+    #[arg(long, env = "KVWATCH_INGEST_SHAPE")]
+    shape: Option<Shape>,
     #[arg(long, value_enum, default_value = "table", env = "KVWATCH_FORMAT")]
     format: Format,
     /// Rows per Arrow batch between the parser and the store.
@@ -396,6 +403,17 @@ async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitC
             .or(cfg.ingest.split_mb)
             .map(|m| m << 20)
             .unwrap_or(d.split_min),
+        shape: match a.shape {
+            Some(s) => s,
+            None => cfg
+                .ingest
+                .shape
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: String| anyhow::anyhow!("config ingest.shape: {e}"))?
+                .unwrap_or(d.shape),
+        },
     };
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();

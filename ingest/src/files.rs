@@ -7,8 +7,9 @@ use crate::batch::{
 };
 use crate::framing::{DEFAULT_MAX_FRAME, Framer};
 pub use crate::gzip::{Damage, Salvage};
+use crate::loganalytics::Shape;
 pub use crate::parse::parse_stream;
-use crate::parse::{ParseCounts, Parser, RowSink};
+use crate::parse::{ParseCounts, Parser, RowSink, read_into};
 use crate::schema::Table;
 use crate::store::{StoreError, StoreWriter, WriteStats, now_nanos};
 use crate::{activity::ActivityRow, audit::EventRow};
@@ -64,7 +65,7 @@ impl Input {
 }
 
 /// File name endings walked in directories. Files named explicitly are read whatever their name.
-pub const EXTENSIONS: &[&str] = &["json", "jsonl", "ndjson", "gz"];
+pub const EXTENSIONS: &[&str] = &["json", "jsonl", "ndjson", "csv", "gz"];
 
 /// Expands paths: `-` is stdin, directories are walked recursively in sorted order keeping the
 /// files with a known ending. Returns the inputs and the files skipped in directories.
@@ -326,6 +327,8 @@ pub struct IngestOptions {
     /// Smallest file cut into ranges for several parser threads: below it, the threads are
     /// better spent on other inputs.
     pub split_min: usize,
+    /// What the inputs hold (`Auto`: told record by record).
+    pub shape: Shape,
 }
 
 impl Default for IngestOptions {
@@ -338,6 +341,7 @@ impl Default for IngestOptions {
             // four, memory would grow with the machine rather than stay under 1 GiB.
             parse_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             split_min: 64 << 20,
+            shape: Shape::Auto,
         }
     }
 }
@@ -451,6 +455,7 @@ struct ParseCtx {
     mmap: bool,
     threads: usize,
     split_min: usize,
+    shape: Shape,
     now: i64,
     /// Bytes consumed so far, for progress.
     read: Arc<AtomicU64>,
@@ -511,14 +516,15 @@ impl ParseCtx {
                 let label = input.label();
                 let result = open(input, self.mmap).and_then(|opened| {
                     let (reader, damage) = opened.into_parts();
-                    let mut framer =
-                        Framer::with_max(Counted::new(reader, &self.read), self.max_frame);
                     let mut parser = Parser::new(&mut ship, label.as_str());
-                    while let Some(frame) = framer.next_frame()? {
-                        parser.frame(&frame);
-                    }
+                    parser.shape = self.shape;
+                    let lines = read_into(
+                        Counted::new(reader, &self.read),
+                        &mut parser,
+                        self.max_frame,
+                    )?;
                     if let Some(why) = damage.as_ref().and_then(Damage::get) {
-                        parser.unreadable(framer.line() + 1, &why);
+                        parser.unreadable(lines + 1, &why);
                     }
                     Ok(parser.finish())
                 });
@@ -610,6 +616,7 @@ impl ParseCtx {
                             .lines_only()
                             .after_line(after);
                         let mut parser = Parser::new(&mut ship, label.as_str());
+                        parser.shape = self.shape;
                         while let Some(frame) = framer.next_frame()? {
                             parser.frame(&frame);
                         }
@@ -693,6 +700,7 @@ pub fn ingest(
         mmap: opts.mmap,
         threads: opts.parse_threads.max(1),
         split_min: opts.split_min.max(1),
+        shape: opts.shape,
         now: now_nanos(),
         read: read.clone(),
         tx,

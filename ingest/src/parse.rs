@@ -6,6 +6,7 @@ use crate::audit::{self, EventRow};
 use crate::framing::{Frame, Framer};
 use crate::ids::decimal;
 use crate::json::{self, Raw, RawObject};
+use crate::loganalytics::{self, Shape};
 use crate::scan::{Top, TopValues};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -54,6 +55,8 @@ pub struct Parser<'s, S: RowSink> {
     src: String,
     /// Text that did not parse, kept until the next record or the end of the input.
     pending: Option<Pending>,
+    /// What the input holds; `Auto` tells records from Log Analytics rows one by one.
+    pub shape: Shape,
 }
 
 /// Deferred text and the lines it spans.
@@ -141,6 +144,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             origin: origin.into(),
             src: String::new(),
             pending: None,
+            shape: Shape::Auto,
         }
     }
 
@@ -168,6 +172,13 @@ impl<'s, S: RowSink> Parser<'s, S> {
         let src = std::mem::take(&mut self.src);
         self.sink.quarantine(&src, reason, raw);
         self.src = src;
+    }
+
+    /// Quarantines one input row that could not be read as text (a CSV row with bad UTF-8).
+    pub fn quarantine_at(&mut self, line: u64, reason: &str, raw: &str) {
+        self.flush();
+        self.set_src(line, line, None);
+        self.quarantine(reason, raw);
     }
 
     /// Records that the input could not be read beyond `line` (a damaged compressed stream):
@@ -381,8 +392,27 @@ impl<'s, S: RowSink> Parser<'s, S> {
                     raw,
                 ),
             }
+        } else if let Some(rows) = obj.get("tables").and_then(|_| loganalytics::api_rows(&obj)) {
+            let base = self.src.clone();
+            for (i, row) in rows.iter().enumerate() {
+                self.src.clear();
+                let _ = write!(self.src, "{base}#{i}");
+                match RawObject::parse(row) {
+                    Ok(o) => self.object(o, row),
+                    Err(e) => self.quarantine(&format!("invalid row: {e}"), row),
+                }
+            }
+            self.src = base;
+        } else if let Some(table) = loganalytics::table_of(&obj, self.shape) {
+            // A Log Analytics row: rebuilt into the record Azure wrote, then read as one.
+            let text = loganalytics::to_record(table, &obj);
+            match text.as_deref().map(|t| (t, RawObject::parse(t))) {
+                Ok((text, Ok(rec))) => self.record_obj(&rec, text, raw),
+                Ok((_, Err(e))) => self.quarantine(&format!("invalid {table} row: {e}"), raw),
+                Err(e) => self.quarantine(&format!("invalid {table} row: {e}"), raw),
+            }
         } else {
-            self.record_obj(&obj, raw);
+            self.record_obj(&obj, raw, raw);
         }
     }
 
@@ -407,8 +437,10 @@ impl<'s, S: RowSink> Parser<'s, S> {
         self.src = base;
     }
 
-    /// Routes one record by category / operation name.
-    fn record_obj(&mut self, obj: &RawObject<'_>, raw: &str) {
+    /// Routes one record by category / operation name. `raw` is the record's text, `original`
+    /// what the input held (the Log Analytics row it was rebuilt from), kept if it is
+    /// quarantined.
+    fn record_obj(&mut self, obj: &RawObject<'_>, raw: &str, original: &str) {
         // One pass picks out the routing members: the first of each key, and the camelCase
         // spelling before the PascalCase one.
         let mut found: [Option<Raw<'_>>; 5] = [None; 5];
@@ -449,7 +481,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
                     self.counts.events += 1;
                     self.sink.event(&row, &self.src);
                 }
-                Err(e) => self.quarantine(&format!("invalid audit event: {e}"), raw),
+                Err(e) => self.quarantine(&format!("invalid audit event: {e}"), original),
             }
             return;
         }
@@ -460,7 +492,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
                     self.counts.activity += 1;
                     self.sink.activity(&row, &self.src);
                 }
-                Err(e) => self.quarantine(&format!("invalid activity log record: {e}"), raw),
+                Err(e) => self.quarantine(&format!("invalid activity log record: {e}"), original),
             }
             return;
         }
@@ -469,7 +501,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             Some(c) => format!("unsupported category: {c}"),
             None => "unsupported category: record has no `category` and is neither a Key Vault audit event nor an Activity Log record".to_owned(),
         };
-        self.quarantine(&reason, raw);
+        self.quarantine(&reason, original);
     }
 }
 
@@ -481,12 +513,26 @@ pub fn parse_stream<S: RowSink>(
     sink: &mut S,
     max_frame: usize,
 ) -> std::io::Result<ParseCounts> {
-    let mut framer = Framer::with_max(reader, max_frame);
     let mut parser = Parser::new(sink, origin);
+    read_into(reader, &mut parser, max_frame)?;
+    Ok(parser.finish())
+}
+
+/// Feeds a whole input to `parser`: JSON in any framing, or a CSV export of a Log Analytics
+/// table (told apart by its header line). Returns the number of lines read.
+pub fn read_into<S: RowSink>(
+    mut reader: impl std::io::BufRead,
+    parser: &mut Parser<'_, S>,
+    max_frame: usize,
+) -> std::io::Result<u64> {
+    if crate::csvrows::looks_like_csv(reader.fill_buf()?) {
+        return crate::csvrows::parse_csv(reader, parser);
+    }
+    let mut framer = Framer::with_max(reader, max_frame);
     while let Some(frame) = framer.next_frame()? {
         parser.frame(&frame);
     }
-    Ok(parser.finish())
+    Ok(framer.line())
 }
 
 /// Parses bytes held in memory: a one-line input (a Kafka message's envelope) is parsed in

@@ -2,6 +2,7 @@
 //! DataFusion is linked once.
 
 mod api;
+mod backfill;
 mod common;
 mod console;
 mod continuous;
