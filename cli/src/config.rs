@@ -33,6 +33,10 @@ pub struct Config {
     /// Behavioural models: `[models]` and `[models.weights]`.
     #[serde(default)]
     pub models: kvwatch_detect::anomaly::ModelConfig,
+    /// Sigma field mapping overrides: `[sigma.keyvault]` and `[sigma.activitylogs]`, each
+    /// `"sigma.field" = "column"`.
+    #[serde(default)]
+    pub sigma: kvwatch_detect::sigma::SigmaMap,
     /// Per-rule settings: `[rules.<rule-id>]` with `enabled` and a `params` table.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleConfig>,
@@ -49,6 +53,8 @@ pub struct Config {
 pub struct DetectConfig {
     /// Directory of rule files to use instead of the built-in pack.
     pub rules: Option<PathBuf>,
+    /// Directory of Sigma rules loaded in addition to the pack.
+    pub sigma: Option<PathBuf>,
     /// Longest wait between passes of continuous detection.
     pub interval_secs: Option<u64>,
     /// Milliseconds between checks of the store for a new commit.

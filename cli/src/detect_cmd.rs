@@ -20,9 +20,12 @@ use std::process::ExitCode;
 
 #[derive(Args, Clone, Default)]
 pub struct RulesSource {
-    /// Directory of rule files (YAML) instead of the built-in pack.
+    /// Directory of rule files (kvwatch YAML and Sigma) instead of the built-in pack.
     #[arg(long, env = "KVWATCH_RULES")]
     pub rules: Option<PathBuf>,
+    /// Directory of Sigma rules (or kvwatch rules) loaded in addition to the pack.
+    #[arg(long, env = "KVWATCH_SIGMA")]
+    pub sigma: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -245,10 +248,19 @@ pub async fn load_rules(
     only_enabled: bool,
 ) -> Result<Vec<Rule>> {
     let dir = source.rules.clone().or_else(|| cfg.detect.rules.clone());
-    let mut rules = rule::load(dir.as_deref()).with_context(|| match &dir {
+    cfg.sigma
+        .validate()
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let mut rules = rule::load_with(dir.as_deref(), &cfg.sigma).with_context(|| match &dir {
         Some(d) => format!("loading rules from {}", d.display()),
         None => "loading the built-in rule pack".to_owned(),
     })?;
+    if let Some(extra) = source.sigma.clone().or_else(|| cfg.detect.sigma.clone()) {
+        let more = rule::load_dir_with(&extra, &cfg.sigma)
+            .with_context(|| format!("loading rules from {}", extra.display()))?;
+        rules.extend(more);
+        rules = rule::check_unique(rules)?;
+    }
     let overrides: BTreeMap<String, RuleOverride> = cfg
         .rules
         .iter()

@@ -4,7 +4,7 @@
 //! DataFusion plan per rule over a time range, rows → [`alert::Occurrence`]) → [`store`]
 //! (SQLite alert store: upsert, fold within suppression, status) → [`run`] (backfill and
 //! incremental passes that tie them together) and [`fixture`] (rule tests through the real
-//! ingest path). [`udf`] holds the SQL functions rules use beyond DataFusion's own.
+//! ingest path). [`sigma`] compiles Sigma rules into the same [`Rule`]s. [`udf`] holds the SQL functions rules use beyond DataFusion's own.
 
 pub mod alert;
 pub mod anomaly;
@@ -13,6 +13,7 @@ pub mod fixture;
 pub mod follow;
 pub mod rule;
 pub mod run;
+pub mod sigma;
 pub mod store;
 pub mod table;
 pub mod udf;

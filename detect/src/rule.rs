@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::alert::Severity;
+pub use crate::sigma::SigmaMap;
 use kvwatch_ingest::query::sql_literal;
 
 /// Errors from loading, rendering or planning rules.
@@ -650,8 +651,22 @@ pub fn apply_overrides(
     Ok(())
 }
 
-/// Loads every `*.yaml`/`*.yml` file of `dir` (not recursive), sorted by file name.
+/// Loads every `*.yaml`/`*.yml` file of `dir` (not recursive), sorted by file name: rules in
+/// kvwatch's format and Sigma rules (shipped field mapping).
 pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
+    load_dir_with(dir, &SigmaMap::default())
+}
+
+/// [`load`] with a deployment's Sigma field mapping.
+pub fn load_with(dir: Option<&Path>, sigma: &SigmaMap) -> Result<Vec<Rule>, RuleError> {
+    match dir {
+        Some(d) => load_dir_with(d, sigma),
+        None => load_embedded(),
+    }
+}
+
+/// [`load_dir`] with a deployment's Sigma field mapping.
+pub fn load_dir_with(dir: &Path, sigma: &SigmaMap) -> Result<Vec<Rule>, RuleError> {
     let io = |e| RuleError::Io {
         path: dir.display().to_string(),
         source: e,
@@ -663,21 +678,26 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
         .collect();
     files.sort();
     let mut rules = Vec::new();
+    let mut sigma_docs = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).map_err(|e| RuleError::Io {
             path: f.display().to_string(),
             source: e,
         })?;
-        rules.push(Rule::parse(
-            &f.display().to_string(),
-            &text,
-            f.parent().map(Path::to_path_buf),
-        )?);
+        let name = f.display().to_string();
+        let parent = f.parent().map(Path::to_path_buf);
+        if crate::sigma::is_sigma(&text) {
+            sigma_docs.extend(crate::sigma::parse_file(&name, &text, parent)?);
+        } else {
+            rules.push(Rule::parse(&name, &text, parent)?);
+        }
     }
+    // Sigma correlations may refer to rules of other files: compiled once all are read.
+    rules.extend(crate::sigma::compile_all(&sigma_docs, sigma)?);
     check_unique(rules)
 }
 
-fn check_unique(rules: Vec<Rule>) -> Result<Vec<Rule>, RuleError> {
+pub fn check_unique(rules: Vec<Rule>) -> Result<Vec<Rule>, RuleError> {
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     for r in &rules {
         if let Some(first) = seen.insert(r.id(), &r.file) {

@@ -49,3 +49,41 @@ fn embedded_pack_matches_the_directory() {
     let ids = |v: &[kvwatch_detect::Rule]| v.iter().map(|r| r.id().to_owned()).collect::<Vec<_>>();
     assert_eq!(ids(&embedded), ids(&on_disk));
 }
+
+/// The Sigma examples (`rules/sigma/`) load beside nothing else, plan, and pass their fixtures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigma_examples_load_plan_and_pass() {
+    let dir = rules_dir().join("sigma");
+    let rules = load_dir(&dir).expect("Sigma rules load");
+    let ids: Vec<&str> = rules.iter().map(|r| r.id()).collect();
+    // The two base rules of the correlations are not rules of their own.
+    assert_eq!(rules.len(), 5, "{ids:?}");
+    assert!(ids.iter().all(|i| i.starts_with("sigma-")), "{ids:?}");
+    check_all(&rules).await.expect("every Sigma rule plans");
+    let mut failures = Vec::new();
+    for r in &rules {
+        let positive = r.doc.tests.iter().any(|t| t.expect.alerts > 0);
+        let negative = r.doc.tests.iter().any(|t| t.expect.alerts == 0);
+        assert!(
+            positive && negative,
+            "rule {} needs both kinds of fixture",
+            r.id()
+        );
+        for res in run_fixtures(r).await {
+            if !res.passed {
+                failures.push(format!(
+                    "{} / {}: {}\n{}",
+                    res.rule_id,
+                    res.name,
+                    res.message.unwrap_or_default(),
+                    r.doc.sql
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n{}",
+        failures.join("\n\n")
+    );
+}
