@@ -1,4 +1,4 @@
-//! Embeds the rule pack (`../rules/*.yaml`) so the binary works without a checkout.
+//! Embeds the rule pack (`../rules/*.yaml`, `*.yml`) so the binary works without a checkout.
 use std::fmt::Write;
 use std::path::PathBuf;
 

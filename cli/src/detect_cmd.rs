@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kvwatch_detect::engine::check_all;
 use kvwatch_detect::fixture::run_fixtures;
 use kvwatch_detect::follow::PassOutcome;
+use kvwatch_detect::pack;
 use kvwatch_detect::rule::{self, Dur, Rule, RuleOverride};
 use kvwatch_detect::run::{DetectReport, backfill, incremental};
 use kvwatch_detect::{Alert, AlertFilter, AlertStore, Engine, Severity, Status};
@@ -251,15 +252,15 @@ pub async fn load_rules(
     cfg.sigma
         .validate()
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let mut rules = rule::load_with(dir.as_deref(), &cfg.sigma).with_context(|| match &dir {
+    let mut rules = pack::load_with(dir.as_deref(), &cfg.sigma).with_context(|| match &dir {
         Some(d) => format!("loading rules from {}", d.display()),
         None => "loading the built-in rule pack".to_owned(),
     })?;
     if let Some(extra) = source.sigma.clone().or_else(|| cfg.detect.sigma.clone()) {
-        let more = rule::load_dir_with(&extra, &cfg.sigma)
+        let more = pack::load_dir_with(&extra, &cfg.sigma)
             .with_context(|| format!("loading rules from {}", extra.display()))?;
         rules.extend(more);
-        rules = rule::check_unique(rules)?;
+        rules = pack::check_unique(rules)?;
     }
     let overrides: BTreeMap<String, RuleOverride> = cfg
         .rules

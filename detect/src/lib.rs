@@ -1,6 +1,6 @@
 //! kvwatch-detect: detection rules over the event store.
 //!
-//! Reading order: [`rule`] (the YAML rule format, parameters, loading) → [`engine`] (one
+//! Reading order: [`rule`] (the YAML rule format, parameters) and [`pack`] (loading) → [`engine`] (one
 //! DataFusion plan per rule over a time range, rows → [`alert::Occurrence`]) → [`store`]
 //! (SQLite alert store: upsert, fold within suppression, status) → [`run`] (backfill and
 //! incremental passes that tie them together) and [`fixture`] (rule tests through the real
@@ -11,6 +11,7 @@ pub mod anomaly;
 pub mod engine;
 pub mod fixture;
 pub mod follow;
+pub mod pack;
 pub mod rule;
 pub mod run;
 pub mod sigma;

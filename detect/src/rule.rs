@@ -7,10 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::alert::Severity;
-pub use crate::sigma::SigmaMap;
 use kvwatch_ingest::query::sql_literal;
 
 /// Errors from loading, rendering or planning rules.
@@ -578,26 +577,6 @@ pub fn render_template(text: &str, value: impl Fn(&str) -> Option<String>) -> St
     out
 }
 
-/// Rule files compiled into the binary, so `kvwatch detect` works without a checkout.
-pub const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/embedded_rules.rs"));
-
-/// Loads the embedded rule pack.
-pub fn load_embedded() -> Result<Vec<Rule>, RuleError> {
-    let rules = EMBEDDED
-        .iter()
-        .map(|(name, text)| Rule::parse(&format!("rules/{name}"), text, None))
-        .collect::<Result<Vec<_>, _>>()?;
-    check_unique(rules)
-}
-
-/// The rule pack: the files of `dir`, or the built-in pack.
-pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
-    match dir {
-        Some(d) => load_dir(d),
-        None => load_embedded(),
-    }
-}
-
 /// A deployment's settings for one rule (`[rules.<id>]` of the config file).
 #[derive(Debug, Clone, Default)]
 pub struct RuleOverride {
@@ -649,66 +628,6 @@ pub fn apply_overrides(
         rules.retain(|r| r.doc.enabled);
     }
     Ok(())
-}
-
-/// Loads every `*.yaml`/`*.yml` file of `dir` (not recursive), sorted by file name: rules in
-/// kvwatch's format and Sigma rules (shipped field mapping).
-pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RuleError> {
-    load_dir_with(dir, &SigmaMap::default())
-}
-
-/// [`load`] with a deployment's Sigma field mapping.
-pub fn load_with(dir: Option<&Path>, sigma: &SigmaMap) -> Result<Vec<Rule>, RuleError> {
-    match dir {
-        Some(d) => load_dir_with(d, sigma),
-        None => load_embedded(),
-    }
-}
-
-/// [`load_dir`] with a deployment's Sigma field mapping.
-pub fn load_dir_with(dir: &Path, sigma: &SigmaMap) -> Result<Vec<Rule>, RuleError> {
-    let io = |e| RuleError::Io {
-        path: dir.display().to_string(),
-        source: e,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    let mut rules = Vec::new();
-    let mut sigma_docs = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| RuleError::Io {
-            path: f.display().to_string(),
-            source: e,
-        })?;
-        let name = f.display().to_string();
-        let parent = f.parent().map(Path::to_path_buf);
-        if crate::sigma::is_sigma(&text) {
-            sigma_docs.extend(crate::sigma::parse_file(&name, &text, parent)?);
-        } else {
-            rules.push(Rule::parse(&name, &text, parent)?);
-        }
-    }
-    // Sigma correlations may refer to rules of other files: compiled once all are read.
-    rules.extend(crate::sigma::compile_all(&sigma_docs, sigma)?);
-    check_unique(rules)
-}
-
-pub fn check_unique(rules: Vec<Rule>) -> Result<Vec<Rule>, RuleError> {
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for r in &rules {
-        if let Some(first) = seen.insert(r.id(), &r.file) {
-            return Err(RuleError::DuplicateId {
-                id: r.id().to_owned(),
-                first: first.to_owned(),
-                second: r.file.clone(),
-            });
-        }
-    }
-    Ok(rules)
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! object of its non-empty columns and is parsed like a row exported as JSON, so both forms
 //! give the same rows.
 
-use crate::framing::Frame;
-use crate::parse::{Parser, RowSink};
 use serde_json::{Map, Value};
 use std::io;
 
@@ -31,9 +29,16 @@ pub fn looks_like_csv(head: &[u8]) -> bool {
             .any(|c| c.trim().trim_matches('"').starts_with("TimeGenerated"))
 }
 
-/// Parses a CSV export into `parser`; returns the number of lines read. A row that is not
-/// UTF-8 is quarantined; an I/O error ends the input.
-pub fn parse_csv<S: RowSink>(r: impl io::Read, parser: &mut Parser<'_, S>) -> io::Result<u64> {
+/// One data row of a CSV export: the JSON object of its non-empty columns, or why it could
+/// not be read (with its fields joined back for the quarantine).
+pub enum Row<'a> {
+    Json(&'a str),
+    Unreadable { why: String, raw: String },
+}
+
+/// Reads a CSV export, calling `row` with each data row and its line; returns the number of
+/// lines read. An I/O error (or a malformed CSV stream) ends the input.
+pub fn read_rows(r: impl io::Read, mut row: impl FnMut(u64, Row<'_>)) -> io::Result<u64> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
@@ -65,7 +70,7 @@ pub fn parse_csv<S: RowSink>(r: impl io::Read, parser: &mut Parser<'_, S>) -> io
         }
         let line = rec.position().map_or(lines + 1, |p| p.line());
         lines = line;
-        let mut row = Map::new();
+        let mut obj = Map::new();
         let mut bad = None;
         for (i, field) in rec.iter().enumerate() {
             if field.is_empty() {
@@ -77,7 +82,7 @@ pub fn parse_csv<S: RowSink>(r: impl io::Read, parser: &mut Parser<'_, S>) -> io
                 .unwrap_or_else(|| format!("column{}", i + 1));
             match std::str::from_utf8(field) {
                 Ok(v) => {
-                    row.insert(name, Value::String(v.to_owned()));
+                    obj.insert(name, Value::String(v.to_owned()));
                 }
                 Err(e) => {
                     bad = Some(format!("invalid UTF-8 in column {name}: {e}"));
@@ -85,25 +90,26 @@ pub fn parse_csv<S: RowSink>(r: impl io::Read, parser: &mut Parser<'_, S>) -> io
                 }
             }
         }
-        text.clear();
         match bad {
-            None => text.push_str(&Value::Object(row).to_string()),
+            None => {
+                text.clear();
+                text.push_str(&Value::Object(obj).to_string());
+                row(line, Row::Json(&text));
+            }
             Some(why) => {
                 let raw: Vec<String> = rec
                     .iter()
                     .map(|f| String::from_utf8_lossy(f).into_owned())
                     .collect();
-                parser.quarantine_at(line, &why, &raw.join(","));
-                continue;
+                row(
+                    line,
+                    Row::Unreadable {
+                        why,
+                        raw: raw.join(","),
+                    },
+                );
             }
         }
-        parser.frame(&Frame {
-            bytes: text.as_bytes(),
-            first_line: line,
-            last_line: line,
-            multiline: false,
-            oversized: None,
-        });
     }
     Ok(lines)
 }

@@ -274,8 +274,15 @@ impl<R: BufRead> Framer<R> {
         if self.mode != Mode::Lines && opens {
             scan.feed(&buf);
         }
-        if self.mode == Mode::Lines || !scan.open() || scan.in_string {
-            if self.mode == Mode::Unknown && opens && !scan.open() {
+        // A line that is only `[` opens a pretty-printed array (what `az … -o json`, jq and
+        // most JSON writers print): its items are framed one by one, so an export of any size
+        // streams instead of becoming one frame bounded by the frame limit. The bracket
+        // itself, and the `]` at the end, parse as nothing.
+        let bare_bracket = self.mode != Mode::Lines && buf.trim_ascii() == b"[";
+        if self.mode == Mode::Lines || !scan.open() || scan.in_string || bare_bracket {
+            if bare_bracket {
+                self.mode = Mode::Multi;
+            } else if self.mode == Mode::Unknown && opens && !scan.open() {
                 self.mode = Mode::Lines;
             }
             self.buf = buf;
@@ -392,6 +399,22 @@ mod tests {
         assert_eq!(first.bytes.len(), 8);
         let second = fr.next_frame().unwrap().unwrap();
         assert_eq!(second.bytes, b"{}");
+    }
+
+    #[test]
+    fn a_pretty_array_is_framed_item_by_item() {
+        let f = frames("[\n  {\n    \"a\": 1\n  },\n  {\n    \"a\": \"]\"\n  }\n]\n");
+        let texts: Vec<&str> = f.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "[",
+                "  {\n    \"a\": 1\n  },",
+                "  {\n    \"a\": \"]\"\n  }",
+                "]"
+            ]
+        );
+        assert_eq!((f[1].1, f[1].2), (2, 4));
     }
 
     #[test]

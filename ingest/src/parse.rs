@@ -3,6 +3,7 @@
 
 use crate::activity::{self, ActivityRow};
 use crate::audit::{self, EventRow};
+use crate::csvrows;
 use crate::framing::{Frame, Framer};
 use crate::ids::decimal;
 use crate::json::{self, Raw, RawObject};
@@ -525,8 +526,17 @@ pub fn read_into<S: RowSink>(
     parser: &mut Parser<'_, S>,
     max_frame: usize,
 ) -> std::io::Result<u64> {
-    if crate::csvrows::looks_like_csv(reader.fill_buf()?) {
-        return crate::csvrows::parse_csv(reader, parser);
+    if csvrows::looks_like_csv(reader.fill_buf()?) {
+        return csvrows::read_rows(reader, |line, row| match row {
+            csvrows::Row::Json(text) => parser.frame(&Frame {
+                bytes: text.as_bytes(),
+                first_line: line,
+                last_line: line,
+                multiline: false,
+                oversized: None,
+            }),
+            csvrows::Row::Unreadable { why, raw } => parser.quarantine_at(line, &why, &raw),
+        });
     }
     let mut framer = Framer::with_max(reader, max_frame);
     while let Some(frame) = framer.next_frame()? {

@@ -2,7 +2,7 @@
 
 use kvwatch_detect::engine::check_all;
 use kvwatch_detect::fixture::run_fixtures;
-use kvwatch_detect::rule::load_dir;
+use kvwatch_detect::pack::load_dir;
 use std::path::PathBuf;
 
 fn rules_dir() -> PathBuf {
@@ -44,7 +44,7 @@ async fn rule_pack_fixtures_pass() {
 
 #[test]
 fn embedded_pack_matches_the_directory() {
-    let embedded = kvwatch_detect::rule::load_embedded().unwrap();
+    let embedded = kvwatch_detect::pack::load_embedded().unwrap();
     let on_disk = load_dir(&rules_dir()).unwrap();
     let ids = |v: &[kvwatch_detect::Rule]| v.iter().map(|r| r.id().to_owned()).collect::<Vec<_>>();
     assert_eq!(ids(&embedded), ids(&on_disk));
