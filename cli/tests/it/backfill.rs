@@ -73,6 +73,22 @@ fn s<'a>(r: &'a Value, k: &str) -> Option<&'a Value> {
     r.get(k).filter(|v| !v.is_null())
 }
 
+/// Copies the record's top-level fields to the columns named for them, and its duration as a
+/// whole number (`DurationMs` is a long in both tables).
+fn top_columns(r: &Value, row: &mut Map<String, Value>, cols: &[(&str, &str)]) {
+    for (col, key) in cols {
+        if let Some(v) = s(r, key) {
+            row.insert((*col).into(), v.clone());
+        }
+    }
+    if let Some(d) = s(r, "durationMs") {
+        let d: i64 = d
+            .as_i64()
+            .unwrap_or_else(|| d.as_str().unwrap().parse().unwrap());
+        row.insert("DurationMs".into(), json!(d));
+    }
+}
+
 fn workspace_columns(row: &mut Map<String, Value>, rid: &str, table: &str) {
     row.insert(
         "TenantId".into(),
@@ -94,26 +110,20 @@ fn azure_diagnostics(r: &Value) -> Value {
     row.insert("ResourceProvider".into(), json!("MICROSOFT.KEYVAULT"));
     row.insert("ResourceType".into(), json!(segs[7]));
     row.insert("Resource".into(), json!(segs[8]));
-    for (col, key) in [
-        ("Category", "category"),
-        ("OperationName", "operationName"),
-        ("OperationVersion", "operationVersion"),
-        ("ResultType", "resultType"),
-        ("ResultSignature", "resultSignature"),
-        ("ResultDescription", "resultDescription"),
-        ("CallerIPAddress", "callerIpAddress"),
-        ("CorrelationId", "correlationId"),
-    ] {
-        if let Some(v) = s(r, key) {
-            row.insert(col.into(), v.clone());
-        }
-    }
-    if let Some(d) = s(r, "durationMs") {
-        let d: i64 = d
-            .as_i64()
-            .unwrap_or_else(|| d.as_str().unwrap().parse().unwrap());
-        row.insert("DurationMs".into(), json!(d));
-    }
+    top_columns(
+        r,
+        &mut row,
+        &[
+            ("Category", "category"),
+            ("OperationName", "operationName"),
+            ("OperationVersion", "operationVersion"),
+            ("ResultType", "resultType"),
+            ("ResultSignature", "resultSignature"),
+            ("ResultDescription", "resultDescription"),
+            ("CallerIPAddress", "callerIpAddress"),
+            ("CorrelationId", "correlationId"),
+        ],
+    );
     if let Some(claims) = r["identity"].get("claim") {
         flatten("identity_claim", claims, &mut row);
     }
@@ -128,26 +138,20 @@ fn azkv_audit_logs(r: &Value) -> Value {
     let mut row = Map::new();
     let rid = r["resourceId"].as_str().unwrap();
     row.insert("TimeGenerated".into(), r["time"].clone());
-    for (col, key) in [
-        ("OperationName", "operationName"),
-        ("OperationVersion", "operationVersion"),
-        ("ResultType", "resultType"),
-        ("ResultSignature", "resultSignature"),
-        ("ResultDescription", "resultDescription"),
-        ("CallerIpAddress", "callerIpAddress"),
-        ("CorrelationId", "correlationId"),
-        ("Identity", "identity"),
-    ] {
-        if let Some(v) = s(r, key) {
-            row.insert(col.into(), v.clone());
-        }
-    }
-    if let Some(d) = s(r, "durationMs") {
-        let d: i64 = d
-            .as_i64()
-            .unwrap_or_else(|| d.as_str().unwrap().parse().unwrap());
-        row.insert("DurationMs".into(), json!(d));
-    }
+    top_columns(
+        r,
+        &mut row,
+        &[
+            ("OperationName", "operationName"),
+            ("OperationVersion", "operationVersion"),
+            ("ResultType", "resultType"),
+            ("ResultSignature", "resultSignature"),
+            ("ResultDescription", "resultDescription"),
+            ("CallerIpAddress", "callerIpAddress"),
+            ("CorrelationId", "correlationId"),
+            ("Identity", "identity"),
+        ],
+    );
     let mut rest = Map::new();
     if let Some(Value::Object(p)) = s(r, "properties") {
         for (k, v) in p {

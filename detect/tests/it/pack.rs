@@ -13,33 +13,7 @@ fn rules_dir() -> PathBuf {
 async fn rule_pack_fixtures_pass() {
     let rules = load_dir(&rules_dir()).expect("rule pack loads");
     assert!(!rules.is_empty());
-    check_all(&rules).await.expect("every rule plans");
-    let mut failures = Vec::new();
-    for r in &rules {
-        assert!(!r.doc.tests.is_empty(), "rule {} has no fixtures", r.id());
-        let positive = r.doc.tests.iter().any(|t| t.expect.alerts > 0);
-        let negative = r.doc.tests.iter().any(|t| t.expect.alerts == 0);
-        assert!(
-            positive && negative,
-            "rule {} needs positive and negative fixtures",
-            r.id()
-        );
-        for res in run_fixtures(r).await {
-            if !res.passed {
-                failures.push(format!(
-                    "{} / {}: {}",
-                    res.rule_id,
-                    res.name,
-                    res.message.unwrap_or_default()
-                ));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "fixture failures:\n{}",
-        failures.join("\n\n")
-    );
+    plan_and_pass(&rules).await;
 }
 
 #[test]
@@ -59,14 +33,19 @@ async fn sigma_examples_load_plan_and_pass() {
     // The two base rules of the correlations are not rules of their own.
     assert_eq!(rules.len(), 5, "{ids:?}");
     assert!(ids.iter().all(|i| i.starts_with("sigma-")), "{ids:?}");
-    check_all(&rules).await.expect("every Sigma rule plans");
+    plan_and_pass(&rules).await;
+}
+
+/// Every rule plans, has fixtures, positive and negative, and passes them all.
+async fn plan_and_pass(rules: &[kvwatch_detect::Rule]) {
+    check_all(rules).await.expect("every rule plans");
     let mut failures = Vec::new();
-    for r in &rules {
+    for r in rules {
         let positive = r.doc.tests.iter().any(|t| t.expect.alerts > 0);
         let negative = r.doc.tests.iter().any(|t| t.expect.alerts == 0);
         assert!(
             positive && negative,
-            "rule {} needs both kinds of fixture",
+            "rule {} needs positive and negative fixtures",
             r.id()
         );
         for res in run_fixtures(r).await {
