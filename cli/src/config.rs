@@ -9,8 +9,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Data directory.
-    pub data: Option<PathBuf>,
+    /// The event store: a directory or an object-store URL.
+    pub data: Option<String>,
+    /// This node's local state directory (required when `data` is a URL).
+    pub state: Option<PathBuf>,
+    /// MiB of this node's cache of an object store's Parquet files.
+    pub cache_mb: Option<u64>,
+    /// Object-store settings: `[storage]` with `account_name`, `access_key`, `sas_token`,
+    /// `client_id`, … (values may be `${env:…}`/`${file:…}`).
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: Option<String>,
     /// Log line format: `text` or `json`.
@@ -157,6 +165,9 @@ pub struct StoreConfig {
     pub zstd_level: Option<i32>,
     pub compact_min_files: Option<usize>,
     pub retire_grace_secs: Option<u64>,
+    pub retain_days: Option<u32>,
+    pub orphan_grace_secs: Option<u64>,
+    pub lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

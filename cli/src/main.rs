@@ -31,9 +31,30 @@ struct Cli {
     /// Config file (TOML); `./kvwatch.toml` is read when present.
     #[arg(long, global = true, env = "KVWATCH_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory holding the event store [default: ./kvwatch-data].
+    /// The event store: a directory, or an object-store URL shared by many nodes
+    /// (`az://container/prefix`, `abfss://container@account.dfs.core.windows.net/prefix`,
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`) [default: ./kvwatch-data].
     #[arg(long, global = true, env = "KVWATCH_DATA")]
-    data: Option<PathBuf>,
+    data: Option<String>,
+    /// This node's local state (alert store, API keys, reports, models, upload staging);
+    /// required when --data is a URL [default: the --data directory].
+    #[arg(long, global = true, env = "KVWATCH_STATE")]
+    state: Option<PathBuf>,
+    /// Object-store setting `key=value` (repeatable; `account_name`, `access_key`,
+    /// `sas_token`, `client_id`, `client_secret`, `tenant_id`, `use_azure_cli`, `endpoint`,
+    /// …); values may be `${env:NAME}` or `${file:PATH}`. `AZURE_*`/`AWS_*`/`GOOGLE_*`
+    /// variables are read too.
+    #[arg(
+        long = "storage-option",
+        global = true,
+        env = "KVWATCH_STORAGE_OPTIONS",
+        value_delimiter = ','
+    )]
+    storage_options: Vec<String>,
+    /// MiB of this node's cache of the object store's Parquet files (under --state/cache),
+    /// for queries and detection; 0 turns it off [default: 2048].
+    #[arg(long, global = true, env = "KVWATCH_CACHE_MB")]
+    cache_mb: Option<u64>,
     /// Log filter, e.g. `info` or `kvwatch_ingest=debug` [default: warn].
     #[arg(long, global = true, env = "KVWATCH_LOG")]
     log: Option<String>,
@@ -214,6 +235,16 @@ struct StoreArgs {
     /// Seconds that files replaced by compaction stay readable for running queries [default: 600].
     #[arg(long, env = "KVWATCH_STORE_RETIRE_GRACE_SECS")]
     retire_grace_secs: Option<u64>,
+    /// Drop date partitions older than this many days at housekeeping (compaction) [default: keep all].
+    #[arg(long, env = "KVWATCH_STORE_RETAIN_DAYS")]
+    retain_days: Option<u32>,
+    /// Shared object store: seconds before housekeeping deletes a file no manifest lists
+    /// [default: 86400].
+    #[arg(long, env = "KVWATCH_STORE_ORPHAN_GRACE_SECS")]
+    orphan_grace_secs: Option<u64>,
+    /// Shared object store: seconds the housekeeping lease lasts unless renewed [default: 300].
+    #[arg(long, env = "KVWATCH_STORE_LEASE_SECS")]
+    lease_secs: Option<u64>,
 }
 
 impl StoreArgs {
@@ -242,6 +273,18 @@ impl StoreArgs {
                 .or(c.retire_grace_secs)
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(d.retire_grace),
+            retain_days: self.retain_days.or(c.retain_days).or(d.retain_days),
+            orphan_grace: self
+                .orphan_grace_secs
+                .or(c.orphan_grace_secs)
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.orphan_grace),
+            lease_ttl: self
+                .lease_secs
+                .or(c.lease_secs)
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.lease_ttl)
+                .max(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -249,7 +292,8 @@ impl StoreArgs {
 #[derive(Args)]
 struct IngestArgs {
     /// Files, directories or `-` (stdin). Directories are walked for *.json, *.jsonl, *.ndjson,
-    /// *.csv, *.gz.
+    /// *.csv, *.gz. An object-store URL (`az://insights-logs-auditevent/resourceId=…`) reads
+    /// the diagnostic-settings archive there: only what its blobs gained since the last run.
     #[arg(required = true)]
     paths: Vec<String>,
     /// What the inputs hold: `auto` tells Azure's records (diagnostic settings, Event Hubs,
@@ -321,16 +365,36 @@ fn init_logging(filter: &str, format: LogFormat) {
     };
 }
 
+/// The data location of `--data`/`--state`/`--storage-option` (then the config file's `data`,
+/// `state` and `[storage]`).
+fn open_data(cli: &Cli, cfg: &Config) -> Result<DataDir> {
+    let spec = cli
+        .data
+        .clone()
+        .or_else(|| cfg.data.clone())
+        .unwrap_or_else(|| "kvwatch-data".into());
+    let mut options = kvwatch_ingest::location::StorageOptions::default();
+    for (k, v) in &cfg.storage {
+        options.set(k, v);
+    }
+    for pair in &cli.storage_options {
+        options
+            .parse_pairs(pair)
+            .context("--storage-option / KVWATCH_STORAGE_OPTIONS")?;
+    }
+    let state = cli.state.clone().or_else(|| cfg.state.clone());
+    let cache = cli.cache_mb.or(cfg.cache_mb).unwrap_or(2048) << 20;
+    DataDir::open(&spec, state, options, cache)
+        .with_context(|| format!("opening the data location {spec}"))
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     if let Cmd::SqlWorker = cli.cmd {
         // Started by the query pool with the data directory; no config file, logs to stderr
         // (which the parent reads).
         init_logging(cli.log.as_deref().unwrap_or("warn"), LogFormat::Text);
-        let data = cli
-            .data
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("kvwatch-data"));
-        return Ok(sql_cmd::cmd_sql_worker(&DataDir::new(data)));
+        let data = open_data(&cli, &config::Config::default())?;
+        return Ok(sql_cmd::cmd_sql_worker(&data));
     }
     let cfg = config::load(cli.config.as_deref())?;
     let log_format = match (cli.log_format, cfg.log_format.as_deref()) {
@@ -343,12 +407,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         cli.log.as_deref().or(cfg.log.as_deref()).unwrap_or("warn"),
         log_format,
     );
-    let data = cli
-        .data
-        .clone()
-        .or_else(|| cfg.data.clone())
-        .unwrap_or_else(|| PathBuf::from("kvwatch-data"));
-    let data = DataDir::new(data);
+    let data = open_data(&cli, &cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -380,8 +439,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitCode> {
     kvwatch_ingest::files::keep_freed_memory();
-    let (inputs, skipped) = expand(&a.paths)?;
+    let (urls, paths): (Vec<String>, Vec<String>) = a
+        .paths
+        .iter()
+        .cloned()
+        .partition(|p| kvwatch_ingest::location::is_url(p));
+    let (mut inputs, skipped) = expand(&paths)?;
+    let mut skipped: Vec<String> = skipped.iter().map(|p| p.display().to_string()).collect();
     let mut writer = data.writer(a.store.options(cfg))?;
+    // Archives in a storage account: what is new since the positions the store holds.
+    let staging = data
+        .root()
+        .join("staging")
+        .join(format!("archive-{}", std::process::id()));
+    let mut checkpoints = Vec::new();
+    for url in &urls {
+        let f = kvwatch_ingest::archive::fetch(url, data.options(), writer.manifest(), &staging)
+            .with_context(|| format!("reading the archive {url}"))?;
+        tracing::info!(archive = %url, new = f.inputs.len(), unchanged = f.unchanged, bytes = f.bytes, "archive listed");
+        inputs.extend(f.inputs);
+        checkpoints.extend(f.checkpoints);
+        skipped.extend(f.skipped.into_iter().map(|b| format!("{url}/{b}")));
+    }
     let d = IngestOptions::default();
     let opts = IngestOptions {
         batch_rows: a
@@ -414,6 +493,7 @@ async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitC
                 .map_err(|e: String| anyhow::anyhow!("config ingest.shape: {e}"))?
                 .unwrap_or(d.shape),
         },
+        checkpoints,
     };
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
@@ -439,7 +519,8 @@ async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitC
     if tty {
         eprintln!();
     }
-    report.skipped_files = skipped.iter().map(|p| p.display().to_string()).collect();
+    let _ = std::fs::remove_dir_all(&staging);
+    report.skipped_files = skipped;
     let compact = !a.no_compact && cfg.ingest.compact.unwrap_or(true);
     let compacted = if compact {
         Some(writer.compact().await?)
@@ -456,14 +537,14 @@ async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitC
 
 fn print_ingest_report(
     r: &IngestReport,
-    compacted: Option<(usize, usize)>,
+    compacted: Option<kvwatch_ingest::store::CompactReport>,
     format: Format,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if format == Format::Json {
         let mut v = serde_json::to_value(r)?;
-        if let Some((before, after)) = compacted {
-            v["compacted"] = serde_json::json!({"files_before": before, "files_after": after});
+        if let Some(c) = &compacted {
+            v["compacted"] = serde_json::to_value(c)?;
         }
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -501,7 +582,11 @@ fn print_ingest_report(
         ("records/s", thousands(r.records_per_sec as u64)),
         ("files written", thousands(s.files_written)),
     ];
-    if let Some((b, a)) = compacted
+    if let Some(kvwatch_ingest::store::CompactReport {
+        files_before: b,
+        files_after: a,
+        ..
+    }) = compacted
         && b > 0
     {
         rows.push(("compacted", format!("{b} files into {a}")));
@@ -522,16 +607,21 @@ fn print_ingest_report(
 
 async fn cmd_compact(data: &DataDir, cfg: &Config, a: CompactArgs) -> Result<ExitCode> {
     let mut writer = data.writer(a.store.options(cfg))?;
-    let (before, after) = writer.compact().await?;
+    let r = writer.compact().await?;
     let mut out = std::io::stdout().lock();
     if a.format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    } else if let Some(holder) = &r.lease_held_by {
         writeln!(
             out,
-            "{}",
-            serde_json::json!({"files_before": before, "files_after": after})
+            "kvwatch compact: skipped, writer {holder} is doing the shared store's housekeeping"
         )?;
     } else {
-        writeln!(out, "kvwatch compact: {before} files merged into {after}")?;
+        writeln!(
+            out,
+            "kvwatch compact: {} files merged into {}; {} date partitions ({} files) past retention dropped; {} orphan files removed",
+            r.files_before, r.files_after, r.partitions_dropped, r.files_dropped, r.orphans_removed
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -93,7 +93,7 @@ impl SqlArgs {
     }
 
     pub fn pool(&self, cfg: &Config, data: &DataDir) -> Result<PoolOptions> {
-        let mut o = PoolOptions::new(data.root().to_owned())?;
+        let mut o = PoolOptions::new(data.clone())?;
         o.workers = self.sql_workers.or(cfg.api.sql_workers).unwrap_or(2).max(1);
         Ok(o)
     }
@@ -138,5 +138,5 @@ pub async fn cmd_query(data: &DataDir, cfg: &Config, a: QueryArgs) -> Result<Exi
 
 /// `kvwatch sql-worker`: serves queries on stdin/stdout for the pool of the parent process.
 pub fn cmd_sql_worker(data: &DataDir) -> ExitCode {
-    ExitCode::from(kvwatch_api::sql::worker::main(data.root()).clamp(0, 255) as u8)
+    ExitCode::from(kvwatch_api::sql::worker::main(data.clone()).clamp(0, 255) as u8)
 }

@@ -6,48 +6,129 @@
 //! reports, the models' state). Today all of it is a local directory; this is the seam where
 //! another location (object storage) goes behind the same calls.
 
+use crate::location::{Location, LocationError, StorageOptions};
 use crate::query;
 use crate::schema::Table;
-use crate::store::{MANIFEST, Manifest, Result, StoreWriter, WriteOptions, read_manifest};
+use crate::store::{
+    MANIFEST, Manifest, Result, StoreError, StoreWriter, WriteOptions, read_manifest,
+    read_remote_manifest,
+};
 use datafusion::prelude::SessionContext;
 use std::path::{Path, PathBuf};
 
-/// A data location.
+/// A data location: where the event store is (a directory or an object-store prefix) and the
+/// local directory of this node's own state (alert store, API keys, reports, models' state,
+/// staging of uploads), which is the store's directory when the store is local.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
     root: PathBuf,
+    events: Location,
+    options: StorageOptions,
+    cache_bytes: u64,
 }
 
 impl DataDir {
+    /// A local data directory.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        Self {
+            events: Location::Local(root.clone()),
+            root,
+            options: StorageOptions::default(),
+            cache_bytes: 0,
+        }
     }
 
-    /// The directory itself (for messages, and for a worker process started on it).
+    /// `spec` is a directory or an object-store URL (see [`Location::parse`]); `state` is the
+    /// local directory for this node's own state, required with a URL (a directory's state
+    /// lives in it).
+    ///
+    /// Reads of an object store go through a cache of its Parquet files under
+    /// `state/cache`, at most `cache_bytes` (0: none).
+    pub fn open(
+        spec: &str,
+        state: Option<PathBuf>,
+        options: StorageOptions,
+        cache_bytes: u64,
+    ) -> Result<Self, LocationError> {
+        if state.is_none() && crate::location::is_url(spec) && !spec.starts_with("file:") {
+            return Err(LocationError::Url {
+                url: spec.to_owned(),
+                msg: "an object-store event store needs a local state directory (--state)".into(),
+            });
+        }
+        let events = Location::parse(spec, &options)?;
+        let root = match (&events, state) {
+            (_, Some(s)) => s,
+            (Location::Local(p), None) => p.clone(),
+            (Location::Remote(r), None) => unreachable!("{} has a state directory", r.url),
+        };
+        if let Location::Remote(r) = &events {
+            r.enable_cache(root.join("cache"), cache_bytes);
+        }
+        Ok(Self {
+            root,
+            events,
+            options,
+            cache_bytes,
+        })
+    }
+
+    /// The local directory of this node's state (the event store's own directory when it is
+    /// local). For messages, and for a worker process started on it.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Whether an event store exists here (something has been ingested).
-    pub fn has_events(&self) -> bool {
-        self.root.join(MANIFEST).exists()
+    /// Where the event store is.
+    pub fn location(&self) -> &Location {
+        &self.events
     }
 
-    /// Changes whenever the store commits (the manifest is replaced by a rename, so its
-    /// inode, size or modification time differ); `None` before the first commit. Cheap
-    /// enough to poll many times a second, and it sees commits of other processes too.
-    pub fn commit_stamp(&self) -> Option<(u64, u64, std::time::SystemTime)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(self.root.join(MANIFEST)).ok()?;
-        Some((m.ino(), m.len(), m.modified().ok()?))
+    /// The storage options the location was opened with (handed to worker processes).
+    pub fn options(&self) -> &StorageOptions {
+        &self.options
+    }
+
+    /// The bound of this node's cache of the store's files (0: none).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
+    }
+
+    /// The event store as the user named it (a path or a URL), for messages.
+    pub fn display(&self) -> String {
+        self.events.display()
+    }
+
+    /// Whether an event store exists here (something has been ingested).
+    pub fn has_events(&self) -> bool {
+        match &self.events {
+            Location::Local(p) => p.join(MANIFEST).exists(),
+            Location::Remote(r) => r.tag(MANIFEST).ok().flatten().is_some(),
+        }
+    }
+
+    /// Changes whenever the store commits; `None` before the first commit. A directory's
+    /// manifest is replaced by a rename, so its inode, size or modification time differ; an
+    /// object's ETag changes with every put. Cheap enough to poll often, and it sees commits
+    /// of other processes and nodes too.
+    pub fn commit_stamp(&self) -> Option<String> {
+        match &self.events {
+            Location::Local(p) => {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(p.join(MANIFEST)).ok()?;
+                Some(format!("{}-{}-{:?}", m.ino(), m.len(), m.modified().ok()?))
+            }
+            Location::Remote(r) => r.tag(MANIFEST).ok().flatten(),
+        }
     }
 
     /// The event store's current manifest; an empty one when there is no store yet.
     pub fn snapshot(&self) -> Result<Manifest> {
-        if self.has_events() {
-            read_manifest(&self.root)
-        } else {
-            Ok(Manifest::default())
+        match &self.events {
+            Location::Local(p) if p.join(MANIFEST).exists() => read_manifest(p),
+            Location::Local(_) => Ok(Manifest::default()),
+            Location::Remote(r) => Ok(read_remote_manifest(r)?.0),
         }
     }
 
@@ -57,9 +138,19 @@ impl DataDir {
         Ok(self.snapshot()?.time_range())
     }
 
-    /// The event store's writer (takes the store's lock).
+    /// The event store's writer: a directory's only one (it takes the lock), or one of an
+    /// object store's many (staging its uploads under the state directory).
     pub fn writer(&self, opts: WriteOptions) -> Result<StoreWriter> {
-        StoreWriter::open(&self.root, opts)
+        match &self.events {
+            Location::Local(p) => StoreWriter::open(p, opts),
+            Location::Remote(r) => {
+                let staging = self
+                    .root
+                    .join("staging")
+                    .join(format!("{}", std::process::id()));
+                StoreWriter::open_remote(r.clone(), &staging, opts)
+            }
+        }
     }
 
     /// A read-only query session over the current snapshot, with the compatibility views.
@@ -71,7 +162,7 @@ impl DataDir {
 
     /// Registers the store's tables and views on an existing session.
     pub async fn register(&self, ctx: &SessionContext) -> Result<()> {
-        query::register_manifest(ctx, &self.root, &self.snapshot()?).await
+        query::register_manifest(ctx, &self.events, &self.snapshot()?).await
     }
 
     /// The alert store (SQLite).
@@ -94,9 +185,15 @@ impl DataDir {
         self.root.join("baselines.json")
     }
 
-    /// Creates the directory if needed (for stores created inside it).
+    /// Creates the state directory if needed (for stores created inside it).
     pub fn create(&self) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.root)
+    }
+}
+
+impl From<LocationError> for StoreError {
+    fn from(e: LocationError) -> Self {
+        StoreError::Location(e.to_string())
     }
 }
 

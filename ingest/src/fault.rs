@@ -23,3 +23,21 @@ pub fn crash_point(name: &str) {
         std::process::abort();
     }
 }
+
+/// Delay injection for the race tests: when `KVWATCH_TEST_PAUSE` is `NAME:MS`, the process
+/// sleeps MS milliseconds every time it passes the point called `NAME` (so two writers that
+/// read the same manifest are both made to commit on top of it). Unset in production.
+pub fn pause_point(name: &str) {
+    use std::sync::OnceLock;
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("KVWATCH_TEST_PAUSE").ok()?;
+        let (n, ms) = v.split_once(':')?;
+        Some((n.to_owned(), ms.parse().ok()?))
+    });
+    if let Some((n, ms)) = spec
+        && n == name
+    {
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+    }
+}

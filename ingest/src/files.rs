@@ -329,6 +329,8 @@ pub struct IngestOptions {
     pub split_min: usize,
     /// What the inputs hold (`Auto`: told record by record).
     pub shape: Shape,
+    /// Source positions published with the rows (an archive's blob positions).
+    pub checkpoints: Vec<(String, serde_json::Value)>,
 }
 
 impl Default for IngestOptions {
@@ -342,6 +344,7 @@ impl Default for IngestOptions {
             parse_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             split_min: 64 << 20,
             shape: Shape::Auto,
+            checkpoints: Vec::new(),
         }
     }
 }
@@ -757,7 +760,7 @@ pub fn ingest(
     drop(rx);
     let _ = parser.join();
     result?;
-    writer.commit(None)?;
+    writer.commit_checkpoints(opts.checkpoints.iter().cloned())?;
     let after = writer.stats();
     report.stored = WriteStats {
         events: after.events - before.events,

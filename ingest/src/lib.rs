@@ -9,6 +9,7 @@
 //! messages, with offsets checkpointed in the store's manifest.
 
 pub mod activity;
+pub mod archive;
 pub mod audit;
 pub mod batch;
 pub mod buckets;
@@ -16,12 +17,14 @@ pub mod csvrows;
 pub mod data;
 pub mod derive;
 pub mod fault;
+pub mod filecache;
 pub mod files;
 pub mod framing;
 pub mod gzip;
 pub mod ids;
 pub mod json;
 pub mod kafka;
+pub mod location;
 pub mod loganalytics;
 pub mod memo;
 pub mod parse;

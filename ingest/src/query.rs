@@ -13,7 +13,6 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use std::path::{Path, PathBuf};
 
 /// Record batches as one JSON array of objects keyed by column name, nulls explicit (`[]`
 /// for no rows): the one JSON shape of query results in the CLI, the API and reports.
@@ -95,20 +94,21 @@ pub fn spilling_context(bytes: usize) -> std::result::Result<SessionContext, Dat
     Ok(ctx)
 }
 
-/// Registers the tables of `manifest` (files relative to `root`) and the compatibility views on
+/// Registers the tables of `manifest` (files relative to `location`) and the compatibility views on
 /// an existing context; an empty manifest gives empty tables with the same views. The one way
 /// every session (analyst SQL, reports, `kvwatch query`, detection fixtures) sees the store:
 /// callers reach it through the data handle (`DataDir`).
 pub(crate) async fn register_manifest(
     ctx: &SessionContext,
-    root: &Path,
+    location: &crate::location::Location,
     manifest: &crate::store::Manifest,
 ) -> Result<()> {
+    location.register(ctx);
     for t in Table::ALL {
-        let paths: Vec<PathBuf> = manifest
+        let paths: Vec<String> = manifest
             .files(t)
             .iter()
-            .map(|f| root.join(&f.path))
+            .map(|f| location.file(&f.path))
             .collect();
         register_files(ctx, t.name(), t, &paths)?;
     }

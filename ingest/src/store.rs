@@ -40,7 +40,11 @@ use std::fs::{self, File};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::location::{Location, Remote};
+use object_store::UpdateVersion;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,27 @@ pub enum StoreError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("invalid batch for table {table}: {msg}")]
     Batch { table: &'static str, msg: String },
+    #[error("object store {url}: {source}")]
+    Remote {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// Another writer stored rows of a source this commit also covers (a Kafka partition that
+    /// moved to another node while this one still held a batch of it): nothing was published.
+    #[error(
+        "{source_key}: another writer already stored up to {stored}, past this batch's start {first}; nothing of the batch was published"
+    )]
+    Fenced {
+        source_key: String,
+        stored: String,
+        first: i64,
+    },
+    #[error("{0}")]
+    Location(String),
+    /// A compaction lost a race: another writer changed the files it merged.
+    #[error("the files being compacted changed under this writer; nothing was published")]
+    Superseded,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -121,6 +146,15 @@ impl Manifest {
 
 pub const MANIFEST: &str = "manifest.json";
 
+/// The housekeeping lease of a shared store (an object beside the manifest).
+const LEASE: &str = "_lease/housekeeping.json";
+
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    expires_at: i64,
+}
+
 /// Reads the manifest of a data directory; a directory without one is an empty store.
 pub fn read_manifest(root: &Path) -> Result<Manifest> {
     let path = root.join(MANIFEST);
@@ -177,6 +211,16 @@ pub struct WriteOptions {
     /// How long files replaced by compaction stay on disk for readers that planned against
     /// an older manifest.
     pub retire_grace: std::time::Duration,
+    /// Date partitions older than this many days (by event time, against today in UTC) are
+    /// dropped by housekeeping; `None` keeps everything.
+    pub retain_days: Option<u32>,
+    /// In a shared object store, how old a file no manifest lists must be before housekeeping
+    /// deletes it (another writer may be about to commit it): longer than any writer holds
+    /// uploaded files before its commit.
+    pub orphan_grace: std::time::Duration,
+    /// How long the housekeeping lease of a shared store lasts unless renewed: a holder that
+    /// dies gives way after this.
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for WriteOptions {
@@ -188,8 +232,27 @@ impl Default for WriteOptions {
             zstd_level: 1,
             compact_min_files: 8,
             retire_grace: std::time::Duration::from_secs(600),
+            retain_days: None,
+            orphan_grace: std::time::Duration::from_secs(24 * 3600),
+            lease_ttl: std::time::Duration::from_secs(300),
         }
     }
+}
+
+/// What one round of housekeeping ([`StoreWriter::compact`]) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CompactReport {
+    /// Files merged, and the files they became.
+    pub files_before: usize,
+    pub files_after: usize,
+    /// Date partitions dropped by retention (per table), and their files.
+    pub partitions_dropped: usize,
+    pub files_dropped: usize,
+    /// Files of a shared store that no manifest listed, older than the orphan grace, deleted.
+    pub orphans_removed: usize,
+    /// Another node holds the shared store's housekeeping lease (its ID): nothing was done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_held_by: Option<String>,
 }
 
 /// What a writer did.
@@ -226,12 +289,27 @@ impl Hasher for IdHasher {
 
 type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
-/// The single writer of a data directory.
+/// Where a writer keeps its files.
+enum Backend {
+    /// A directory, written by one process at a time (the lock file).
+    Local { root: PathBuf, _lock: File },
+    /// An object-store prefix shared by many writers: files are written to `staging` and
+    /// uploaded under names no other writer uses; the manifest is replaced only if it is
+    /// still the version this writer read (`version`), else the change is re-applied to the
+    /// newer one.
+    Remote {
+        remote: Arc<Remote>,
+        version: Option<UpdateVersion>,
+        staging: PathBuf,
+        writer_id: String,
+    },
+}
+
+/// The writer of a data location: the only one of a directory, one of many of an object store.
 pub struct StoreWriter {
-    root: PathBuf,
+    backend: Backend,
     manifest: Manifest,
     opts: WriteOptions,
-    _lock: File,
     ids: HashMap<Key, IdSet>,
     pending: HashMap<Key, (Vec<RecordBatch>, usize, usize)>,
     pending_bytes: usize,
@@ -241,6 +319,12 @@ pub struct StoreWriter {
     /// Newest event time per streaming source since the last commit (`i64::MIN`: assigned,
     /// nothing delivered), and whether it had records waiting.
     marks: BTreeMap<String, (i64, bool)>,
+    /// Per source (checkpoint key), the first position of the rows this commit covers: the
+    /// commit is refused if the store already holds a later position for it.
+    fences: BTreeMap<String, i64>,
+    /// When the oldest of `staged` was written (a shared store checks that files held this
+    /// long were not swept as orphans before it names them).
+    staged_since: Option<i64>,
 }
 
 fn now_ns() -> i64 {
@@ -297,11 +381,61 @@ impl StoreWriter {
             Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
         let manifest = read_manifest(root)?;
-        let mut w = Self {
-            root: root.to_owned(),
+        let mut w = Self::with_backend(
+            Backend::Local {
+                root: root.to_owned(),
+                _lock: lock,
+            },
             manifest,
             opts,
-            _lock: lock,
+        );
+        w.remove_orphans()?;
+        Ok(w)
+    }
+
+    /// Opens a writer of the store at `remote`, one of any number. `staging` is a local
+    /// directory for files on their way up (this writer's own: it is emptied).
+    pub fn open_remote(remote: Arc<Remote>, staging: &Path, opts: WriteOptions) -> Result<Self> {
+        if staging.exists() {
+            fs::remove_dir_all(staging).map_err(io_err(staging))?;
+        }
+        fs::create_dir_all(staging).map_err(io_err(staging))?;
+        let (manifest, version) = read_remote_manifest(&remote)?;
+        // Unique among writers: file names carry it, so two writers never name a file alike.
+        let writer_id = format!(
+            "{:016x}",
+            u64::from_le_bytes(
+                blake3::hash(
+                    format!(
+                        "{}-{}-{:?}",
+                        std::process::id(),
+                        now_ns(),
+                        std::thread::current().id()
+                    )
+                    .as_bytes()
+                )
+                .as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or([0; 8])
+            )
+        );
+        Ok(Self::with_backend(
+            Backend::Remote {
+                remote,
+                version,
+                staging: staging.to_owned(),
+                writer_id,
+            },
+            manifest,
+            opts,
+        ))
+    }
+
+    fn with_backend(backend: Backend, manifest: Manifest, opts: WriteOptions) -> Self {
+        Self {
+            backend,
+            manifest,
+            opts,
             ids: HashMap::new(),
             pending: HashMap::new(),
             pending_bytes: 0,
@@ -309,26 +443,47 @@ impl StoreWriter {
             stats: WriteStats::default(),
             seq: 0,
             marks: BTreeMap::new(),
-        };
-        w.remove_orphans()?;
-        Ok(w)
+            fences: BTreeMap::new(),
+            staged_since: None,
+        }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where this writer writes.
+    pub fn location(&self) -> Location {
+        match &self.backend {
+            Backend::Local { root, .. } => Location::Local(root.clone()),
+            Backend::Remote { remote, .. } => Location::Remote(remote.clone()),
+        }
     }
 
-    /// Starts over from the store as it is on disk, keeping the lock: forgets buffered rows,
+    /// Starts over from the store as it is now, keeping the lock: forgets buffered rows,
     /// staged files and ID sets, re-reads the manifest and removes what a failed write left
-    /// behind. For a writer whose last write or commit failed (a full or read-only disk),
-    /// before it tries the same data again.
+    /// behind. For a writer whose last write or commit failed (a full or read-only disk, a
+    /// batch another writer fenced off), before it tries again.
     pub fn recover(&mut self) -> Result<()> {
-        self.manifest = read_manifest(&self.root)?;
         self.ids.clear();
         self.pending.clear();
         self.pending_bytes = 0;
-        self.staged.clear();
-        self.remove_orphans()
+        self.fences.clear();
+        self.staged_since = None;
+        let staged = std::mem::take(&mut self.staged);
+        match &mut self.backend {
+            Backend::Local { root, .. } => {
+                self.manifest = read_manifest(root)?;
+                self.remove_orphans()
+            }
+            Backend::Remote {
+                remote, version, ..
+            } => {
+                let (m, v) = read_remote_manifest(remote)?;
+                self.manifest = m;
+                *version = v;
+                // Uploaded files of the failed commit: no manifest lists them.
+                let paths: Vec<String> = staged.into_iter().map(|(_, e)| e.path).collect();
+                self.delete_files(&paths);
+                Ok(())
+            }
+        }
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -339,8 +494,13 @@ impl StoreWriter {
         self.stats
     }
 
-    /// Deletes Parquet and temp files that the manifest does not list.
+    /// Deletes Parquet and temp files that the manifest does not list (a directory's single
+    /// writer may; in a shared object store, another writer's files wait for their commit).
     fn remove_orphans(&mut self) -> Result<()> {
+        let Backend::Local { root, .. } = &self.backend else {
+            return Ok(());
+        };
+        let root = root.clone();
         let live: HashSet<&str> = self
             .manifest
             .tables
@@ -350,7 +510,7 @@ impl StoreWriter {
             .chain(self.manifest.retired.iter().map(|r| r.path.as_str()))
             .collect();
         for t in Table::ALL {
-            let dir = self.root.join(t.name());
+            let dir = root.join(t.name());
             if !dir.exists() {
                 continue;
             }
@@ -361,7 +521,7 @@ impl StoreWriter {
                 if !entry.file_type().is_file() {
                     continue;
                 }
-                let rel = rel_path(&self.root, entry.path());
+                let rel = rel_path(&root, entry.path());
                 if !live.contains(rel.as_str()) {
                     tracing::warn!(file = %rel, "removing orphan file left by an interrupted write");
                     fs::remove_file(entry.path()).map_err(io_err(entry.path()))?;
@@ -383,7 +543,7 @@ impl StoreWriter {
                 .collect();
             let mut set = IdSet::default();
             for f in files {
-                load_ids(&self.root.join(&f.path), table.id_column(), &mut set)?;
+                self.load_ids(&f.path, table.id_column(), &mut set)?;
             }
             self.ids.insert(key.clone(), set);
         }
@@ -514,17 +674,29 @@ impl StoreWriter {
             .build())
     }
 
+    /// A new file's path below the location, and where it is written first.
     fn next_file(&mut self, table: Table, partition: &str) -> (String, PathBuf) {
         self.seq += 1;
-        let rel = format!(
-            "{}/date={}/part-{}-{:05}.parquet",
-            table.name(),
-            partition,
-            now_ns(),
-            self.seq
-        );
-        let abs = self.root.join(&rel);
-        (rel, abs)
+        match &self.backend {
+            Backend::Local { root, .. } => {
+                let rel = format!(
+                    "{}/date={}/part-{}-{:05}.parquet",
+                    table.name(),
+                    partition,
+                    now_ns(),
+                    self.seq
+                );
+                let tmp = root.join(&rel).with_extension("parquet.tmp");
+                (rel, tmp)
+            }
+            Backend::Remote {
+                staging, writer_id, ..
+            } => {
+                let name = format!("part-{}-{writer_id}-{:05}.parquet", now_ns(), self.seq);
+                let rel = format!("{}/date={}/{name}", table.name(), partition);
+                (rel, staging.join(format!("{name}.tmp")))
+            }
+        }
     }
 
     /// Writes a partition's buffered rows as one time-sorted file (staged until commit).
@@ -549,6 +721,7 @@ impl StoreWriter {
             }
         };
         if let Some(e) = entry {
+            self.staged_since.get_or_insert_with(now_ns);
             self.staged.push((table, e));
         }
         Ok(())
@@ -561,10 +734,9 @@ impl StoreWriter {
         partition: &str,
         batches: impl Iterator<Item = Result<RecordBatch>>,
     ) -> Result<Option<FileEntry>> {
-        let (rel, abs) = self.next_file(table, partition);
-        let dir = abs.parent().expect("file path has a parent");
+        let (rel, tmp) = self.next_file(table, partition);
+        let dir = tmp.parent().expect("file path has a parent");
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let tmp = abs.with_extension("parquet.tmp");
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let props = self.writer_props(table)?;
         let mut w = ArrowWriter::try_new(file, table.schema(), Some(props))?;
@@ -592,9 +764,22 @@ impl StoreWriter {
             fs::remove_file(&tmp).map_err(io_err(&tmp))?;
             return Ok(None);
         }
-        fs::rename(&tmp, &abs).map_err(io_err(&abs))?;
-        sync_dir(dir);
-        let bytes = fs::metadata(&abs).map_err(io_err(&abs))?.len();
+        let bytes = fs::metadata(&tmp).map_err(io_err(&tmp))?.len();
+        match &self.backend {
+            Backend::Local { root, .. } => {
+                let abs = root.join(&rel);
+                fs::rename(&tmp, &abs).map_err(io_err(&abs))?;
+                sync_dir(dir);
+            }
+            Backend::Remote { remote, .. } => {
+                let up = remote.upload(&tmp, &rel);
+                let _ = fs::remove_file(&tmp);
+                up.map_err(|source| StoreError::Remote {
+                    url: remote.url.clone(),
+                    source,
+                })?;
+            }
+        }
         self.stats.files_written += 1;
         Ok(Some(FileEntry {
             path: rel,
@@ -627,6 +812,14 @@ impl StoreWriter {
         self.commit_checkpoints(checkpoint)
     }
 
+    /// Refuses the next commit if the store already holds a position of `source` past
+    /// `first`, the first position of the rows being committed (a Kafka partition another
+    /// node has stored since this one read it).
+    pub fn fence(&mut self, source: &str, first: i64) {
+        let f = self.fences.entry(source.to_owned()).or_insert(first);
+        *f = (*f).min(first);
+    }
+
     /// [`commit`](Self::commit) with any number of checkpoints (one per Kafka partition, say),
     /// all published in the same manifest replacement as the files.
     pub fn commit_checkpoints(
@@ -639,64 +832,123 @@ impl StoreWriter {
         }
         let checkpoints: Vec<_> = checkpoints.into_iter().collect();
         let now = now_ns();
-        let expired = self.expired_retired(now);
         if self.staged.is_empty()
             && checkpoints.is_empty()
-            && expired.is_empty()
+            && self.expired_retired(&self.manifest, now).is_empty()
             && self.marks.is_empty()
         {
             return Ok(());
         }
         crate::fault::crash_point("store-before-manifest");
-        let mut next = self.manifest.clone();
-        next.format = 1;
-        next.version += 1;
-        for (t, e) in &self.staged {
-            next.tables
-                .entry(t.name().to_owned())
-                .or_default()
-                .push(e.clone());
-        }
-        next.checkpoints.extend(checkpoints);
-        for (source, (t, behind)) in &self.marks {
-            let m = next
-                .marks
-                .entry(source.clone())
-                .or_insert(crate::watermark::SourceMark {
-                    max_time: *t,
-                    updated_at: now,
-                    behind: *behind,
-                });
-            if *t != i64::MIN {
-                m.max_time = m.max_time.max(*t);
-                m.updated_at = now;
+        crate::fault::pause_point("store-before-manifest");
+        self.check_staged_exist(now)?;
+        let staged = std::mem::take(&mut self.staged);
+        let marks = std::mem::take(&mut self.marks);
+        let fences = std::mem::take(&mut self.fences);
+        let mut expired = Vec::new();
+        let grace = self.opts.retire_grace;
+        let published = self.publish_change(|base| {
+            for (source, first) in &fences {
+                if let Some(stored) = base.checkpoints.get(source)
+                    && stored.as_i64().is_some_and(|s| s > *first)
+                {
+                    return Err(StoreError::Fenced {
+                        source_key: source.clone(),
+                        stored: stored.to_string(),
+                        first: *first,
+                    });
+                }
             }
-            m.behind = *behind;
+            let mut next = base.clone();
+            next.format = 1;
+            next.version += 1;
+            for (t, e) in &staged {
+                next.tables
+                    .entry(t.name().to_owned())
+                    .or_default()
+                    .push(e.clone());
+            }
+            next.checkpoints.extend(checkpoints.iter().cloned());
+            for (source, (t, behind)) in &marks {
+                let m = next
+                    .marks
+                    .entry(source.clone())
+                    .or_insert(crate::watermark::SourceMark {
+                        max_time: *t,
+                        updated_at: now,
+                        behind: *behind,
+                    });
+                if *t != i64::MIN {
+                    m.max_time = m.max_time.max(*t);
+                    m.updated_at = now;
+                }
+                m.behind = *behind;
+            }
+            expired = expired_of(base, grace, now);
+            next.retired.retain(|r| !expired.contains(&r.path));
+            Ok(next)
+        });
+        match published {
+            Ok(()) => {
+                self.staged_since = None;
+                self.delete_files(&expired);
+                Ok(())
+            }
+            Err(e) => {
+                // Not published: the uploaded files are orphans (a directory's are removed
+                // by `recover`, an object store's here).
+                self.staged = staged;
+                Err(e)
+            }
         }
-        next.retired.retain(|r| !expired.contains(&r.path));
-        self.publish(next)?;
-        self.staged.clear();
-        self.marks.clear();
-        self.delete_files(&expired);
+    }
+
+    /// In a shared store, files uploaded more than half the orphan grace ago might be swept by
+    /// another node's housekeeping before this commit names them: they are checked first, and
+    /// the commit refused (nothing published, the caller starts over) if one is gone.
+    fn check_staged_exist(&self, now: i64) -> Result<()> {
+        let Backend::Remote { remote, .. } = &self.backend else {
+            return Ok(());
+        };
+        let half = self.opts.orphan_grace.as_nanos() as i64 / 2;
+        if self.staged_since.is_none_or(|t| now - t < half) {
+            return Ok(());
+        }
+        for (_, f) in &self.staged {
+            let found = remote.tag(&f.path).map_err(|source| StoreError::Remote {
+                url: remote.url.clone(),
+                source,
+            })?;
+            if found.is_none() {
+                return Err(StoreError::Manifest {
+                    path: PathBuf::from(&remote.url).join(&f.path),
+                    msg: "uploaded by this writer but removed as an orphan before its commit (held longer than --orphan-grace-secs)".into(),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// Retired files whose grace period is over at `now`.
-    fn expired_retired(&self, now: i64) -> Vec<String> {
-        self.manifest
-            .retired
-            .iter()
-            .filter(|r| {
-                now.saturating_sub(r.retired_at) >= self.opts.retire_grace.as_nanos() as i64
-            })
-            .map(|r| r.path.clone())
-            .collect()
+    /// Retired files of `m` whose grace period is over at `now`.
+    fn expired_retired(&self, m: &Manifest, now: i64) -> Vec<String> {
+        expired_of(m, self.opts.retire_grace, now)
     }
 
     /// Deletes files that no manifest lists any more (after the manifest saying so is durable).
     fn delete_files(&self, paths: &[String]) {
+        let root = match &self.backend {
+            Backend::Local { root, .. } => root,
+            Backend::Remote { remote, .. } => {
+                for rel in paths {
+                    if let Err(e) = remote.delete(rel) {
+                        tracing::warn!(file = %rel, error = %e, "could not remove a file no manifest lists");
+                    }
+                }
+                return;
+            }
+        };
         for rel in paths {
-            let p = self.root.join(rel);
+            let p = root.join(rel);
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -728,20 +980,115 @@ impl StoreWriter {
         }
     }
 
-    fn publish(&mut self, next: Manifest) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::Manifest {
-            path: self.root.join(MANIFEST),
-            msg: e.to_string(),
-        })?;
-        write_atomic(&self.root.join(MANIFEST), &bytes)?;
-        self.manifest = next;
+    /// Publishes `change` applied to the current manifest. A directory's writer is the only
+    /// one, so that is the manifest it holds; in an object store another writer may have
+    /// committed since this one read it: the conditional put fails, and the change is applied
+    /// again to the newer manifest (which it may refuse: a fence, a lost compaction race).
+    fn publish_change(
+        &mut self,
+        mut change: impl FnMut(&Manifest) -> Result<Manifest>,
+    ) -> Result<()> {
+        match &mut self.backend {
+            Backend::Local { root, .. } => {
+                let next = change(&self.manifest)?;
+                let path = root.join(MANIFEST);
+                let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::Manifest {
+                    path: path.clone(),
+                    msg: e.to_string(),
+                })?;
+                write_atomic(&path, &bytes)?;
+                self.manifest = next;
+                Ok(())
+            }
+            Backend::Remote { .. } => loop {
+                let next = change(&self.manifest)?;
+                let Backend::Remote {
+                    remote, version, ..
+                } = &mut self.backend
+                else {
+                    unreachable!("matched above")
+                };
+                let remote_err = |source| StoreError::Remote {
+                    url: remote.url.clone(),
+                    source,
+                };
+                let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::Manifest {
+                    path: PathBuf::from(&remote.url).join(MANIFEST),
+                    msg: e.to_string(),
+                })?;
+                if let Some(v) = remote
+                    .put_if(MANIFEST, bytes, version.clone())
+                    .map_err(remote_err)?
+                {
+                    *version = Some(v);
+                    self.manifest = next;
+                    return Ok(());
+                }
+                tracing::info!(store = %remote.url, "manifest changed by another writer; applying this commit to the new one");
+                let (m, v) = read_remote_manifest(remote)?;
+                *version = v;
+                self.absorb_ids(&m)?;
+                self.manifest = m;
+            },
+        }
+    }
+
+    /// Adds the IDs of files another writer published (in `next`, not in the manifest this
+    /// writer holds) to the ID sets it keeps, so later appends are checked against them.
+    fn absorb_ids(&mut self, next: &Manifest) -> Result<()> {
+        let known: HashSet<&str> = self
+            .manifest
+            .tables
+            .values()
+            .flatten()
+            .map(|f| f.path.as_str())
+            .collect();
+        let mut new: Vec<(Key, String)> = Vec::new();
+        for t in Table::ALL {
+            for f in next.files(t) {
+                let key = Self::id_key(t, &f.partition);
+                if !known.contains(f.path.as_str()) && self.ids.contains_key(&key) {
+                    new.push((key, f.path.clone()));
+                }
+            }
+        }
+        for (key, path) in new {
+            let mut set = self.ids.remove(&key).unwrap_or_default();
+            let r = self.load_ids(&path, key.0.id_column(), &mut set);
+            self.ids.insert(key, set);
+            r?;
+        }
         Ok(())
     }
 
-    /// Merges partitions holding many small files into few large time-sorted ones. Returns
-    /// (files before, files after) over the partitions it touched.
-    pub async fn compact(&mut self) -> Result<(usize, usize)> {
+    /// Housekeeping: drops date partitions past retention, merges partitions holding many
+    /// small files into few large time-sorted ones, and in a shared store removes files no
+    /// manifest lists. In a shared store one writer at a time does this (the lease); the
+    /// others skip it. Files leave the manifest first and are deleted only after the retire
+    /// grace, so a reader that planned against an older manifest can still read them; a kill
+    /// at any point leaves at worst files no manifest lists, which a later round removes.
+    pub async fn compact(&mut self) -> Result<CompactReport> {
         self.commit(None)?;
+        let mut report = CompactReport::default();
+        if let Some(holder) = self.take_lease()? {
+            report.lease_held_by = Some(holder);
+            return Ok(report);
+        }
+        crate::fault::pause_point("housekeeping");
+        self.apply_retention(&mut report)?;
+        let (before, after) = self.merge_small_files().await?;
+        report.files_before = before;
+        report.files_after = after;
+        report.orphans_removed = self.sweep_orphans()?;
+        // Files whose grace has passed (all of them with a zero grace) go now.
+        self.commit_checkpoints([])?;
+        self.release_lease();
+        Ok(report)
+    }
+
+    /// Merges the small files of each partition that has enough of them. Returns (files
+    /// before, files after) over the partitions it touched.
+    async fn merge_small_files(&mut self) -> Result<(usize, usize)> {
         let mut before = 0;
         let mut after = 0;
         for table in Table::ALL {
@@ -762,24 +1109,187 @@ impl StoreWriter {
                 before += files.len();
                 after += merged.len();
                 let gone: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-                let mut next = self.manifest.clone();
-                next.version += 1;
-                let list = next.tables.entry(table.name().to_owned()).or_default();
-                list.retain(|f| !gone.contains(f.path.as_str()));
-                list.extend(merged);
-                // Readers that planned against the previous manifest may still be scanning
-                // these files: they are deleted by a later commit once the grace period ends.
                 let now = now_ns();
-                next.retired.extend(files.iter().map(|f| RetiredFile {
-                    path: f.path.clone(),
-                    retired_at: now,
-                }));
-                self.publish(next)?;
+                let published = self.publish_change(|base| {
+                    let mut next = base.clone();
+                    next.version += 1;
+                    let list = next.tables.entry(table.name().to_owned()).or_default();
+                    let before = list.len();
+                    list.retain(|f| !gone.contains(f.path.as_str()));
+                    if before - list.len() != gone.len() {
+                        // Another writer compacted some of them first.
+                        return Err(StoreError::Superseded);
+                    }
+                    list.extend(merged.iter().cloned());
+                    // Readers that planned against the previous manifest may still be
+                    // scanning these files: they are deleted by a later commit once the
+                    // grace period ends.
+                    next.retired.extend(files.iter().map(|f| RetiredFile {
+                        path: f.path.clone(),
+                        retired_at: now,
+                    }));
+                    Ok(next)
+                });
+                match published {
+                    Ok(()) => {}
+                    Err(StoreError::Superseded) => {
+                        tracing::info!(table = table.name(), partition = %part, "another writer compacted this partition first");
+                        let paths: Vec<String> = merged.iter().map(|f| f.path.clone()).collect();
+                        self.delete_files(&paths);
+                        after -= merged.len();
+                        before -= files.len();
+                    }
+                    Err(e) => return Err(e),
+                }
+                // A long merge must not outlive the lease: renewed between partitions, and
+                // given up (the other holder carries on) if someone else has it now.
+                if self.take_lease()?.is_some() {
+                    return Ok((before, after));
+                }
             }
         }
-        // Files whose grace has passed (all of them with a zero grace) go now.
-        self.commit_checkpoints([])?;
         Ok((before, after))
+    }
+
+    /// Moves the files of date partitions older than `retain_days` out of the manifest (into
+    /// the retired list, deleted after the grace).
+    fn apply_retention(&mut self, report: &mut CompactReport) -> Result<()> {
+        let Some(days) = self.opts.retain_days else {
+            return Ok(());
+        };
+        let now = now_ns();
+        let cutoff = date_of_ns(now - i64::from(days) * 86_400_000_000_000);
+        let old = |f: &FileEntry| f.partition.as_str() < cutoff.as_str();
+        if !self.manifest.tables.values().flatten().any(old) {
+            return Ok(());
+        }
+        let mut dropped = (0, 0);
+        self.publish_change(|base| {
+            let mut next = base.clone();
+            next.version += 1;
+            let mut parts = HashSet::new();
+            let mut files = 0;
+            for (t, list) in next.tables.iter_mut() {
+                for f in list.iter().filter(|f| old(f)) {
+                    parts.insert((t.clone(), f.partition.clone()));
+                    files += 1;
+                    next.retired.push(RetiredFile {
+                        path: f.path.clone(),
+                        retired_at: now,
+                    });
+                }
+                list.retain(|f| !old(f));
+            }
+            dropped = (parts.len(), files);
+            Ok(next)
+        })?;
+        tracing::info!(partitions = dropped.0, files = dropped.1, before = %cutoff, "retention dropped old date partitions");
+        report.partitions_dropped = dropped.0;
+        report.files_dropped = dropped.1;
+        Ok(())
+    }
+
+    /// The housekeeping lease of a shared store: `None` when this writer holds it (taken or
+    /// renewed for `lease_ttl`), else the holder. A directory's lock already makes its writer
+    /// the only one.
+    fn take_lease(&mut self) -> Result<Option<String>> {
+        let Backend::Remote {
+            remote, writer_id, ..
+        } = &self.backend
+        else {
+            return Ok(None);
+        };
+        let remote_err = |source| StoreError::Remote {
+            url: remote.url.clone(),
+            source,
+        };
+        loop {
+            let now = now_ns();
+            let mine = serde_json::to_vec(&Lease {
+                holder: writer_id.clone(),
+                expires_at: now + self.opts.lease_ttl.as_nanos() as i64,
+            })
+            .expect("a lease serialises");
+            let current = remote.get(LEASE).map_err(remote_err)?;
+            let expected = match current {
+                None => None,
+                Some((bytes, v)) => {
+                    // An unreadable lease is treated as expired.
+                    if let Ok(l) = serde_json::from_slice::<Lease>(&bytes)
+                        && l.holder != *writer_id
+                        && l.expires_at > now
+                    {
+                        return Ok(Some(l.holder));
+                    }
+                    Some(v)
+                }
+            };
+            if remote
+                .put_if(LEASE, mine, expected)
+                .map_err(remote_err)?
+                .is_some()
+            {
+                return Ok(None);
+            }
+            // Someone took or renewed it between the read and the write: look again.
+        }
+    }
+
+    /// Gives the lease up (best effort: it expires anyway).
+    fn release_lease(&self) {
+        let Backend::Remote {
+            remote, writer_id, ..
+        } = &self.backend
+        else {
+            return;
+        };
+        if let Ok(Some((bytes, v))) = remote.get(LEASE)
+            && serde_json::from_slice::<Lease>(&bytes).is_ok_and(|l| l.holder == *writer_id)
+        {
+            let done = serde_json::to_vec(&Lease {
+                holder: writer_id.clone(),
+                expires_at: 0,
+            })
+            .expect("a lease serialises");
+            let _ = remote.put_if(LEASE, done, Some(v));
+        }
+    }
+
+    /// Deletes the shared store's data files that no manifest lists (live or retired) and
+    /// that are older than the orphan grace: what writers killed between upload and commit,
+    /// or compactions that lost a race, left behind.
+    fn sweep_orphans(&self) -> Result<usize> {
+        let Backend::Remote { remote, .. } = &self.backend else {
+            return Ok(0);
+        };
+        let remote_err = |source| StoreError::Remote {
+            url: remote.url.clone(),
+            source,
+        };
+        // Listed after reading the manifest would race a commit; the grace covers that too:
+        // a file younger than it is never touched.
+        let (manifest, _) = read_remote_manifest(remote)?;
+        let live: HashSet<&str> = manifest
+            .tables
+            .values()
+            .flatten()
+            .map(|f| f.path.as_str())
+            .chain(manifest.retired.iter().map(|r| r.path.as_str()))
+            .collect();
+        let oldest = now_ns() - self.opts.orphan_grace.as_nanos() as i64;
+        let mut removed = Vec::new();
+        for t in Table::ALL {
+            for (rel, _, modified) in remote.list(t.name()).map_err(remote_err)? {
+                if modified < oldest && !live.contains(rel.as_str()) {
+                    removed.push(rel);
+                }
+            }
+        }
+        for rel in &removed {
+            tracing::warn!(file = %rel, "removing a file no manifest lists (left by an interrupted writer)");
+        }
+        self.delete_files(&removed);
+        Ok(removed.len())
     }
 
     async fn merge_files(
@@ -795,7 +1305,9 @@ impl StoreWriter {
             .with_repartition_file_scans(false)
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config(cfg);
-        let paths: Vec<PathBuf> = files.iter().map(|f| self.root.join(&f.path)).collect();
+        let location = self.location();
+        location.register(&ctx);
+        let paths: Vec<String> = files.iter().map(|f| location.file(&f.path)).collect();
         crate::tables::register_sorted_files(&ctx, "merge_input", table, &paths)?;
         let df = ctx
             .sql(&format!(
@@ -864,9 +1376,43 @@ fn time_order(batches: &[RecordBatch], table: Table) -> Result<Option<Vec<(usize
     Ok(Some(keyed.into_iter().map(|(_, b, r)| (b, r)).collect()))
 }
 
-fn load_ids(path: &Path, column: &str, set: &mut IdSet) -> Result<()> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+impl StoreWriter {
+    /// Adds the IDs in `rel`'s `column` to `set`.
+    fn load_ids(&self, rel: &str, column: &str, set: &mut IdSet) -> Result<()> {
+        match &self.backend {
+            Backend::Local { root, .. } => {
+                let path = root.join(rel);
+                let file = File::open(&path).map_err(io_err(&path))?;
+                ids_from(ParquetRecordBatchReaderBuilder::try_new(file)?, column, set)
+            }
+            Backend::Remote { remote, .. } => {
+                let remote_err = |source| StoreError::Remote {
+                    url: remote.url.clone(),
+                    source,
+                };
+                let (bytes, _) =
+                    remote
+                        .get(rel)
+                        .map_err(remote_err)?
+                        .ok_or_else(|| StoreError::Manifest {
+                            path: PathBuf::from(&remote.url).join(rel),
+                            msg: "listed in the manifest but not in the store".into(),
+                        })?;
+                ids_from(
+                    ParquetRecordBatchReaderBuilder::try_new(bytes)?,
+                    column,
+                    set,
+                )
+            }
+        }
+    }
+}
+
+fn ids_from<R: datafusion::parquet::file::reader::ChunkReader + 'static>(
+    builder: ParquetRecordBatchReaderBuilder<R>,
+    column: &str,
+    set: &mut IdSet,
+) -> Result<()> {
     let idx = builder
         .schema()
         .index_of(column)
@@ -895,6 +1441,38 @@ fn load_ids(path: &Path, column: &str, set: &mut IdSet) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Retired files of `m` whose grace period is over at `now`.
+fn expired_of(m: &Manifest, grace: std::time::Duration, now: i64) -> Vec<String> {
+    m.retired
+        .iter()
+        .filter(|r| now.saturating_sub(r.retired_at) >= grace.as_nanos() as i64)
+        .map(|r| r.path.clone())
+        .collect()
+}
+
+/// The manifest of a store in object storage and its version; an empty store has neither.
+pub fn read_remote_manifest(remote: &Remote) -> Result<(Manifest, Option<UpdateVersion>)> {
+    let got = remote.get(MANIFEST).map_err(|source| StoreError::Remote {
+        url: remote.url.clone(),
+        source,
+    })?;
+    match got {
+        None => Ok((
+            Manifest {
+                format: 1,
+                ..Default::default()
+            },
+            None,
+        )),
+        Some((bytes, v)) => serde_json::from_slice(&bytes)
+            .map(|m| (m, Some(v)))
+            .map_err(|e| StoreError::Manifest {
+                path: PathBuf::from(&remote.url).join(MANIFEST),
+                msg: e.to_string(),
+            }),
+    }
 }
 
 fn rel_path(root: &Path, p: &Path) -> String {

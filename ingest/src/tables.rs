@@ -14,7 +14,7 @@ use datafusion::prelude::{SessionContext, col};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Registers `paths` (Parquet files of `table`'s schema) as `name` for queries.
+/// Registers `paths` (paths or object-store URLs of Parquet files of `table`'s schema) as `name` for queries.
 ///
 /// The files are sorted by time, but the table does not say so: with a declared order
 /// DataFusion aggregates anything grouped by a time bucket in order, merging the (time-disjoint)
@@ -24,7 +24,7 @@ pub fn register_files(
     ctx: &SessionContext,
     name: &str,
     table: Table,
-    paths: &[PathBuf],
+    paths: &[String],
 ) -> datafusion::error::Result<()> {
     register(ctx, name, table, paths, false)
 }
@@ -34,7 +34,7 @@ pub fn register_sorted_files(
     ctx: &SessionContext,
     name: &str,
     table: Table,
-    paths: &[PathBuf],
+    paths: &[String],
 ) -> datafusion::error::Result<()> {
     register(ctx, name, table, paths, true)
 }
@@ -43,7 +43,7 @@ fn register(
     ctx: &SessionContext,
     name: &str,
     table: Table,
-    paths: &[PathBuf],
+    paths: &[String],
     sorted: bool,
 ) -> datafusion::error::Result<()> {
     let schema = table.schema();
@@ -55,7 +55,11 @@ fn register(
     let urls = paths
         .iter()
         .map(|p| {
-            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            if crate::location::is_url(p) {
+                return ListingTableUrl::parse(p);
+            }
+            let p = PathBuf::from(p);
+            let abs = std::path::absolute(&p).unwrap_or(p);
             ListingTableUrl::parse(abs.to_string_lossy())
         })
         .collect::<datafusion::error::Result<Vec<_>>>()?;

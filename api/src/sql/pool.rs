@@ -41,8 +41,8 @@ const TAIL_LINES: usize = 16;
 pub struct PoolOptions {
     /// The `kvwatch` executable (this process's own, normally).
     pub exe: PathBuf,
-    /// The data directory the workers query.
-    pub data: PathBuf,
+    /// The data location the workers query.
+    pub data: kvwatch_ingest::DataDir,
     /// Queries that run at once; more wait for a free worker.
     pub workers: usize,
     /// Nice value of the workers (0 to 19): higher yields the CPU to the service.
@@ -51,7 +51,7 @@ pub struct PoolOptions {
 
 impl PoolOptions {
     /// Options for this executable and `data`, with two workers at nice 10.
-    pub fn new(data: PathBuf) -> std::io::Result<Self> {
+    pub fn new(data: kvwatch_ingest::DataDir) -> std::io::Result<Self> {
         Ok(Self {
             exe: std::env::current_exe()?,
             data,
@@ -220,9 +220,19 @@ impl SqlPool {
 
     fn spawn(&self, ceiling: usize) -> std::io::Result<Worker> {
         let mut cmd = Command::new(&self.opts.exe);
+        // The location as the user named it, this node's state directory, and the storage
+        // settings with their secret references unresolved (read again in the worker).
         cmd.arg("--data")
-            .arg(&self.opts.data)
+            .arg(self.opts.data.display())
+            .arg("--state")
+            .arg(self.opts.data.root())
+            .arg("--cache-mb")
+            .arg((self.opts.data.cache_bytes() >> 20).to_string())
             .arg("sql-worker")
+            .env(
+                "KVWATCH_STORAGE_OPTIONS",
+                self.opts.data.options().to_pairs().replace('\n', ","),
+            )
             .env("MALLOC_ARENA_MAX", "2")
             .env("RUST_BACKTRACE", "0")
             .env_remove("KVWATCH_CONFIG")

@@ -16,7 +16,6 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use kvwatch_ingest::DataDir;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
-use std::path::Path;
 use std::time::Duration;
 
 /// Largest frame either side accepts: a request is a statement of at most a few hundred KiB,
@@ -161,9 +160,8 @@ const PLAN_STACK: usize = 64 << 20;
 const EXEC_STACK: usize = 16 << 20;
 
 /// The worker's main loop. Returns the process exit code.
-pub fn main(data: &Path) -> i32 {
+pub fn main(data: DataDir) -> i32 {
     watch_parent();
-    let data = DataDir::new(data);
     let served = std::thread::Builder::new()
         .name("kvwatch-sql".into())
         .stack_size(PLAN_STACK)

@@ -15,9 +15,10 @@ pub use super::metrics::Metrics;
 use super::metrics::lock;
 use super::parsepool::{ParseEnv, Parsed, Pool, Positions, Tp, parse_one};
 use super::{KafkaError, checkpoint_key, crash_point, stored_positions};
+use crate::location::Location;
 use crate::parse::ParseCounts;
 use crate::schema::Table;
-use crate::store::StoreWriter;
+use crate::store::{StoreError, StoreWriter, read_remote_manifest};
 use datafusion::arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::Message;
@@ -107,6 +108,9 @@ pub struct ConsumeReport {
 struct Batch {
     parsed: Parsed,
     positions: Positions,
+    /// The first offset of each partition in the batch (the store must not hold a later
+    /// position of it when the batch commits: see `StoreWriter::fence`).
+    firsts: Positions,
     /// Messages accepted into the batch (parsed or queued for a parser thread).
     messages: u64,
     bytes: usize,
@@ -118,6 +122,7 @@ impl Batch {
         Batch {
             parsed: Parsed::new(),
             positions: Positions::new(),
+            firsts: Positions::new(),
             messages: 0,
             bytes: 0,
             started: None,
@@ -134,6 +139,7 @@ struct Cut {
     assigned: Vec<Tp>,
     behind: HashSet<Tp>,
     positions: Positions,
+    firsts: Positions,
     started: Instant,
     done: Option<mpsc::SyncSender<Result<(), String>>>,
 }
@@ -189,6 +195,7 @@ impl Cut {
         Ok(Work {
             batches,
             positions: self.positions,
+            firsts: self.firsts,
             marks,
             counts,
             started: self.started,
@@ -201,6 +208,7 @@ impl Cut {
 struct Work {
     batches: Vec<(Table, RecordBatch)>,
     positions: Positions,
+    firsts: Positions,
     /// Per assigned partition: newest event time in the batch (`i64::MIN`: none), and
     /// whether it had records waiting.
     marks: BTreeMap<Tp, (i64, bool)>,
@@ -231,6 +239,8 @@ struct Shared {
     behind: Mutex<HashSet<Tp>>,
     /// Cancelled when the consumer is asked to stop: a writer retrying a refused batch gives up.
     stop: CancellationToken,
+    /// Where the store is: a shared one is asked for positions at every assignment.
+    location: Location,
 }
 
 impl Shared {
@@ -288,6 +298,7 @@ impl Shared {
         }
         b.bytes += payload.map_or(0, <[u8]>::len);
         b.messages += 1;
+        b.firsts.entry(tp.clone()).or_insert(offset);
         b.positions.insert(tp, offset + 1);
         Metrics::add(&m.messages, 1);
         Metrics::add(&m.message_bytes, payload.map_or(0, |p| p.len() as u64));
@@ -367,6 +378,7 @@ impl Shared {
                 assigned: lock(&self.next).keys().cloned().collect(),
                 behind: lock(&self.behind).clone(),
                 positions: std::mem::take(&mut b.positions),
+                firsts: std::mem::take(&mut b.firsts),
                 started,
                 done: wait.then_some(done_tx),
             }
@@ -503,6 +515,23 @@ impl ConsumerContext for Ctx {
 impl Ctx {
     /// Sets each assigned partition's start to max(store position, group commit).
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if let Location::Remote(r) = &self.shared.location {
+            // A shared store: another node may have stored these partitions further since
+            // this one last looked (the one that owned them before, even if it died before
+            // committing to Kafka). The store's positions are the truth.
+            match read_remote_manifest(r) {
+                Ok((m, _)) => {
+                    let mut durable = lock(&self.shared.durable);
+                    for (tp, o) in stored_positions(&m) {
+                        let d = durable.entry(tp).or_insert(o);
+                        *d = (*d).max(o);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the shared store's positions; using this node's")
+                }
+            }
+        }
         let durable = lock(&self.shared.durable).clone();
         let committed: HashMap<Tp, i64> = match consumer
             .committed_offsets(tpl.clone(), Duration::from_secs(10))
@@ -597,6 +626,12 @@ fn writer_loop(
             let before = writer.stats();
             let result = match store_work(&mut writer, &w) {
                 Ok(()) => Ok(()),
+                // Another node stored these messages: storing them again would duplicate
+                // them. This consumer stops; restarted, it resumes from the store.
+                Err(e @ StoreError::Fenced { .. }) => {
+                    let _ = writer.recover();
+                    Err(e.to_string())
+                }
                 // Nothing of the batch is acknowledged yet: keep it and try again until the
                 // store takes it (a full or read-only disk recovers) or the consumer stops.
                 Err(e) => retry_work(&mut writer, &w, &shared, e),
@@ -642,8 +677,14 @@ fn writer_loop(
         {
             last_compact = Instant::now();
             match rt.block_on(writer.compact()) {
-                Ok((b, a)) if b > 0 => {
-                    tracing::info!(files_before = b, files_after = a, "compacted")
+                Ok(r) if r.files_before > 0 || r.partitions_dropped > 0 => {
+                    tracing::info!(
+                        files_before = r.files_before,
+                        files_after = r.files_after,
+                        partitions_dropped = r.partitions_dropped,
+                        orphans_removed = r.orphans_removed,
+                        "compacted"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
@@ -660,6 +701,9 @@ fn store_work(writer: &mut StoreWriter, w: &Work) -> Result<(), crate::store::St
     }
     for ((t, p), (newest, behind)) in &w.marks {
         writer.mark(&format!("kafka:{t}/{p}"), *newest, *behind);
+    }
+    for ((t, p), first) in &w.firsts {
+        writer.fence(&checkpoint_key(t, *p), *first);
     }
     writer.commit_checkpoints(
         w.positions
@@ -778,6 +822,7 @@ pub fn consume(
         metrics: metrics.clone(),
         opts: opts.clone(),
         stop: shutdown.clone(),
+        location: writer.location(),
     });
     let writer_shared = shared.clone();
     let writer_thread = std::thread::Builder::new()
@@ -923,6 +968,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             opts: ConsumeOptions::default(),
             stop: CancellationToken::new(),
+            location: Location::Local(std::path::PathBuf::from(".")),
         }
     }
 
