@@ -2,6 +2,8 @@
 # The whole test suite, as CI runs it: unit, integration (the real `kvwatch` binary on real
 # files and against a real Kafka-compatible broker) and property tests of every crate.
 #
+# Azurite (the Azure Storage emulator, npm) is installed the same way for the object-store tests.
+#
 # The broker is tansu 0.6.0, a Kafka-compatible broker written in Rust, installed once per
 # machine from crates.io into a cache outside the clone (about 8-20 minutes the first time,
 # skipped afterwards). The Kafka tests start and stop their own broker processes on free
@@ -18,7 +20,9 @@ if [ ! -x "$KVWATCH_TANSU" ]; then
     echo "test.sh: installing the tansu 0.6.0 broker into $tansu_root (once per machine)"
     # dynostore gives the in-memory engine, libsql the durable sqlite engine; the default
     # feature set has neither and fails at start.
-    cargo install tansu --version 0.6.0 --features dynostore,libsql --root "$tansu_root"
+    # A test broker needs no full optimisation: opt-level 1 builds in far less time.
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 \
+        cargo install tansu --version 0.6.0 --features dynostore,libsql --root "$tansu_root"
 fi
 "$KVWATCH_TANSU" --version || true
 
@@ -33,6 +37,18 @@ if [ ! -x "$KVWATCH_CHROMEDRIVER" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 "$KVWATCH_CHROMEDRIVER" --version || true
+
+# The shared event store's tests run against Azurite, the Azure Storage emulator, from the
+# npm registry (installed once per machine into a cache outside the clone; KVWATCH_AZURITE
+# may point at another azurite-blob).
+azurite_root="${KVWATCH_AZURITE_ROOT:-$HOME/.cache/kvwatch/azurite}"
+export KVWATCH_AZURITE="${KVWATCH_AZURITE:-$azurite_root/node_modules/.bin/azurite-blob}"
+if [ ! -x "$KVWATCH_AZURITE" ]; then
+    echo "test.sh: installing Azurite 3.35.0 from the npm registry into $azurite_root (once per machine)"
+    mkdir -p "$azurite_root"
+    npm install --prefix "$azurite_root" --silent --no-audit --no-fund azurite@3.35.0
+fi
+"$KVWATCH_AZURITE" --version
 
 cargo test --workspace --locked "$@"
 

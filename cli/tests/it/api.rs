@@ -49,7 +49,7 @@ pub fn serve_with(data: &Path, global: &[&str], log: &str) -> (Child, String) {
             "3600",
             "--no-models",
             "--sql-timeout-secs",
-            "3",
+            "10",
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -204,43 +204,63 @@ fn consume(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
+    let mut c = bin();
+    c.arg("--data").arg(data);
+    consume_with(
+        c,
+        &data.with_extension("log"),
+        broker,
+        topic,
+        group,
+        extra,
+        env,
+    )
+}
+
+/// [`consume`] with the data location already on `c`, logging to `log`.
+fn consume_with(
+    mut c: Command,
+    log: &Path,
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(data.with_extension("log"))
+        .open(log)
         .unwrap();
-    let mut c = bin();
-    c.arg("--data")
-        .arg(data)
-        .args([
-            "--log",
-            "info",
-            "consume",
-            "--format",
-            "json",
-            "--brokers",
-            &broker.addr(),
-        ])
-        .args(["--topic", topic, "--group", group])
-        .args([
-            "--batch-rows",
-            "400",
-            "--batch-linger-ms",
-            "150",
-            "--stats-interval-secs",
-            "2",
-        ])
-        // Killed members must leave the group quickly for the next run to get partitions.
-        .args([
-            "-X",
-            "session.timeout.ms=6000",
-            "-X",
-            "heartbeat.interval.ms=500",
-        ])
-        .args(["-X", "max.poll.interval.ms=10000"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(log);
+    c.args([
+        "--log",
+        "info",
+        "consume",
+        "--format",
+        "json",
+        "--brokers",
+        &broker.addr(),
+    ])
+    .args(["--topic", topic, "--group", group])
+    .args([
+        "--batch-rows",
+        "400",
+        "--batch-linger-ms",
+        "150",
+        "--stats-interval-secs",
+        "2",
+    ])
+    // Killed members must leave the group quickly for the next run to get partitions.
+    .args([
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=500",
+    ])
+    .args(["-X", "max.poll.interval.ms=10000"])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(log);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -828,4 +848,91 @@ fn streamed_days_give_the_alerts_of_a_batch_run() {
         e["median_wall_time_to_detect_secs"].as_f64().is_some(),
         "{e}"
     );
+}
+
+/// Three consumers of one group write one shared store in Azurite. Members die (one right
+/// after its first store commit, before any Kafka commit: the batch whose next owner used to
+/// read it again into its own store) and come back; the store ends with exactly the published
+/// events.
+#[test]
+fn a_consumer_group_writes_one_shared_store_through_kills() {
+    use crate::azurite::Azurite;
+    use crate::objstore::{remote, remote_query};
+    let dir = scratch();
+    let broker = Broker::start(dir.path(), false);
+    broker.create_topic("kv", 6);
+    let az = Azurite::start(dir.path());
+    az.create_container("kvgroup");
+    let url = "az://kvgroup/store";
+    let (n, k) = (300, 10);
+    let total = (n * k) as i64;
+    let (first, second) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    envelopes(&first, 0, n / 2, k);
+    envelopes(&second, n / 2, n / 2, k);
+    let state = |i: usize| dir.path().join(format!("node-{i}"));
+    let start = |i: usize, env: &[(&str, &str)]| {
+        let s = state(i);
+        consume_with(
+            remote(&az, url, &s),
+            &s.with_extension("log"),
+            &broker,
+            "kv",
+            "shared",
+            &[],
+            env,
+        )
+    };
+    let stored = || {
+        let r = remote_query(
+            &az,
+            url,
+            &dir.path().join("reader"),
+            "SELECT count(*) AS n FROM events",
+        );
+        r[0]["n"].as_i64().unwrap()
+    };
+    let crash = [("KVWATCH_TEST_CRASH", "kafka-after-checkpoint:1")];
+    let mut members = vec![start(0, &[]), start(1, &crash), start(2, &[])];
+    wait_until(Duration::from_secs(60), "all three assigned", || {
+        (0..3).all(|i| assignments(&state(i)) > 0)
+    });
+    let (a0, a2) = (assignments(&state(0)), assignments(&state(2)));
+    publish(&broker, "kv", &["--raw"], &[&first]);
+    // Member 1 aborts after its first store commit, before committing anything to Kafka. Its
+    // partitions go to the two others (after the session timeout), which must start them
+    // where the shared store has them, not at the beginning of the log.
+    let status = members[1].wait().unwrap();
+    assert!(!status.success(), "member 1 should have crashed");
+    wait_until(
+        Duration::from_secs(60),
+        "the others take member 1's partitions",
+        || assignments(&state(0)) + assignments(&state(2)) > a0 + a2,
+    );
+    wait_until(Duration::from_secs(120), "the first half stored", || {
+        stored() >= total / 2
+    });
+    members[1] = start(1, &[]);
+    publish(&broker, "kv", &["--raw"], &[&second]);
+    wait_until(Duration::from_secs(120), "more stored", || {
+        stored() > total / 2
+    });
+    signal(&members[2], "KILL");
+    let _ = members[2].wait();
+    members[2] = start(2, &[]);
+    wait_until(Duration::from_secs(180), "everything stored", || {
+        stored() >= total
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for m in members {
+        stop(m);
+    }
+    let reader = dir.path().join("reader");
+    let q = |sql: &str| {
+        remote_query(&az, url, &reader, sql)[0]["n"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(q("SELECT count(*) AS n FROM events"), total);
+    assert_eq!(q("SELECT count(DISTINCT event_id) AS n FROM events"), total);
+    assert_eq!(q("SELECT count(DISTINCT source) AS n FROM events"), total);
 }

@@ -2,6 +2,7 @@
 //! DataFusion is linked once.
 
 mod api;
+mod azurite;
 mod backfill;
 mod common;
 mod console;
@@ -12,6 +13,7 @@ mod generate;
 mod hardening;
 mod ingest;
 mod kafka;
+mod objstore;
 mod query;
 mod report;
 mod sinks;
