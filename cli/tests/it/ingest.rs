@@ -547,7 +547,10 @@ fn compaction_merges_small_files_without_changing_rows() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let out: Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(out, json!({"files_before": 10, "files_after": 1}));
+    assert_eq!(
+        out,
+        json!({"files_before": 10, "files_after": 1, "partitions_dropped": 0, "files_dropped": 0, "orphans_removed": 0})
+    );
     assert_eq!(manifest()["tables"]["events"].as_array().unwrap().len(), 1);
     assert_eq!(
         query(dir.path(), "SELECT event_id FROM events ORDER BY event_id"),

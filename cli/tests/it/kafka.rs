@@ -850,12 +850,21 @@ fn streamed_days_give_the_alerts_of_a_batch_run() {
     );
 }
 
-/// Three consumers of one group write one shared store in Azurite. Members die (one right
-/// after its first store commit, before any Kafka commit: the batch whose next owner used to
-/// read it again into its own store) and come back; the store ends with exactly the published
-/// events.
+/// Consumers of one group (two, or three) write one shared store in Azurite. Members die
+/// (one right after its first store commit, before any Kafka commit: the batch whose next
+/// owner used to read it again into its own store; another by SIGKILL) and come back; the
+/// store ends with exactly the published events.
 #[test]
-fn a_consumer_group_writes_one_shared_store_through_kills() {
+fn three_consumers_write_one_shared_store_through_kills() {
+    consumers_write_one_shared_store_through_kills(3);
+}
+
+#[test]
+fn two_consumers_write_one_shared_store_through_kills() {
+    consumers_write_one_shared_store_through_kills(2);
+}
+
+fn consumers_write_one_shared_store_through_kills(members_n: usize) {
     use crate::azurite::Azurite;
     use crate::objstore::{remote, remote_query};
     let dir = scratch();
@@ -892,15 +901,19 @@ fn a_consumer_group_writes_one_shared_store_through_kills() {
         r[0]["n"].as_i64().unwrap()
     };
     let crash = [("KVWATCH_TEST_CRASH", "kafka-after-checkpoint:1")];
-    let mut members = vec![start(0, &[]), start(1, &crash), start(2, &[])];
-    wait_until(Duration::from_secs(60), "all three assigned", || {
-        (0..3).all(|i| assignments(&state(i)) > 0)
+    let mut members: Vec<Child> = (0..members_n)
+        .map(|i| start(i, if i == 1 { &crash[..] } else { &[] }))
+        .collect();
+    let others: Vec<usize> = (0..members_n).filter(|i| *i != 1).collect();
+    let held = |others: &[usize]| -> usize { others.iter().map(|i| assignments(&state(*i))).sum() };
+    wait_until(Duration::from_secs(60), "every member assigned", || {
+        (0..members_n).all(|i| assignments(&state(i)) > 0)
     });
-    let (a0, a2) = (assignments(&state(0)), assignments(&state(2)));
+    let before = held(&others);
     publish(&broker, "kv", &["--raw"], &[&first]);
     // Member 1 aborts after its first store commit, before committing anything to Kafka. Its
-    // partitions go to the two others (after the session timeout), which must start them
-    // where the shared store has them, not at the beginning of the log.
+    // partitions go to the others (after the session timeout), which must start them where
+    // the shared store has them, not at the beginning of the log.
     let status = members[1].wait().unwrap();
     assert!(!status.success(), "member 1 should have crashed");
     wait_until(
@@ -908,18 +921,20 @@ fn a_consumer_group_writes_one_shared_store_through_kills() {
         "the others take member 1's partitions",
         || assignments(&state(0)) + assignments(&state(2)) > a0 + a2,
     );
-    wait_until(Duration::from_secs(120), "the first half stored", || {
+    wait_until(Duration::from_secs(240), "the first half stored", || {
         stored() >= total / 2
     });
     members[1] = start(1, &[]);
     publish(&broker, "kv", &["--raw"], &[&second]);
-    wait_until(Duration::from_secs(120), "more stored", || {
+    wait_until(Duration::from_secs(240), "more stored", || {
         stored() > total / 2
     });
-    signal(&members[2], "KILL");
-    let _ = members[2].wait();
-    members[2] = start(2, &[]);
-    wait_until(Duration::from_secs(180), "everything stored", || {
+    // The last member is SIGKILLed mid-stream and restarted.
+    let last = members_n - 1;
+    signal(&members[last], "KILL");
+    let _ = members[last].wait();
+    members[last] = start(last, &[]);
+    wait_until(Duration::from_secs(300), "everything stored", || {
         stored() >= total
     });
     std::thread::sleep(Duration::from_millis(1500));
