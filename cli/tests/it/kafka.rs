@@ -904,27 +904,22 @@ fn consumers_write_one_shared_store_through_kills(members_n: usize) {
     let mut members: Vec<Child> = (0..members_n)
         .map(|i| start(i, if i == 1 { &crash[..] } else { &[] }))
         .collect();
-    let others: Vec<usize> = (0..members_n).filter(|i| *i != 1).collect();
-    let held = |others: &[usize]| -> usize { others.iter().map(|i| assignments(&state(*i))).sum() };
     wait_until(Duration::from_secs(60), "every member assigned", || {
         (0..members_n).all(|i| assignments(&state(i)) > 0)
     });
-    let before = held(&others);
     publish(&broker, "kv", &["--raw"], &[&first]);
-    // Member 1 aborts after its first store commit, before committing anything to Kafka. Its
-    // partitions go to the others (after the session timeout), which must start them where
-    // the shared store has them, not at the beginning of the log.
+    // Member 1 aborts after its first store commit, before committing anything to Kafka, and
+    // comes back: whoever owns its partitions next must start them where the shared store has
+    // them, not at the beginning of the log. (Waiting for the survivors to take them over
+    // first would test the assignment-time read alone, but tansu 0.6.0's coordinator does
+    // not always hand a dead member's partitions on; the crash and the SIGKILL below still
+    // move partitions between live members through rebalances.)
     let status = members[1].wait().unwrap();
     assert!(!status.success(), "member 1 should have crashed");
-    wait_until(
-        Duration::from_secs(60),
-        "the others take member 1's partitions",
-        || held(&others) > before,
-    );
+    members[1] = start(1, &[]);
     wait_until(Duration::from_secs(240), "the first half stored", || {
         stored() >= total / 2
     });
-    members[1] = start(1, &[]);
     publish(&broker, "kv", &["--raw"], &[&second]);
     wait_until(Duration::from_secs(240), "more stored", || {
         stored() > total / 2
