@@ -10,11 +10,16 @@
 //! quarantine/date=YYYY-MM-DD/*.parquet  inputs that could not be stored, with reasons
 //! ```
 //!
+//! The same layout under an object-store prefix (`--data az://…`), without `LOCK`: many
+//! writers share it, each naming its files with its own writer ID, and replace the manifest
+//! only if it is still the version they read (see [`StoreWriter::open_remote`]).
+//!
 //! Invariants:
 //! * A file is visible to queries only once `manifest.json` lists it. Files are written to a
-//!   temporary name, fsynced and renamed; the manifest is replaced atomically the same way. A
-//!   crash at any point leaves the previous manifest intact; files it does not list are orphans
-//!   and are deleted when the next writer opens the store.
+//!   temporary name, fsynced and renamed (uploaded, in an object store); the manifest is
+//!   replaced atomically the same way (a conditional put). A crash at any point leaves the
+//!   previous manifest intact; files it does not list are orphans, deleted when the next
+//!   writer opens a directory, or by housekeeping in an object store.
 //! * Source checkpoints (Kafka offsets, …) are stored in the same manifest commit as the files
 //!   holding the rows they cover, so data and position can never disagree.
 //! * No two live rows of a table share an ID (`event_id`, `quarantine_id`): appends are checked
