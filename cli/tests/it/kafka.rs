@@ -859,13 +859,8 @@ fn two_consumers_write_one_shared_store_through_kills() {
     consumers_write_one_shared_store_through_kills(2);
 }
 
-/// The group tests each run a broker, Azurite and several consumers: on two cores, two of
-/// them at once starve the members past their session timeouts. They take turns.
-static GROUP_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn consumers_write_one_shared_store_through_kills(members_n: usize) {
     use crate::azurite::Azurite;
-    let _turn = GROUP_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     use crate::objstore::{remote, remote_query};
     let dir = scratch();
     let broker = Broker::start(dir.path(), false);
