@@ -93,6 +93,14 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Maps an object-store error of `remote` to the store's.
+fn remote_err(remote: &Remote) -> impl Fn(object_store::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Remote {
+        url: remote.url.clone(),
+        source,
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
@@ -779,10 +787,7 @@ impl StoreWriter {
             Backend::Remote { remote, .. } => {
                 let up = remote.upload(&tmp, &rel);
                 let _ = fs::remove_file(&tmp);
-                up.map_err(|source| StoreError::Remote {
-                    url: remote.url.clone(),
-                    source,
-                })?;
+                up.map_err(remote_err(remote))?;
             }
         }
         self.stats.files_written += 1;
@@ -920,10 +925,7 @@ impl StoreWriter {
             return Ok(());
         }
         for (_, f) in &self.staged {
-            let found = remote.tag(&f.path).map_err(|source| StoreError::Remote {
-                url: remote.url.clone(),
-                source,
-            })?;
+            let found = remote.tag(&f.path).map_err(remote_err(remote))?;
             if found.is_none() {
                 return Err(StoreError::Manifest {
                     path: PathBuf::from(&remote.url).join(&f.path),
@@ -1013,10 +1015,7 @@ impl StoreWriter {
                 else {
                     unreachable!("matched above")
                 };
-                let remote_err = |source| StoreError::Remote {
-                    url: remote.url.clone(),
-                    source,
-                };
+                let remote_err = remote_err(remote);
                 let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::Manifest {
                     path: PathBuf::from(&remote.url).join(MANIFEST),
                     msg: e.to_string(),
@@ -1204,10 +1203,7 @@ impl StoreWriter {
         else {
             return Ok(None);
         };
-        let remote_err = |source| StoreError::Remote {
-            url: remote.url.clone(),
-            source,
-        };
+        let remote_err = remote_err(remote);
         loop {
             let now = now_ns();
             let mine = serde_json::to_vec(&Lease {
@@ -1267,10 +1263,7 @@ impl StoreWriter {
         let Backend::Remote { remote, .. } = &self.backend else {
             return Ok(0);
         };
-        let remote_err = |source| StoreError::Remote {
-            url: remote.url.clone(),
-            source,
-        };
+        let remote_err = remote_err(remote);
         // Listed after reading the manifest would race a commit; the grace covers that too:
         // a file younger than it is never touched.
         let (manifest, _) = read_remote_manifest(remote)?;
@@ -1391,10 +1384,7 @@ impl StoreWriter {
                 ids_from(ParquetRecordBatchReaderBuilder::try_new(file)?, column, set)
             }
             Backend::Remote { remote, .. } => {
-                let remote_err = |source| StoreError::Remote {
-                    url: remote.url.clone(),
-                    source,
-                };
+                let remote_err = remote_err(remote);
                 let (bytes, _) =
                     remote
                         .get(rel)
@@ -1459,10 +1449,7 @@ fn expired_of(m: &Manifest, grace: std::time::Duration, now: i64) -> Vec<String>
 
 /// The manifest of a store in object storage and its version; an empty store has neither.
 pub fn read_remote_manifest(remote: &Remote) -> Result<(Manifest, Option<UpdateVersion>)> {
-    let got = remote.get(MANIFEST).map_err(|source| StoreError::Remote {
-        url: remote.url.clone(),
-        source,
-    })?;
+    let got = remote.get(MANIFEST).map_err(remote_err(remote))?;
     match got {
         None => Ok((
             Manifest {
