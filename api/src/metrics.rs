@@ -121,6 +121,11 @@ pub(crate) async fn metrics(State(s): State<Shared>) -> Response {
                 "batches tried again after the store refused them",
             ),
             (
+                "kafka_fenced_batches_total",
+                g(&k.fenced_batches),
+                "batches another node had already stored, dropped and read again from the store's positions",
+            ),
+            (
                 "kafka_last_batch_latency_ms",
                 g(&k.last_batch_latency_ms),
                 "first message to durable, last batch",

@@ -34,32 +34,48 @@ pub struct Azurite {
 impl Azurite {
     /// Starts the blob service with its data under `dir`.
     pub fn start(dir: &Path) -> Azurite {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let data = dir.join("azurite");
         std::fs::create_dir_all(&data).unwrap();
-        let log = std::fs::File::create(dir.join("azurite.log")).unwrap();
-        let child = Command::new(azurite_bin())
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(&data)
-            .args(["--skipApiVersionCheck", "--loose", "--silent"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start azurite");
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "azurite did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        // A free port can be taken by another test's server between our probe and Azurite's
+        // bind: then Azurite exits, and a connection would reach the other server. Try again
+        // on another port until our own process is the one listening.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = std::fs::File::create(dir.join("azurite.log")).unwrap();
+            let mut child = Command::new(azurite_bin())
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(&data)
+                .args(["--skipApiVersionCheck", "--loose", "--silent"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start azurite");
+            let start = Instant::now();
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // Listening, and still ours a moment later.
+                    std::thread::sleep(Duration::from_millis(200));
+                    if child.try_wait().unwrap().is_none() {
+                        return Azurite { child, port };
+                    }
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "azurite did not listen"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        Azurite { child, port }
+        panic!("azurite did not start (see azurite.log)");
     }
 
     fn endpoint(&self) -> String {

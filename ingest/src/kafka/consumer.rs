@@ -97,6 +97,8 @@ pub struct ConsumeReport {
     pub batches: u64,
     pub dead_lettered: u64,
     pub offset_gap_messages: u64,
+    /// Batches dropped because another node had stored some of their messages first.
+    pub fenced_batches: u64,
     pub elapsed_secs: f64,
     pub records_per_sec: f64,
     /// Next offset per `topic/partition` held by the store when the consumer stopped.
@@ -134,6 +136,7 @@ impl Batch {
 /// parser threads are still finishing (each answers after the messages it was given before
 /// the cut), and the partitions' state at the cut.
 struct Cut {
+    epoch: u64,
     parts: Vec<Parsed>,
     pending: Vec<mpsc::Receiver<Parsed>>,
     assigned: Vec<Tp>,
@@ -193,6 +196,7 @@ impl Cut {
             })
             .collect();
         Ok(Work {
+            epoch: self.epoch,
             batches,
             positions: self.positions,
             firsts: self.firsts,
@@ -206,6 +210,8 @@ impl Cut {
 
 /// A batch ready for the store, on the writer thread.
 struct Work {
+    /// The cut's epoch (see `Shared::epoch`).
+    epoch: u64,
     batches: Vec<(Table, RecordBatch)>,
     positions: Positions,
     firsts: Positions,
@@ -241,6 +247,12 @@ struct Shared {
     stop: CancellationToken,
     /// Where the store is: a shared one is asked for positions at every assignment.
     location: Location,
+    /// Counts the times the poll loop started over from the store's positions; every cut
+    /// carries the epoch it was cut in.
+    epoch: AtomicU64,
+    /// Set by the writer when the store fenced a batch of this epoch: the poll loop drops
+    /// what it has read since and seeks its partitions to the store's positions.
+    resync: Mutex<Option<u64>>,
 }
 
 impl Shared {
@@ -373,6 +385,7 @@ impl Shared {
             b.bytes = 0;
             b.messages = 0;
             Cut {
+                epoch: self.epoch.load(Ordering::Acquire),
                 parts,
                 pending,
                 assigned: lock(&self.next).keys().cloned().collect(),
@@ -407,6 +420,96 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Where each of `tps` starts: max(store position, group commit), `None` when neither
+    /// knows it (the log's beginning). A shared store is read again first: another node may
+    /// have stored these partitions further since this one last looked (the one that owned
+    /// them before, even if it died before committing to Kafka). Records the starts as the
+    /// next offsets expected.
+    fn starts<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        tps: &[Tp],
+    ) -> Vec<(Tp, Option<i64>)> {
+        if let Location::Remote(r) = &self.location {
+            match read_remote_manifest(r) {
+                Ok((m, _)) => {
+                    let mut durable = lock(&self.durable);
+                    for (tp, o) in stored_positions(&m) {
+                        let d = durable.entry(tp).or_insert(o);
+                        *d = (*d).max(o);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the shared store's positions; using this node's")
+                }
+            }
+        }
+        let durable = lock(&self.durable).clone();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in tps {
+            tpl.add_partition(t, *p);
+        }
+        let committed: HashMap<Tp, i64> = match consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+        {
+            Ok(c) => c
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read committed offsets; starting from the store's positions");
+                HashMap::new()
+            }
+        };
+        let mut next = lock(&self.next);
+        tps.iter()
+            .map(|tp| {
+                let start = match (durable.get(tp), committed.get(tp)) {
+                    (Some(a), Some(b)) => Some(*a.max(b)),
+                    (Some(a), None) => Some(*a),
+                    (None, Some(b)) => Some(*b),
+                    (None, None) => None,
+                };
+                next.insert(tp.clone(), (start.unwrap_or(0), start.is_some()));
+                (tp.clone(), start)
+            })
+            .collect()
+    }
+
+    /// After the store fenced a batch of epoch `fenced` (another node had stored some of its
+    /// messages): drops everything read since that batch's start — the open batch and any
+    /// cut still queued, which the writer discards by epoch — and seeks every assigned
+    /// partition to where the store has it. What this node read and the other stored is
+    /// not stored twice, and nothing after the store's positions is skipped.
+    fn resync<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, fenced: u64) {
+        {
+            let mut b = lock(&self.batch);
+            *b = Batch::empty();
+            // The parser threads' share of the dropped batch is dropped with it.
+            drop(lock(&self.pool).as_ref().map(Pool::flush));
+            self.env.reset();
+            self.epoch.fetch_max(fenced + 1, Ordering::AcqRel);
+        }
+        let tps: Vec<Tp> = lock(&self.next).keys().cloned().collect();
+        for ((t, p), start) in self.starts(consumer, &tps) {
+            let to = start.map_or(Offset::Beginning, Offset::Offset);
+            match consumer.seek(&t, p, to, Duration::from_secs(10)) {
+                Ok(()) => {
+                    tracing::info!(topic = %t, partition = p, start = ?start, "partition re-read from the store's position")
+                }
+                Err(e) => {
+                    // The partition keeps its read position; `accept` still drops what the
+                    // store already has, because `next` now starts at the store's position.
+                    tracing::warn!(topic = %t, partition = p, error = %e, "seek to the store's position failed")
+                }
+            }
+        }
     }
 
     /// Commits the durable positions of `only` (or of every assigned partition) to Kafka.
@@ -515,57 +618,14 @@ impl ConsumerContext for Ctx {
 impl Ctx {
     /// Sets each assigned partition's start to max(store position, group commit).
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        if let Location::Remote(r) = &self.shared.location {
-            // A shared store: another node may have stored these partitions further since
-            // this one last looked (the one that owned them before, even if it died before
-            // committing to Kafka). The store's positions are the truth.
-            match read_remote_manifest(r) {
-                Ok((m, _)) => {
-                    let mut durable = lock(&self.shared.durable);
-                    for (tp, o) in stored_positions(&m) {
-                        let d = durable.entry(tp).or_insert(o);
-                        *d = (*d).max(o);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read the shared store's positions; using this node's")
-                }
-            }
-        }
-        let durable = lock(&self.shared.durable).clone();
-        let committed: HashMap<Tp, i64> = match consumer
-            .committed_offsets(tpl.clone(), Duration::from_secs(10))
-        {
-            Ok(c) => c
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
-                    _ => None,
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read committed offsets; starting from the store's positions");
-                HashMap::new()
-            }
-        };
-        let mut next = lock(&self.shared.next);
-        let mut starts = Vec::new();
-        for e in tpl.elements() {
-            let tp = (e.topic().to_owned(), e.partition());
-            let start = match (durable.get(&tp), committed.get(&tp)) {
-                (Some(a), Some(b)) => Some(*a.max(b)),
-                (Some(a), None) => Some(*a),
-                (None, Some(b)) => Some(*b),
-                (None, None) => None,
-            };
-            next.insert(tp.clone(), (start.unwrap_or(0), start.is_some()));
-            starts.push((tp, start));
-        }
-        drop(next);
-        for ((t, p), start) in &starts {
+        let tps: Vec<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        for ((t, p), start) in self.shared.starts(consumer, &tps) {
             if let Some(o) = start {
-                let _ = tpl.set_partition_offset(t, *p, Offset::Offset(*o));
+                let _ = tpl.set_partition_offset(&t, p, Offset::Offset(o));
             }
             tracing::info!(topic = %t, partition = p, start = ?start, "partition assigned");
         }
@@ -601,6 +661,7 @@ fn writer_loop(
     let m = shared.metrics.clone();
     let mut last_compact = Instant::now();
     let compact_rt = tokio::runtime::Builder::new_current_thread().build();
+    let mut discard_upto: Option<u64> = None;
     loop {
         let work = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(w) => Some(w),
@@ -611,6 +672,14 @@ fn writer_loop(
             let done = c.done.take();
             (c.assemble(&shared.env), done)
         }) {
+            // Cut before the poll loop started over from the store: it continues a batch
+            // that was not stored, so storing it would leave a hole.
+            Some((Ok(w), done)) if discard_upto.is_some_and(|e| w.epoch <= e) => {
+                if let Some(d) = done {
+                    let _ = d.send(Err(SUPERSEDED.into()));
+                }
+                None
+            }
             None => None,
             Some((Ok(w), done)) => Some(Work { done, ..w }),
             Some((Err(msg), done)) => {
@@ -626,11 +695,20 @@ fn writer_loop(
             let before = writer.stats();
             let result = match store_work(&mut writer, &w) {
                 Ok(()) => Ok(()),
-                // Another node stored these messages: storing them again would duplicate
-                // them. This consumer stops; restarted, it resumes from the store.
+                // Another node stored some of these messages (it owned the partition before
+                // a rebalance and stored late, or owns it too while the group settles):
+                // storing them again would duplicate them. The batch and everything read
+                // after it are dropped and the partitions read again from the store.
                 Err(e @ StoreError::Fenced { .. }) => {
                     let _ = writer.recover();
-                    Err(e.to_string())
+                    tracing::warn!(error = %e, epoch = w.epoch, "batch fenced by another writer; re-reading from the store's positions");
+                    Metrics::add(&m.fenced_batches, 1);
+                    discard_upto = Some(w.epoch);
+                    *lock(&shared.resync) = Some(w.epoch);
+                    if let Some(d) = &w.done {
+                        let _ = d.send(Err(SUPERSEDED.into()));
+                    }
+                    continue;
                 }
                 // Nothing of the batch is acknowledged yet: keep it and try again until the
                 // store takes it (a full or read-only disk recovers) or the consumer stops.
@@ -751,6 +829,10 @@ fn retry_work(
     }
 }
 
+/// Why a cut was not stored: another node's store commit superseded it.
+const SUPERSEDED: &str =
+    "another node stored part of this batch; it is read again from the store's positions";
+
 /// Starts [`consume`] on a thread of its own.
 pub fn spawn(
     writer: StoreWriter,
@@ -823,6 +905,8 @@ pub fn consume(
         opts: opts.clone(),
         stop: shutdown.clone(),
         location: writer.location(),
+        epoch: AtomicU64::new(0),
+        resync: Mutex::new(None),
     });
     let writer_shared = shared.clone();
     let writer_thread = std::thread::Builder::new()
@@ -871,6 +955,12 @@ pub fn consume(
             }
             None => {}
         }
+        let fenced = lock(&shared.resync).take();
+        if let Some(epoch) = fenced {
+            shared.resync(&consumer, epoch);
+            at_end.clear();
+            caught_up = false;
+        }
         // A partition that catches up (or starts lagging) while nothing arrives still has
         // to tell the store, or its stale `behind` would hold the watermark for good.
         let mut lag_changed = false;
@@ -914,8 +1004,12 @@ pub fn consume(
         }
     }
     if result.is_ok() {
-        // Graceful stop: store what was read, then tell Kafka.
-        result = shared.cut(true);
+        // Graceful stop: store what was read, then tell Kafka. A batch another node had
+        // stored first is nothing lost: the store has its messages.
+        result = match shared.cut(true) {
+            Err(KafkaError::Writer(e)) if e == SUPERSEDED => Ok(()),
+            r => r,
+        };
         if result.is_ok() {
             shared.commit_kafka(&consumer, None, CommitMode::Sync);
         }
@@ -941,6 +1035,7 @@ pub fn consume(
         batches: Metrics::get(&m.batches),
         dead_lettered: Metrics::get(&m.dead_lettered),
         offset_gap_messages: Metrics::get(&m.offset_gap_messages),
+        fenced_batches: Metrics::get(&m.fenced_batches),
         elapsed_secs: elapsed,
         records_per_sec: Metrics::get(&m.records) as f64 / elapsed.max(1e-9),
         positions: stored_positions(writer.manifest())
@@ -969,6 +1064,8 @@ mod tests {
             opts: ConsumeOptions::default(),
             stop: CancellationToken::new(),
             location: Location::Local(std::path::PathBuf::from(".")),
+            epoch: AtomicU64::new(0),
+            resync: Mutex::new(None),
         }
     }
 

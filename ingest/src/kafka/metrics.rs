@@ -32,6 +32,9 @@ pub struct Metrics {
     pub store_stalled: AtomicU64,
     /// Attempts to store a batch again after the store refused it.
     pub store_retries: AtomicU64,
+    /// Batches dropped because another node of a shared store had already stored some of
+    /// their messages; the consumer then re-read its partitions from the store's positions.
+    pub fenced_batches: AtomicU64,
     /// Why the store last refused a batch (cleared when a batch is stored).
     pub store_error: Mutex<Option<String>>,
 }
