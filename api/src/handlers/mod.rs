@@ -91,6 +91,16 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))
 }
 
+/// Record batches as a JSON array of row objects, each with its keys in column order (as
+/// written, not re-parsed into a sorted map).
+pub(crate) fn rows_raw(
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<Box<serde_json::value::RawValue>, ApiError> {
+    let bytes = kvwatch_ingest::query::batches_json(batches).map_err(ApiError::internal)?;
+    let text = String::from_utf8(bytes).map_err(ApiError::internal)?;
+    serde_json::value::RawValue::from_string(text).map_err(ApiError::internal)
+}
+
 /// Record batches as a JSON array of row objects.
 pub(crate) fn rows_json(
     batches: &[datafusion::arrow::array::RecordBatch],

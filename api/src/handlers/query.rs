@@ -1,6 +1,6 @@
 //! Analyst SQL: one read-only statement, run in a worker process under the limits.
 
-use super::{Answer, ErrorBody, bad, json_body, rows_json};
+use super::{Answer, ErrorBody, bad, json_body, rows_raw};
 use crate::error::ApiError;
 use crate::sql::Tables;
 use crate::state::{Caller, Shared};
@@ -9,7 +9,6 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::ToSchema;
 
 /// An analyst query.
@@ -30,8 +29,9 @@ pub struct QueryRequest {
 pub struct QueryResponse {
     /// Column names, in the order of the statement's select list.
     columns: Vec<String>,
+    /// One object per row, its keys in the order of `columns`.
     #[schema(value_type = Vec<Object>)]
-    rows: Value,
+    rows: Box<serde_json::value::RawValue>,
     row_count: usize,
     /// More rows existed than the limit.
     truncated: bool,
@@ -94,7 +94,7 @@ pub async fn query(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let rows = rows_json(&res.batches)?;
+    let rows = rows_raw(&res.batches)?;
     Ok(Json(QueryResponse {
         columns,
         rows,

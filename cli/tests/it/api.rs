@@ -578,6 +578,20 @@ fn analyst_sql(base: &str, reader: &str, data: &Path) {
     );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["columns"], json!(["vault", "n"]));
+    // Each row object keeps the select list's order (not the alphabet's).
+    let body = agent()
+        .post(&url)
+        .header("Authorization", &format!("Bearer {dave}"))
+        .send_json(json!({"sql": "SELECT vault, count(*) AS n FROM events GROUP BY vault ORDER BY n DESC LIMIT 1"}))
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let row = &body[body.find("\"rows\"").unwrap()..];
+    assert!(
+        row.find("\"vault\"").unwrap() < row.find("\"n\"").unwrap(),
+        "{body}"
+    );
     let total: i64 = v["rows"]
         .as_array()
         .unwrap()
