@@ -871,6 +871,50 @@ fn three_consumers_write_one_shared_store_through_kills() {
     consumers_write_one_shared_store_through_kills(3);
 }
 
+/// One store in Azurite written by consumers of topic `kv`, and read by a node of its own.
+struct SharedStore<'a> {
+    az: &'a crate::azurite::Azurite,
+    url: &'a str,
+    broker: &'a Broker,
+    reader: PathBuf,
+}
+
+impl SharedStore<'_> {
+    /// A consumer in `group` whose state (and log, beside it) is `disk`.
+    fn member(&self, disk: &Path, group: &str, env: &[(&str, &str)]) -> Child {
+        consume_with(
+            crate::objstore::remote(self.az, self.url, disk),
+            &disk.with_extension("log"),
+            self.broker,
+            "kv",
+            group,
+            &[],
+            env,
+        )
+    }
+
+    /// The `n` column of a one-row query.
+    fn count(&self, sql: &str) -> i64 {
+        crate::objstore::remote_query(self.az, self.url, &self.reader, sql)[0]["n"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Events stored so far; zero until the first commit makes a store.
+    fn stored(&self) -> i64 {
+        let out = crate::objstore::remote(self.az, self.url, &self.reader)
+            .args([
+                "query",
+                "--format",
+                "json",
+                "SELECT count(*) AS n FROM events",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).map_or(0, |v| v[0]["n"].as_i64().unwrap_or(0))
+    }
+}
+
 /// Two consumers that do not share a group (or two owners of one partition while a group
 /// settles) write one store: the one whose commit comes second finds its messages already
 /// stored, drops its batch and reads on from the store's position, without stopping. The
@@ -878,7 +922,6 @@ fn three_consumers_write_one_shared_store_through_kills() {
 #[test]
 fn a_batch_another_writer_stored_first_is_read_again_from_the_store() {
     use crate::azurite::Azurite;
-    use crate::objstore::{remote, remote_query};
     let dir = scratch();
     let broker = Broker::start(dir.path(), false);
     broker.create_topic("kv", 1);
@@ -890,17 +933,14 @@ fn a_batch_another_writer_stored_first_is_read_again_from_the_store() {
     let input = dir.path().join("in.jsonl");
     envelopes(&input, 0, n, k);
     publish(&broker, "kv", &["--raw"], &[&input]);
+    let store = SharedStore {
+        az: &az,
+        url,
+        broker: &broker,
+        reader: dir.path().join("reader"),
+    };
     let start = |name: &str, group: &str, env: &[(&str, &str)]| {
-        let disk = dir.path().join(name);
-        consume_with(
-            remote(&az, url, &disk),
-            &disk.with_extension("log"),
-            &broker,
-            "kv",
-            group,
-            &[],
-            env,
-        )
+        store.member(&dir.path().join(name), group, env)
     };
     // `slow` reads the partition from its start but holds every commit for 6 s, so `fast`,
     // started once `slow` has read the store's (empty) positions, stores first.
@@ -913,22 +953,8 @@ fn a_batch_another_writer_stored_first_is_read_again_from_the_store() {
         assignments(&dir.path().join("slow")) > 0
     });
     let fast = start("fast", "g-fast", &[]);
-    // Zero until the first commit makes a store.
-    let stored = || {
-        let mut c = remote(&az, url, &dir.path().join("reader"));
-        let out = c
-            .args([
-                "query",
-                "--format",
-                "json",
-                "SELECT count(*) AS n FROM events",
-            ])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).map_or(0, |v| v[0]["n"].as_i64().unwrap_or(0))
-    };
     wait_until(Duration::from_secs(120), "everything stored", || {
-        stored() >= total
+        store.stored() >= total
     });
     wait_until(
         Duration::from_secs(60),
@@ -942,18 +968,15 @@ fn a_batch_another_writer_stored_first_is_read_again_from_the_store() {
     let (slow, fast) = (stop(slow), stop(fast));
     assert!(slow["fenced_batches"].as_u64().unwrap() >= 1, "{slow}");
     assert_eq!(fast["fenced_batches"], 0, "{fast}");
-    let q = |sql: &str| {
-        remote_query(&az, url, &dir.path().join("reader"), sql)[0]["n"]
-            .as_i64()
-            .unwrap()
-    };
-    assert_eq!(q("SELECT count(*) AS n FROM events"), total);
-    assert_eq!(q("SELECT count(DISTINCT event_id) AS n FROM events"), total);
+    assert_eq!(store.count("SELECT count(*) AS n FROM events"), total);
+    assert_eq!(
+        store.count("SELECT count(DISTINCT event_id) AS n FROM events"),
+        total
+    );
 }
 
 fn consumers_write_one_shared_store_through_kills(members_n: usize) {
     use crate::azurite::Azurite;
-    use crate::objstore::{remote, remote_query};
     let dir = scratch();
     let broker = Broker::start(dir.path(), false);
     broker.create_topic("kv", 6);
@@ -968,26 +991,14 @@ fn consumers_write_one_shared_store_through_kills(members_n: usize) {
     let mut disks: Vec<PathBuf> = (0..members_n)
         .map(|i| dir.path().join(format!("node-{i}")))
         .collect();
-    let start = |disk: &Path, env: &[(&str, &str)]| {
-        consume_with(
-            remote(&az, url, disk),
-            &disk.with_extension("log"),
-            &broker,
-            "kv",
-            "shared",
-            &[],
-            env,
-        )
+    let store = SharedStore {
+        az: &az,
+        url,
+        broker: &broker,
+        reader: dir.path().join("reader"),
     };
-    let stored = || {
-        let r = remote_query(
-            &az,
-            url,
-            &dir.path().join("reader"),
-            "SELECT count(*) AS n FROM events",
-        );
-        r[0]["n"].as_i64().unwrap()
-    };
+    let start = |disk: &Path, env: &[(&str, &str)]| store.member(disk, "shared", env);
+    let stored = || store.stored();
     // Waits until a survivor of member `dead` has been through a rebalance since `before`,
     // or for three session timeouts (a member the coordinator had not counted yet is never
     // expired, so there is nothing to see).
@@ -1036,12 +1047,7 @@ fn consumers_write_one_shared_store_through_kills(members_n: usize) {
     for m in members {
         stop(m);
     }
-    let reader = dir.path().join("reader");
-    let q = |sql: &str| {
-        remote_query(&az, url, &reader, sql)[0]["n"]
-            .as_i64()
-            .unwrap()
-    };
+    let q = |sql: &str| store.count(sql);
     assert_eq!(q("SELECT count(*) AS n FROM events"), total);
     assert_eq!(q("SELECT count(DISTINCT event_id) AS n FROM events"), total);
     assert_eq!(q("SELECT count(DISTINCT source) AS n FROM events"), total);
