@@ -25,6 +25,19 @@ pub struct DataDir {
     events: Location,
     options: StorageOptions,
     cache_bytes: u64,
+    /// The alert store's database when it is a server shared by many nodes
+    /// (`postgres://…`, secret references unresolved); `None`: SQLite in `root`.
+    alerts: Option<DbUrl>,
+}
+
+/// A database URL whose `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+struct DbUrl(String);
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::secret::redact_url(&self.0))
+    }
 }
 
 impl DataDir {
@@ -36,6 +49,7 @@ impl DataDir {
             root,
             options: StorageOptions::default(),
             cache_bytes: 0,
+            alerts: None,
         }
     }
 
@@ -71,6 +85,7 @@ impl DataDir {
             events,
             options,
             cache_bytes,
+            alerts: None,
         })
     }
 
@@ -165,7 +180,20 @@ impl DataDir {
         query::register_manifest(ctx, &self.events, &self.snapshot()?).await
     }
 
-    /// The alert store (SQLite).
+    /// The same location with its alert store in the database `url` (`postgres://…`) instead
+    /// of SQLite in the state directory; `None` keeps SQLite.
+    pub fn with_alerts(mut self, url: Option<String>) -> Self {
+        self.alerts = url.filter(|u| !u.trim().is_empty()).map(DbUrl);
+        self
+    }
+
+    /// The alert store's server database, when there is one (as configured: secret references
+    /// unresolved, so it may be shown and passed on).
+    pub fn alerts_url(&self) -> Option<&str> {
+        self.alerts.as_ref().map(|u| u.0.as_str())
+    }
+
+    /// The alert store (SQLite) when [`alerts_url`](Self::alerts_url) names no server.
     pub fn alerts_db(&self) -> PathBuf {
         self.root.join("alerts.db")
     }

@@ -39,6 +39,54 @@ pub enum SecretError {
     File { path: String, reason: String },
 }
 
+/// `url` with the password of its `user:password@` part replaced by `<redacted>`, for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rfind('@') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// `raw` with every `${env:…}` / `${file:…}` reference inside it replaced by what it names,
+/// percent-encoded (for a password inside a URL).
+pub fn resolve_embedded(raw: &str) -> Result<String, SecretError> {
+    if is_reference(raw) {
+        return resolve(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        let reference = &rest[start..start + len + 1];
+        if !is_reference(reference) {
+            out.push_str(&rest[..start + 2]);
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        for b in resolve(reference)?.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Whether `raw` names a secret elsewhere instead of holding it.
 pub fn is_reference(raw: &str) -> bool {
     let v = raw.trim();
@@ -64,6 +112,18 @@ pub fn resolve(raw: &str) -> Result<String, SecretError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_inside_a_url_are_resolved_and_encoded_and_passwords_redacted() {
+        // SAFETY: test-only variable, set before any thread of this test reads it.
+        unsafe { std::env::set_var("KVWATCH_TEST_PG_PW", "p@ss:w/rd") };
+        let url = resolve_embedded("postgres://kv:${env:KVWATCH_TEST_PG_PW}@db:5432/kv").unwrap();
+        assert_eq!(url, "postgres://kv:p%40ss%3Aw%2Frd@db:5432/kv");
+        assert_eq!(redact_url(&url), "postgres://kv:<redacted>@db:5432/kv");
+        assert_eq!(redact_url("postgres://db/kv"), "postgres://db/kv");
+        assert!(resolve_embedded("postgres://kv:${env:KVWATCH_TEST_NOPE}@db/kv").is_err());
+        assert_eq!(resolve_embedded("a${b}c").unwrap(), "a${b}c");
+    }
 
     #[test]
     fn literals_variables_and_files() {

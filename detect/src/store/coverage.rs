@@ -2,8 +2,8 @@
 //! evaluates exactly the files it has not, however late they arrived), when each rule last
 //! ran, what each rule still has to evaluate, and how far complete-data rules have judged.
 
+use super::db::vals;
 use super::{AlertStore, Result, json, unjson};
-use rusqlite::{OptionalExtension, params};
 
 /// What one rule still owes continuous detection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,42 +27,50 @@ impl AlertStore {
         occurrences: usize,
         elapsed_ms: u64,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO rule_runs (rule_id, last_run_at, window_from, window_to, occurrences, elapsed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (rule_id) DO UPDATE SET last_run_at=?2, window_from=?3, window_to=?4, occurrences=?5, elapsed_ms=?6",
-            params![rule_id, now, windows.0, windows.1, occurrences as i64, elapsed_ms as i64],
-        )?;
+        self.db.with(|db| {
+            db.exec(
+                "INSERT INTO rule_runs (rule_id, last_run_at, window_from, window_to, occurrences, elapsed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (rule_id) DO UPDATE SET last_run_at=?2, window_from=?3, window_to=?4, occurrences=?5, elapsed_ms=?6",
+                vals![rule_id, now, windows.0, windows.1, occurrences, elapsed_ms as i64],
+            )
+        })?;
         Ok(())
     }
 
     /// The last run of every rule that ran: rule ID → (wall clock ns, occurrences found,
     /// milliseconds it took).
     pub fn rule_runs(&self) -> Result<std::collections::BTreeMap<String, (i64, i64, i64)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT rule_id, last_run_at, occurrences, elapsed_ms FROM rule_runs")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.db
+            .with(|db| {
+                db.query(
+                    "SELECT rule_id, last_run_at, occurrences, elapsed_ms FROM rule_runs",
+                    &[],
+                )
+            })?
+            .iter()
+            .map(|r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .collect()
     }
 
     /// A rule's continuous-detection state (empty for a rule never run).
     pub fn rule_state(&self, rule_id: &str) -> Result<RuleState> {
-        let row: Option<(String, Option<i64>)> = self
-            .conn
-            .query_row(
-                "SELECT pending, judged_to FROM rule_state WHERE rule_id = ?1",
-                params![rule_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let last_run_at: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT last_run_at FROM rule_runs WHERE rule_id = ?1",
-                params![rule_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let (row, last_run_at) = self.db.with(|db| {
+            let row: Option<(String, Option<i64>)> = db
+                .one(
+                    "SELECT pending, judged_to FROM rule_state WHERE rule_id = ?1",
+                    vals![rule_id],
+                )?
+                .map(|r| Ok::<_, super::AlertStoreError>((r.get(0)?, r.get(1)?)))
+                .transpose()?;
+            let last: Option<i64> = db
+                .one(
+                    "SELECT last_run_at FROM rule_runs WHERE rule_id = ?1",
+                    vals![rule_id],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
+            Ok((row, last))
+        })?;
         let (pending, judged_to) = match row {
             Some((p, j)) => (unjson("rule_state.pending", &p)?, j),
             None => (Vec::new(), None),
@@ -76,33 +84,38 @@ impl AlertStore {
 
     /// Records what a rule still owes and how far it has judged.
     pub fn set_rule_state(&self, rule_id: &str, st: &RuleState) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO rule_state (rule_id, pending, judged_to) VALUES (?1, ?2, ?3)
-             ON CONFLICT (rule_id) DO UPDATE SET pending = ?2, judged_to = ?3",
-            params![rule_id, json(&st.pending), st.judged_to],
-        )?;
+        self.db.with(|db| {
+            db.exec(
+                "INSERT INTO rule_state (rule_id, pending, judged_to) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (rule_id) DO UPDATE SET pending = ?2, judged_to = ?3",
+                vals![rule_id, json(&st.pending), st.judged_to],
+            )
+        })?;
         Ok(())
     }
 
     /// Event-store files detection has covered.
     pub fn covered_files(&self) -> Result<BTreeSet<String>> {
-        let mut st = self.conn.prepare("SELECT path FROM covered_files")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        self.db
+            .with(|db| db.query("SELECT path FROM covered_files", &[]))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
     }
 
     /// Records `files` (path, min time, max time) as the covered set: the manifest snapshot
     /// whose alerts were just stored. Paths compaction removed drop out.
     pub fn replace_covered(&mut self, files: &[(String, i64, i64)]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM covered_files", [])?;
-        for (p, a, b) in files {
-            tx.execute(
-                "INSERT OR REPLACE INTO covered_files (path, min_time, max_time) VALUES (?1, ?2, ?3)",
-                params![p, a, b],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.db.tx(|tx| {
+            tx.exec("DELETE FROM covered_files", &[])?;
+            for (p, a, b) in files {
+                tx.exec(
+                    "INSERT INTO covered_files (path, min_time, max_time) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (path) DO UPDATE SET min_time = ?2, max_time = ?3",
+                    vals![p, *a, *b],
+                )?;
+            }
+            Ok(())
+        })
     }
 }

@@ -11,9 +11,9 @@
 //! re-keys that alert; the old ID's history moves along with a note of the change. Alerts an
 //! analyst has touched are never re-keyed.
 
+use super::db::{Sql, vals};
 use super::{AlertStore, Result, json, rank, unjson};
 use crate::alert::{AlertMeta, Occurrence, Principal, Severity, union_into};
-use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeSet;
 
 /// What applying one evaluation did.
@@ -50,7 +50,8 @@ impl AlertStore {
         occs: &[Occurrence],
         now: i64,
     ) -> Result<ApplyStats> {
-        let tx = self.conn.transaction()?;
+        let max_evidence = self.max_evidence;
+        self.db.tx(|tx| {
         let mut stats = ApplyStats::default();
         let supp = meta.suppression_ns;
         let mut touched: BTreeSet<String> = BTreeSet::new();
@@ -58,21 +59,20 @@ impl AlertStore {
         for o in occs {
             keys.insert((o.rule_id.clone(), o.dedup_key.clone()));
             let body = json(o);
-            let existing: Option<(String, i64, i64, i64, String)> = tx
-                .query_row(
-                    "SELECT alert_id, first_seen, last_seen, event_count, body FROM occurrences WHERE id = ?1",
-                    params![o.id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            if let Some((alert_id, f, l, c, old_body)) = existing {
+            let existing = tx.one(
+                "SELECT alert_id, first_seen, last_seen, event_count, body FROM occurrences WHERE id = ?1",
+                vals![&o.id],
+            )?;
+            if let Some(r) = existing {
+                let (alert_id, f, l, c, old_body): (String, i64, i64, i64, String) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
                 if f == o.first_seen && l == o.last_seen && c == o.event_count && old_body == body {
                     stats.unchanged += 1;
                     continue;
                 }
-                tx.execute(
+                tx.exec(
                     "UPDATE occurrences SET first_seen=?2, last_seen=?3, event_count=?4, severity=?5, summary=?6, body=?7, updated_at=?8 WHERE id=?1",
-                    params![o.id, o.first_seen, o.last_seen, o.event_count, o.severity.as_str(), o.summary, body, now],
+                    vals![&o.id, o.first_seen, o.last_seen, o.event_count, o.severity.as_str(), &o.summary, body, now],
                 )?;
                 stats.updated += 1;
                 touched.insert(alert_id);
@@ -80,19 +80,19 @@ impl AlertStore {
             }
             // A new window: fold into an open alert of the same key within the suppression period.
             let target: Option<String> = tx
-                .query_row(
+                .one(
                     "SELECT id FROM alerts WHERE rule_id = ?1 AND dedup_key = ?2 AND status != 'resolved'
                        AND last_seen >= ?3 AND first_seen <= ?4
                      ORDER BY first_seen LIMIT 1",
-                    params![
-                        o.rule_id,
-                        o.dedup_key,
+                    vals![
+                        &o.rule_id,
+                        &o.dedup_key,
                         o.first_seen.saturating_sub(supp),
                         o.last_seen.saturating_add(supp)
                     ],
-                    |r| r.get(0),
-                )
-                .optional()?;
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
             let alert_id = match target {
                 Some(a) => {
                     stats.folded += 1;
@@ -100,19 +100,19 @@ impl AlertStore {
                     a
                 }
                 None => {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO alerts (id, rule_id, title, description, severity, severity_rank, status, dedup_key,
                             first_seen, last_seen, created_at, updated_at, event_count, occurrences, vaults, principals,
                             ips, objects, tactics, techniques, summary, evidence)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'new', ?7, ?8, ?9, ?10, ?10, 0, 0, '[]', '[]', '[]', '[]', ?11, ?12, '', '[]')",
-                        params![
-                            o.id,
-                            o.rule_id,
+                        vals![
+                            &o.id,
+                            &o.rule_id,
                             meta.title,
                             meta.description,
                             o.severity.as_str(),
                             rank(o.severity),
-                            o.dedup_key,
+                            &o.dedup_key,
                             o.first_seen,
                             o.last_seen,
                             now,
@@ -125,21 +125,21 @@ impl AlertStore {
                     o.id.clone()
                 }
             };
-            tx.execute(
+            tx.exec(
                 "INSERT INTO occurrences (id, alert_id, rule_id, window_start, first_seen, last_seen, event_count, severity, summary, body, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![o.id, alert_id, o.rule_id, o.window_start, o.first_seen, o.last_seen, o.event_count, o.severity.as_str(), o.summary, body, now],
+                vals![&o.id, &alert_id, &o.rule_id, o.window_start, o.first_seen, o.last_seen, o.event_count, o.severity.as_str(), &o.summary, body, now],
             )?;
             touched.insert(alert_id);
         }
         for (rule, key) in &keys {
-            rechain(&tx, rule, key, supp, now, &mut touched)?;
+            rechain(tx, rule, key, supp, now, &mut touched)?;
         }
         for a in &touched {
-            recompute(&tx, a, now, self.max_evidence)?;
+            recompute(tx, a, now, max_evidence)?;
         }
-        tx.commit()?;
         Ok(stats)
+        })
     }
 
     /// Takes out the stored occurrences of `rule_id` in the windows `[w0, w1)` that the
@@ -158,89 +158,88 @@ impl AlertStore {
         keep: &BTreeSet<&str>,
         now: i64,
     ) -> Result<u64> {
-        let tx = self.conn.transaction()?;
-        let stale: Vec<(String, String, String)> = {
-            let mut st = tx.prepare_cached(
+        let max_evidence = self.max_evidence;
+        self.db.tx(|tx| {
+        let stale: Vec<(String, String, String)> = tx
+            .query(
                 "SELECT o.id, o.alert_id, a.dedup_key FROM occurrences o JOIN alerts a ON a.id = o.alert_id
                  WHERE o.rule_id = ?1 AND o.window_start >= ?2 AND o.window_start < ?3
                  ORDER BY o.window_start, o.id",
-            )?;
-            st.query_map(params![rule_id, windows.0, windows.1], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?
+                vals![rule_id, windows.0, windows.1],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .collect::<Result<Vec<(String, String, String)>>>()?
             .into_iter()
             .filter(|(id, _, _)| !keep.contains(id.as_str()))
-            .collect()
-        };
+            .collect();
         if stale.is_empty() {
             return Ok(0);
         }
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut keys: BTreeSet<String> = BTreeSet::new();
         for (occ, alert, key) in &stale {
-            tx.execute("DELETE FROM occurrences WHERE id = ?1", params![occ])?;
-            tx.execute(
+            tx.exec("DELETE FROM occurrences WHERE id = ?1", vals![occ])?;
+            tx.exec(
                 "INSERT INTO alert_history (alert_id, at, actor, action, old, new)
                  VALUES (?1, ?2, 'detection', 'withdrawn', ?3, 'records that arrived later no longer support this occurrence')",
-                params![alert, now, occ],
+                vals![alert, now, occ],
             )?;
             tracing::info!(rule = %rule_id, alert = %alert, occurrence = %occ, "alert.occurrence_withdrawn");
             touched.insert(alert.clone());
             keys.insert(key.clone());
         }
         for key in &keys {
-            rechain(&tx, rule_id, key, meta.suppression_ns, now, &mut touched)?;
+            rechain(tx, rule_id, key, meta.suppression_ns, now, &mut touched)?;
         }
         for a in &touched {
-            if occurrence_count(&tx, a)? > 0 {
-                recompute(&tx, a, now, self.max_evidence)?;
+            if occurrence_count(tx, a)? > 0 {
+                recompute(tx, a, now, max_evidence)?;
                 continue;
             }
             let status: Option<String> = tx
-                .query_row("SELECT status FROM alerts WHERE id = ?1", params![a], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+                .one("SELECT status FROM alerts WHERE id = ?1", vals![a])?
+                .map(|r| r.get(0))
+                .transpose()?;
             let Some(status) = status else { continue };
             let closes = status == "new" || status == "acknowledged";
-            tx.execute(
+            tx.exec(
                 "UPDATE alerts SET occurrences = 0, updated_at = ?2,
                     status = CASE WHEN ?3 THEN 'resolved' ELSE status END,
                     summary = 'Withdrawn by detection: records that arrived later contradict it. Was: ' || summary
                  WHERE id = ?1",
-                params![a, now, closes],
+                vals![a, now, closes],
             )?;
             if closes {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO alert_history (alert_id, at, actor, action, old, new) VALUES (?1, ?2, 'detection', 'status', ?3, 'resolved')",
-                    params![a, now, status],
+                    vals![a, now, status],
                 )?;
             }
             tracing::warn!(rule = %rule_id, alert = %a, "alert.withdrawn");
         }
-        tx.commit()?;
         Ok(stale.len() as u64)
+        })
     }
 
     /// Occurrences of one alert, oldest first.
     pub fn occurrences(&self, alert_id: &str) -> Result<Vec<Occurrence>> {
-        let mut st = self.conn.prepare(
-            "SELECT body FROM occurrences WHERE alert_id = ?1 ORDER BY window_start, id",
-        )?;
-        let rows = st.query_map(params![alert_id], |r| r.get::<_, String>(0))?;
-        rows.map(|r| unjson("occurrences.body", &r?)).collect()
+        self.db.with(|db| {
+            db.query(
+                "SELECT body FROM occurrences WHERE alert_id = ?1 ORDER BY window_start, id",
+                vals![alert_id],
+            )?
+            .iter()
+            .map(|r| unjson("occurrences.body", &r.get::<String>(0)?))
+            .collect()
+        })
     }
 }
 
 /// Folds a key's untouched alerts again from their occurrences in event order, as one pass
 /// over all the data would; adds the alerts whose occurrences changed to `touched`.
 fn rechain(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Sql,
     rule_id: &str,
     key: &str,
     supp: i64,
@@ -253,23 +252,24 @@ fn rechain(
         first: i64,
         last: i64,
     }
-    let mut st = tx.prepare_cached(
-        "SELECT o.id, o.alert_id, o.first_seen, o.last_seen FROM occurrences o
-           JOIN alerts a ON a.id = o.alert_id
-         WHERE a.rule_id = ?1 AND a.dedup_key = ?2 AND a.status = 'new' AND a.assignee IS NULL
-         ORDER BY o.window_start, o.id",
-    )?;
-    let rows: Vec<Row> = st
-        .query_map(params![rule_id, key], |r| {
+    let rows: Vec<Row> = tx
+        .query(
+            "SELECT o.id, o.alert_id, o.first_seen, o.last_seen FROM occurrences o
+               JOIN alerts a ON a.id = o.alert_id
+             WHERE a.rule_id = ?1 AND a.dedup_key = ?2 AND a.status = 'new' AND a.assignee IS NULL
+             ORDER BY o.window_start, o.id",
+            vals![rule_id, key],
+        )?
+        .iter()
+        .map(|r| {
             Ok(Row {
                 id: r.get(0)?,
                 alert: r.get(1)?,
                 first: r.get(2)?,
                 last: r.get(3)?,
             })
-        })?
-        .collect::<std::result::Result<_, _>>()?;
-    drop(st);
+        })
+        .collect::<Result<_>>()?;
     // Chains in event order: an occurrence joins the open chain when it lies within the
     // suppression period of it (the rule `apply` follows for data arriving in order).
     let mut chains: Vec<(usize, i64, i64, Vec<usize>)> = Vec::new();
@@ -297,22 +297,22 @@ fn rechain(
         if !old.contains(id.as_str()) {
             // The chain's first occurrence founds the alert: a copy of the alert it was in,
             // under its own ID (recompute fills in the rest).
-            tx.execute(
+            tx.exec(
                 "INSERT INTO alerts (id, rule_id, title, description, severity, severity_rank, status, dedup_key,
                     first_seen, last_seen, created_at, updated_at, event_count, occurrences, vaults, principals,
                     ips, objects, tactics, techniques, summary, evidence)
                  SELECT ?1, rule_id, title, description, severity, severity_rank, 'new', dedup_key,
                     first_seen, last_seen, created_at, ?3, 0, 0, '[]', '[]', '[]', '[]', tactics, techniques, '', '[]'
                  FROM alerts WHERE id = ?2",
-                params![id, rows[*founder].alert, now],
+                vals![id, &rows[*founder].alert, now],
             )?;
             tracing::info!(rule = %rule_id, alert = %id, key = %key, "alert.rekeyed");
         }
         for &m in members {
             if rows[m].alert != *id {
-                tx.execute(
+                tx.exec(
                     "UPDATE occurrences SET alert_id = ?2 WHERE id = ?1",
-                    params![rows[m].id, id],
+                    vals![&rows[m].id, id],
                 )?;
                 touched.insert(rows[m].alert.clone());
             }
@@ -336,50 +336,50 @@ fn rechain(
             continue;
         };
         // The incident was first detected when the earliest of its parts was.
-        tx.execute(
-            "UPDATE alerts SET created_at = min(created_at, (SELECT created_at FROM alerts WHERE id = ?1))
+        tx.exec(
+            "UPDATE alerts SET created_at = (SELECT min(created_at) FROM alerts WHERE id IN (?1, ?2))
              WHERE id = ?2",
-            params![a, into],
+            vals![a, &into],
         )?;
-        tx.execute(
+        tx.exec(
             "UPDATE alert_history SET alert_id = ?2 WHERE alert_id = ?1",
-            params![a, into],
+            vals![a, &into],
         )?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO alert_history (alert_id, at, actor, action, old, new) VALUES (?1, ?2, 'detection', 'merged', ?3, ?1)",
-            params![into, now, a],
+            vals![&into, now, a],
         )?;
-        tx.execute(
+        tx.exec(
             "DELETE FROM sink_dead_letters WHERE alert_id = ?1",
-            params![a],
+            vals![a],
         )?;
-        tx.execute("DELETE FROM alert_terms WHERE alert_id = ?1", params![a])?;
-        tx.execute("DELETE FROM alerts WHERE id = ?1", params![a])?;
+        tx.exec("DELETE FROM alert_terms WHERE alert_id = ?1", vals![a])?;
+        tx.exec("DELETE FROM alerts WHERE id = ?1", vals![a])?;
         touched.remove(a);
     }
     Ok(())
 }
 
-fn occurrence_count(tx: &rusqlite::Transaction<'_>, alert_id: &str) -> Result<i64> {
-    Ok(tx.query_row(
+fn occurrence_count(tx: &mut dyn Sql, alert_id: &str) -> Result<i64> {
+    match tx.one(
         "SELECT count(*) FROM occurrences WHERE alert_id = ?1",
-        params![alert_id],
-        |r| r.get(0),
-    )?)
+        vals![alert_id],
+    )? {
+        Some(r) => r.get(0),
+        None => Ok(0),
+    }
 }
 
 /// Re-derives an alert from its occurrences.
-fn recompute(
-    tx: &rusqlite::Transaction<'_>,
-    alert_id: &str,
-    now: i64,
-    max_evidence: usize,
-) -> Result<()> {
-    let mut st =
-        tx.prepare("SELECT body FROM occurrences WHERE alert_id = ?1 ORDER BY window_start, id")?;
-    let bodies: Vec<String> = st
-        .query_map(params![alert_id], |r| r.get(0))?
-        .collect::<std::result::Result<_, _>>()?;
+fn recompute(tx: &mut dyn Sql, alert_id: &str, now: i64, max_evidence: usize) -> Result<()> {
+    let bodies: Vec<String> = tx
+        .query(
+            "SELECT body FROM occurrences WHERE alert_id = ?1 ORDER BY window_start, id",
+            vals![alert_id],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<Result<_>>()?;
     let occs: Vec<Occurrence> = bodies
         .iter()
         .map(|b| unjson("occurrences.body", b))
@@ -420,11 +420,11 @@ fn recompute(
     } else {
         last.summary.clone()
     };
-    tx.execute(
+    tx.exec(
         "UPDATE alerts SET severity=?2, severity_rank=?3, first_seen=?4, last_seen=?5, updated_at=?6, event_count=?7,
             occurrences=?8, vaults=?9, principals=?10, ips=?11, objects=?12, summary=?13, evidence=?14, evidence_truncated=?15
          WHERE id=?1",
-        params![
+        vals![
             alert_id,
             severity.as_str(),
             rank(severity),
@@ -432,7 +432,7 @@ fn recompute(
             lastt,
             now,
             count,
-            occs.len() as i64,
+            occs.len(),
             json(&vaults),
             json(&principals),
             json(&ips),
@@ -443,166 +443,4 @@ fn recompute(
         ],
     )?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kvwatch_ingest::DataDir;
-
-    const H: i64 = 3_600_000_000_000;
-
-    fn occ(hour: i64) -> Occurrence {
-        Occurrence {
-            id: format!("occ-{hour:03}"),
-            rule_id: "r".into(),
-            dedup_key: "k".into(),
-            window_start: hour * H,
-            first_seen: hour * H,
-            last_seen: hour * H + H / 2,
-            event_count: 1,
-            severity: Severity::Medium,
-            summary: format!("hour {hour}"),
-            principals: Vec::new(),
-            vaults: vec!["v".into()],
-            ips: Vec::new(),
-            objects: Vec::new(),
-            evidence: vec![format!("e{hour}")],
-            fields: Default::default(),
-        }
-    }
-
-    /// Rule metadata with a 2-hour suppression period.
-    fn meta() -> AlertMeta<'static> {
-        static NONE: Vec<String> = Vec::new();
-        AlertMeta {
-            title: "t",
-            description: "d",
-            tactics: &NONE,
-            techniques: &NONE,
-            suppression_ns: 2 * H,
-        }
-    }
-
-    /// (alert ID, occurrence IDs) of every alert, in ID order.
-    fn shape(dir: &std::path::Path, order: &[i64]) -> Vec<(String, Vec<String>)> {
-        let data = DataDir::new(dir);
-        let mut s = AlertStore::open(&data).unwrap();
-        let meta = meta();
-        for h in order {
-            s.apply(&meta, &[occ(*h)], 0).unwrap();
-        }
-        let mut st = s
-            .conn
-            .prepare("SELECT alert_id, id FROM occurrences ORDER BY alert_id, id")
-            .unwrap();
-        let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for r in st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .unwrap()
-        {
-            let (a, o) = r.unwrap();
-            match out.last_mut() {
-                Some((last, v)) if *last == a => v.push(o),
-                _ => out.push((a, vec![o])),
-            }
-        }
-        let alerts: i64 = s
-            .conn
-            .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(alerts as usize, out.len(), "no alert without occurrences");
-        out
-    }
-
-    #[test]
-    fn folding_does_not_depend_on_arrival_order() {
-        // Two chains within the 2-hour suppression: hours 0, 1, 3 and 10, 11.
-        let hours = [0, 1, 3, 10, 11];
-        let want = shape(tempfile::tempdir().unwrap().path(), &hours);
-        assert_eq!(
-            want,
-            vec![
-                (
-                    "occ-000".into(),
-                    vec!["occ-000".into(), "occ-001".into(), "occ-003".into()]
-                ),
-                ("occ-010".into(), vec!["occ-010".into(), "occ-011".into()]),
-            ]
-        );
-        for order in [[11, 10, 3, 1, 0], [3, 11, 0, 10, 1], [10, 1, 11, 3, 0]] {
-            let got = shape(tempfile::tempdir().unwrap().path(), &order);
-            assert_eq!(got, want, "arrival order {order:?}");
-        }
-        // An occurrence between two alerts that bridges them merges them into the first.
-        let bridged = shape(tempfile::tempdir().unwrap().path(), &[0, 4, 2]);
-        assert_eq!(bridged.len(), 1, "{bridged:?}");
-        assert_eq!(bridged[0].0, "occ-000");
-    }
-
-    #[test]
-    fn totals_kept_by_triggers_match_a_full_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = AlertStore::open(&DataDir::new(dir.path())).unwrap();
-        let meta = meta();
-        let same = |s: &AlertStore| {
-            let mut full = s.counts(i64::MIN, i64::MAX).unwrap();
-            full.by_rule.clear();
-            assert_eq!(s.totals().unwrap(), full);
-        };
-        // Inserts, a fold, a bridging occurrence that merges two alerts (a delete), a higher
-        // severity, analysts' status changes.
-        s.apply(&meta, &[occ(0), occ(4), occ(10), occ(20), occ(30)], 0)
-            .unwrap();
-        same(&s);
-        assert_eq!(s.totals().unwrap().total, 5);
-        s.apply(&meta, &[occ(2)], 0).unwrap();
-        let mut high = occ(30);
-        high.severity = Severity::High;
-        s.apply(&meta, &[high], 0).unwrap();
-        same(&s);
-        s.set_status("occ-020", crate::alert::Status::Suppressed, "ana", 1)
-            .unwrap();
-        s.set_status("occ-030", crate::alert::Status::Resolved, "ana", 2)
-            .unwrap();
-        same(&s);
-        assert_eq!(s.totals().unwrap().total, 4);
-    }
-
-    #[test]
-    fn withdrawing_shrinks_an_alert_resolves_an_empty_one_and_spares_analyst_decisions() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = AlertStore::open(&DataDir::new(dir.path())).unwrap();
-        let meta = meta();
-        // Alert occ-000 holds hours 0 and 1; alert occ-010 holds hour 10; occ-020 is suppressed.
-        s.apply(&meta, &[occ(0), occ(1), occ(10), occ(20)], 0)
-            .unwrap();
-        s.set_status("occ-020", crate::alert::Status::Suppressed, "ana", 1)
-            .unwrap();
-        let status = |s: &AlertStore, id: &str| -> (String, i64) {
-            s.conn
-                .query_row(
-                    "SELECT status, occurrences FROM alerts WHERE id = ?1",
-                    params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .unwrap()
-        };
-        // Windows [0 h, 24 h) re-evaluated: only hour 0 is still found.
-        let keep: BTreeSet<&str> = ["occ-000"].into_iter().collect();
-        let n = s.withdraw(&meta, "r", (0, 24 * H), &keep, 5).unwrap();
-        assert_eq!(n, 3);
-        assert_eq!(status(&s, "occ-000"), ("new".into(), 1));
-        assert_eq!(status(&s, "occ-010"), ("resolved".into(), 0));
-        assert_eq!(status(&s, "occ-020"), ("suppressed".into(), 0));
-        let h = s.history("occ-010").unwrap();
-        assert!(h.iter().any(|e| e.action == "withdrawn"), "{h:?}");
-        assert!(
-            h.iter()
-                .any(|e| e.actor == "detection" && e.new.as_deref() == Some("resolved")),
-            "{h:?}"
-        );
-        // Windows outside the range are not touched, and a second pass finds nothing more.
-        assert_eq!(s.withdraw(&meta, "r", (0, 24 * H), &keep, 6).unwrap(), 0);
-    }
 }

@@ -2,12 +2,9 @@
 //! `alert_terms` index, text from the trigram full-text index), single alerts, the change feed
 //! that export and the sinks follow, and counts for `/stats`.
 
-use super::{
-    ALERT_COLUMNS, AlertStore, AlertStoreError, RawAlert, Result, alert_columns, change_seq_of,
-    rank, row_to_raw,
-};
+use super::db::{Dialect, Val, vals};
+use super::{ALERT_COLUMNS, AlertStore, Result, alert_columns, alerts_of, changes_of, rank};
 use crate::alert::{Alert, Severity, Status};
-use rusqlite::{OptionalExtension, params};
 
 /// Counts for `/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -101,10 +98,29 @@ impl AlertSort {
 /// Text searches with at most this many matches are driven from the full-text index.
 const FTS_DRIVE_MAX: i64 = 5000;
 
+/// The text PostgreSQL's trigram index covers (the columns SQLite's FTS5 table holds).
+const PG_TEXT: &str = "(title || ' ' || summary || ' ' || description || ' ' || dedup_key)";
+
+/// A case-insensitive substring pattern for `ILIKE`, its wildcards taken literally.
+fn ilike_pattern(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
 impl AlertStore {
     /// Lists alerts in `f.sort` order (most recent `last_seen` first by default).
     pub fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if self.dialect() == Dialect::Postgres {
+            return self.list_pg(f);
+        }
+        let mut args: Vec<Val> = Vec::new();
         // An entity filter drives the query from its indexed terms (a few thousand rows to
         // sort at most) instead of walking every alert in time order to find matches.
         let terms: Vec<String> = [
@@ -130,12 +146,17 @@ impl AlertStore {
         // part) and the row IDs, integers from the store, are written into the statement.
         let text_rows: Option<Vec<i64>> = match (&phrase, terms.is_empty()) {
             (Some(p), true) => {
-                let mut st = self.conn.prepare_cached(
-                    "SELECT rowid FROM alerts_fts WHERE alerts_fts MATCH ?1 LIMIT ?2",
-                )?;
-                let rows = st
-                    .query_map(params![p, FTS_DRIVE_MAX + 1], |r| r.get::<_, i64>(0))?
-                    .collect::<rusqlite::Result<Vec<i64>>>()?;
+                let rows = self
+                    .db
+                    .with(|db| {
+                        db.query(
+                            "SELECT rowid FROM alerts_fts WHERE alerts_fts MATCH ?1 LIMIT ?2",
+                            vals![p, FTS_DRIVE_MAX + 1],
+                        )
+                    })?
+                    .iter()
+                    .map(|r| r.get::<i64>(0))
+                    .collect::<Result<Vec<i64>>>()?;
                 (rows.len() as i64 <= FTS_DRIVE_MAX).then_some(rows)
             }
             _ => None,
@@ -157,7 +178,7 @@ impl AlertStore {
             format!("SELECT {} FROM alerts WHERE 1=1", alert_columns("alerts"))
         };
         // Binds a value and returns its numbered placeholder, so a value can be used twice.
-        let mut bind = |v: rusqlite::types::Value| {
+        let mut bind = |v: Val| {
             args.push(v);
             format!("?{}", args.len())
         };
@@ -211,70 +232,111 @@ impl AlertStore {
         if narrowed {
             sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE rowid IN ({sql}){order}");
         }
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), row_to_raw)?;
-        rows.map(|r| {
-            r.map_err(AlertStoreError::from)
-                .and_then(RawAlert::into_alert)
-        })
-        .collect()
+        alerts_of(self.db.with(|db| db.query(&sql, &args))?)
+    }
+
+    /// [`list`](Self::list) on PostgreSQL: every filter is a condition of one query, and the
+    /// planner chooses between walking the sort index and collecting an entity's or a
+    /// text's matches (term index, trigram index) first.
+    fn list_pg(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
+        let mut args: Vec<Val> = Vec::new();
+        let mut bind = |v: Val| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE true");
+        if let Some(s) = f.since {
+            sql += &format!(" AND last_seen >= {}", bind(s.into()));
+        }
+        if let Some(s) = f.until {
+            sql += &format!(" AND last_seen < {}", bind(s.into()));
+        }
+        if let Some(s) = f.min_severity {
+            sql += &format!(" AND severity_rank >= {}", bind(rank(s).into()));
+        }
+        if let Some(r) = &f.rule {
+            sql += &format!(" AND rule_id = {}", bind(r.into()));
+        }
+        if let Some(s) = f.status {
+            sql += &format!(" AND status = {}", bind(s.as_str().into()));
+        }
+        if let Some(a) = &f.assignee {
+            sql += &format!(" AND assignee = {}", bind(a.into()));
+        }
+        for (prefix, v) in [
+            ("vault:", f.vault.as_deref().map(str::to_lowercase)),
+            ("ip:", f.ip.clone()),
+            ("principal:", f.principal.as_deref().map(str::to_lowercase)),
+        ] {
+            if let Some(v) = v {
+                let p = bind(format!("{prefix}{v}").into());
+                sql += &format!(" AND id IN (SELECT alert_id FROM alert_terms WHERE term = {p})");
+            }
+        }
+        if let Some(t) = &f.text {
+            sql += &format!(" AND {PG_TEXT} ILIKE {}", bind(ilike_pattern(t).into()));
+        }
+        let (column, desc) = f.sort.column();
+        if let Some((v, id)) = &f.after {
+            let (pv, pid) = (bind((*v).into()), bind(id.into()));
+            let cmp = if desc { "<" } else { ">" };
+            sql += &format!(" AND ({column}, id) {cmp} ({pv}, {pid})");
+        }
+        let dir = if desc { "DESC" } else { "ASC" };
+        sql += &format!(" ORDER BY {column} {dir}, id {dir}");
+        if let Some(l) = f.limit {
+            sql += &format!(" LIMIT {l}");
+        }
+        alerts_of(self.db.with(|db| db.query(&sql, &args))?)
     }
 
     /// Alerts created or changed after change number `after`, in change order, with their
     /// change numbers: the pull-export feed. An alert changed twice appears once, at its
     /// latest change.
     pub fn changes(&self, after: i64, limit: usize) -> Result<Vec<(i64, Alert)>> {
-        let mut st = self.conn.prepare(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?2"
-        ))?;
-        let rows = st.query_map(params![after, limit as i64], |r| {
-            Ok((change_seq_of(r)?, row_to_raw(r)?))
-        })?;
-        rows.map(|r| {
-            let (seq, raw) = r.map_err(AlertStoreError::from)?;
-            Ok((seq, raw.into_alert()?))
-        })
-        .collect()
+        changes_of(self.db.with(|db| {
+            db.query(
+                &format!(
+                    "SELECT {ALERT_COLUMNS} FROM alerts WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?2"
+                ),
+                vals![after, limit],
+            )
+        })?)
     }
 
     /// One alert by ID.
     pub fn get(&self, id: &str) -> Result<Option<Alert>> {
-        self.conn
-            .query_row(
+        let rows = self.db.with(|db| {
+            db.query(
                 &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
-                params![id],
-                row_to_raw,
+                vals![id],
             )
-            .optional()?
-            .map(RawAlert::into_alert)
-            .transpose()
+        })?;
+        Ok(alerts_of(rows)?.into_iter().next())
     }
 
     /// The newest change number (0 for an empty store).
     pub fn head_seq(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce(max(change_seq), 0) FROM alerts", [], |r| {
-                r.get(0)
-            })?)
+        self.db.with(
+            |db| match db.one("SELECT coalesce(max(change_seq), 0) FROM alerts", &[])? {
+                Some(r) => r.get(0),
+                None => Ok(0),
+            },
+        )
     }
 
     /// Counts of every alert by severity and status (kept by triggers, so this is a read of
     /// a few rows however many alerts there are); `by_rule` is left empty.
     pub fn totals(&self) -> Result<AlertCounts> {
         let mut c = AlertCounts::default();
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT severity, status, n FROM alert_totals WHERE n > 0")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
+        let rows = self.db.with(|db| {
+            db.query(
+                "SELECT severity, status, n FROM alert_totals WHERE n > 0",
+                &[],
+            )
         })?;
         for r in rows {
-            let (sev, status, n) = r?;
+            let (sev, status, n): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
             *c.by_severity.entry(sev).or_default() += n;
             *c.by_status.entry(status).or_default() += n;
             c.total += n;
@@ -284,11 +346,11 @@ impl AlertStore {
 
     /// Alerts per rule over every alert (an index-only scan).
     pub fn rule_totals(&self) -> Result<std::collections::BTreeMap<String, i64>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT rule_id, count(*) FROM alerts GROUP BY rule_id")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.db
+            .with(|db| db.query("SELECT rule_id, count(*) FROM alerts GROUP BY rule_id", &[]))?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
     }
 
     /// Alert counts by severity, status and rule, for alerts last seen in `[from, to)`.
@@ -299,15 +361,16 @@ impl AlertStore {
             ("status", &mut c.by_status),
             ("rule_id", &mut c.by_rule),
         ] {
-            let mut st = self.conn.prepare(&format!(
-                "SELECT {col}, count(*) FROM alerts WHERE last_seen >= ?1 AND last_seen < ?2 GROUP BY {col}"
-            ))?;
-            let rows = st.query_map(params![from, to], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            let rows = self.db.with(|db| {
+                db.query(
+                    &format!(
+                        "SELECT {col}, count(*) FROM alerts WHERE last_seen >= ?1 AND last_seen < ?2 GROUP BY {col}"
+                    ),
+                    vals![from, to],
+                )
             })?;
             for r in rows {
-                let (k, n) = r?;
-                map.insert(k, n);
+                map.insert(r.get(0)?, r.get(1)?);
             }
         }
         c.total = c.by_status.values().sum();

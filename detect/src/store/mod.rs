@@ -1,4 +1,6 @@
-//! The alert store: SQLite (WAL) in the data directory, `alerts.db`.
+//! The alert store: SQLite (WAL) in the data directory, `alerts.db`, or for a deployment of
+//! several nodes a PostgreSQL database they share ([`pg`]). The logic below is written once
+//! against [`db::Sql`]; each database runs it in its own dialect.
 //!
 //! Two tables carry the model. `occurrences` holds one row per (rule, dedup key, window) with
 //! a deterministic ID, so re-evaluating a window updates its row. `alerts` is derived: each
@@ -13,9 +15,15 @@
 //! `alerts` row to an [`Alert`].
 
 mod coverage;
+pub mod db;
 mod fold;
 mod list;
 mod outbox;
+pub mod pg;
+#[cfg(test)]
+mod suite;
+#[cfg(test)]
+mod testpg;
 mod triage;
 
 pub use fold::ApplyStats;
@@ -24,6 +32,7 @@ pub use outbox::DeadLetter;
 pub use triage::{AlertUpdate, HistoryEntry};
 
 use crate::alert::{Alert, Severity, Status};
+use db::{Db, Dialect, Row};
 use kvwatch_ingest::DataDir;
 use rusqlite::Connection;
 
@@ -31,6 +40,16 @@ use rusqlite::Connection;
 pub enum AlertStoreError {
     #[error("alert store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("alert store (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("alert store {url}: {msg}")]
+    Config { url: String, msg: String },
+    #[error("alert store: column {index} is not {want}: {found}")]
+    Column {
+        index: usize,
+        want: &'static str,
+        found: String,
+    },
     #[error("alert store: bad JSON in column {column}: {source}")]
     Json {
         column: &'static str,
@@ -263,9 +282,9 @@ END;
 "#,
 ];
 
-/// The SQLite alert store.
+/// The alert store, on either database.
 pub struct AlertStore {
-    conn: Connection,
+    db: Db,
     /// Evidence event IDs kept per alert.
     pub max_evidence: usize,
 }
@@ -301,8 +320,15 @@ pub fn persist_wal(conn: &Connection) {
 }
 
 impl AlertStore {
-    /// Opens (creating and migrating) `alerts.db` in `data_dir`.
+    /// Opens (creating and migrating) the store: the database of `data.alerts_url()`, or
+    /// `alerts.db` in the state directory.
     pub fn open(data: &DataDir) -> Result<AlertStore> {
+        if let Some(url) = data.alerts_url() {
+            return Ok(AlertStore {
+                db: pg::open(url)?,
+                max_evidence: 1000,
+            });
+        }
         data.create().map_err(|e| {
             rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
@@ -316,6 +342,10 @@ impl AlertStore {
     /// Opens an existing store read-only (for `kvwatch query` and `kvwatch alerts`); `None`
     /// when there is none yet.
     pub fn open_read_only(data: &DataDir) -> Result<Option<AlertStore>> {
+        if data.alerts_url().is_some() {
+            // One schema for every node, migrated by whichever opens it first.
+            return Self::open(data).map(Some);
+        }
         let path = data.alerts_db();
         if !path.exists() {
             return Ok(None);
@@ -354,7 +384,7 @@ impl AlertStore {
             return Self::open_read_only(data);
         }
         Ok(Some(AlertStore {
-            conn,
+            db: Db::Sqlite(conn),
             max_evidence: 1000,
         }))
     }
@@ -363,7 +393,15 @@ impl AlertStore {
     /// refused writes). Such a connection keeps every later one of this process read-only
     /// too, so a writer holding one should drop it and open anew.
     pub fn is_read_only(&self) -> bool {
-        self.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true)
+        match &self.db {
+            Db::Sqlite(c) => c.is_readonly(rusqlite::MAIN_DB).unwrap_or(true),
+            Db::Postgres(_) => false,
+        }
+    }
+
+    /// Which database this store is on.
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect()
     }
 
     fn init(conn: Connection) -> Result<AlertStore> {
@@ -395,8 +433,9 @@ impl AlertStore {
             tx.pragma_update(None, "user_version", known)?;
             tx.commit()?;
         }
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(AlertStore {
-            conn,
+            db: Db::Sqlite(conn),
             max_evidence: 1000,
         })
     }
@@ -444,36 +483,50 @@ fn alert_columns(alias: &str) -> String {
 }
 
 /// The change number of a row selected with [`ALERT_COLUMNS`].
-fn change_seq_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<i64> {
+fn change_seq_of(r: &Row) -> Result<i64> {
     r.get(23)
 }
 
-fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAlert> {
+fn row_to_raw(r: &mut Row) -> Result<RawAlert> {
     Ok(RawAlert {
-        id: r.get(0)?,
-        rule_id: r.get(1)?,
-        title: r.get(2)?,
-        description: r.get(3)?,
-        severity: r.get(4)?,
-        status: r.get(5)?,
-        dedup_key: r.get(6)?,
+        id: r.take_text(0)?,
+        rule_id: r.take_text(1)?,
+        title: r.take_text(2)?,
+        description: r.take_text(3)?,
+        severity: r.take_text(4)?,
+        status: r.take_text(5)?,
+        dedup_key: r.take_text(6)?,
         first_seen: r.get(7)?,
         last_seen: r.get(8)?,
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
         event_count: r.get(11)?,
         occurrences: r.get(12)?,
-        vaults: r.get(13)?,
-        principals: r.get(14)?,
-        ips: r.get(15)?,
-        objects: r.get(16)?,
-        tactics: r.get(17)?,
-        techniques: r.get(18)?,
-        summary: r.get(19)?,
-        evidence: r.get(20)?,
+        vaults: r.take_text(13)?,
+        principals: r.take_text(14)?,
+        ips: r.take_text(15)?,
+        objects: r.take_text(16)?,
+        tactics: r.take_text(17)?,
+        techniques: r.take_text(18)?,
+        summary: r.take_text(19)?,
+        evidence: r.take_text(20)?,
         evidence_truncated: r.get(21)?,
         assignee: r.get(22)?,
     })
+}
+
+/// Alerts of rows selected with [`ALERT_COLUMNS`].
+fn alerts_of(rows: Vec<Row>) -> Result<Vec<Alert>> {
+    rows.into_iter()
+        .map(|mut r| row_to_raw(&mut r)?.into_alert())
+        .collect()
+}
+
+/// (change number, alert) of rows selected with [`ALERT_COLUMNS`].
+fn changes_of(rows: Vec<Row>) -> Result<Vec<(i64, Alert)>> {
+    rows.into_iter()
+        .map(|mut r| Ok((change_seq_of(&r)?, row_to_raw(&mut r)?.into_alert()?)))
+        .collect()
 }
 
 impl RawAlert {
@@ -526,8 +579,10 @@ mod tests {
         let store = AlertStore::open_read_only(&DataDir::new(dir.path()))
             .unwrap()
             .unwrap();
-        let v: i64 = store
-            .conn
+        let Db::Sqlite(conn) = &store.db else {
+            unreachable!("a SQLite store")
+        };
+        let v: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
