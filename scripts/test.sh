@@ -8,7 +8,7 @@
 # machine from crates.io into a cache outside the clone (about 8-20 minutes the first time,
 # skipped afterwards). The Kafka tests start and stop their own broker processes on free
 # ports; nothing is left running. The console's tests do the same with Chromium and its
-# WebDriver, installed once from Debian's packages.
+# WebDriver, and the alert store's with PostgreSQL, installed once from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
@@ -49,6 +49,22 @@ if [ ! -x "$KVWATCH_AZURITE" ]; then
     npm install --prefix "$azurite_root" --silent --no-audit --no-fund azurite@3.35.0
 fi
 "$KVWATCH_AZURITE" --version
+
+# The alert store's PostgreSQL back end is tested against private servers (initdb into a
+# temporary directory, a loopback port) from Debian's postgresql package, installed once per
+# machine; KVWATCH_PG_BIN may point at another server's bin directory.
+if [ -z "${KVWATCH_PG_BIN:-}" ]; then
+    KVWATCH_PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+    if [ -z "$KVWATCH_PG_BIN" ] || [ ! -x "$KVWATCH_PG_BIN/postgres" ]; then
+        echo "test.sh: installing PostgreSQL from Debian's packages (once per machine)"
+        sudo_="" ; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+        $sudo_ apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql >/dev/null
+        KVWATCH_PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+    fi
+fi
+export KVWATCH_PG_BIN
+"$KVWATCH_PG_BIN/postgres" --version
 
 cargo test --workspace --locked "$@"
 

@@ -15,6 +15,9 @@ pub struct Config {
     pub state: Option<PathBuf>,
     /// MiB of this node's cache of an object store's Parquet files.
     pub cache_mb: Option<u64>,
+    /// The alert store's database shared by several nodes (`postgres://…`; the password may
+    /// be `${env:…}`/`${file:…}`); unset: SQLite in the state directory.
+    pub alerts: Option<String>,
     /// Object-store settings: `[storage]` with `account_name`, `access_key`, `sas_token`,
     /// `client_id`, … (values may be `${env:…}`/`${file:…}`).
     #[serde(default)]

@@ -153,7 +153,10 @@ pub enum AlertFormat {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AlertsArgs {
+    #[command(subcommand)]
+    cmd: Option<AlertsCmd>,
     /// Alerts last seen at or after this time (RFC 3339, YYYY-MM-DD, or an age such as 24h).
     #[arg(long, env = "KVWATCH_ALERTS_SINCE")]
     since: Option<String>,
@@ -176,6 +179,103 @@ pub struct AlertsArgs {
         env = "KVWATCH_ALERTS_FORMAT"
     )]
     format: AlertFormat,
+}
+
+#[derive(Subcommand)]
+pub enum AlertsCmd {
+    /// Copy this node's SQLite alert store (alerts, triage history, sink cursors and dead
+    /// letters, detection's bookkeeping) into an empty PostgreSQL database, for running
+    /// several nodes on one store.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The store to copy: `sqlite` (alerts.db in the state directory) or the path of an
+    /// alerts.db file.
+    #[arg(long, default_value = "sqlite", env = "KVWATCH_MIGRATE_FROM")]
+    from: String,
+    /// The PostgreSQL database to copy into (`postgres://…`; `${env:…}`/`${file:…}` for the
+    /// password). It may have the schema but no alerts yet.
+    #[arg(long, env = "KVWATCH_MIGRATE_TO")]
+    to: String,
+    #[arg(
+        long,
+        value_enum,
+        default_value = "table",
+        env = "KVWATCH_MIGRATE_FORMAT"
+    )]
+    format: Format,
+}
+
+/// `kvwatch alerts migrate`.
+fn cmd_migrate(data: &DataDir, a: MigrateArgs) -> Result<ExitCode> {
+    use kvwatch_detect::store::pg::is_postgres;
+    use kvwatch_ingest::secret::redact_url;
+    if !is_postgres(&a.to) {
+        bail!("--to {}: a postgres:// URL", redact_url(&a.to));
+    }
+    let source = if a.from == "sqlite" {
+        DataDir::new(data.root())
+    } else {
+        let path = PathBuf::from(&a.from);
+        if path.file_name().is_none_or(|n| n != "alerts.db") {
+            bail!(
+                "--from {}: `sqlite` or the path of an alerts.db file",
+                a.from
+            );
+        }
+        DataDir::new(path.parent().unwrap_or(std::path::Path::new(".")))
+    };
+    if !source.alerts_db().exists() {
+        bail!("no alert store at {}", source.alerts_db().display());
+    }
+    let from = AlertStore::open_read_only(&source)?
+        .with_context(|| format!("{} holds no alert store yet", source.alerts_db().display()))?;
+    let dest_data = DataDir::new(data.root()).with_alerts(Some(a.to.clone()));
+    let to = AlertStore::open(&dest_data)?;
+    let t0 = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let report = from.copy_into(&to, |table, n| {
+        if last.elapsed() >= std::time::Duration::from_secs(1) {
+            last = std::time::Instant::now();
+            eprintln!("copying {table}: {} rows", thousands(n));
+        }
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
+    if a.format == Format::Json {
+        let tables: serde_json::Map<String, serde_json::Value> = report
+            .tables
+            .iter()
+            .map(|(t, n)| (t.clone(), serde_json::json!(n)))
+            .collect();
+        let doc = serde_json::json!({
+            "from": source.alerts_db(),
+            "to": redact_url(&a.to),
+            "tables": tables,
+            "seconds": secs,
+        });
+        writeln!(out, "{doc}")?;
+    } else {
+        writeln!(
+            out,
+            "copied {} into {} in {secs:.1} s",
+            source.alerts_db().display(),
+            redact_url(&a.to)
+        )?;
+        let rows: Vec<(&str, String)> = report
+            .tables
+            .iter()
+            .map(|(t, n)| (t.as_str(), thousands(*n)))
+            .collect();
+        kv_table(&mut out, &rows)?;
+        writeln!(
+            out,
+            "run the nodes with --alerts (KVWATCH_ALERTS) set to this database; the SQLite file is left as it was"
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -501,6 +601,9 @@ fn write_alerts(out: &mut dyn Write, alerts: &[Alert], format: AlertFormat) -> R
 }
 
 pub fn cmd_alerts(data: &DataDir, a: AlertsArgs) -> Result<ExitCode> {
+    if let Some(AlertsCmd::Migrate(m)) = a.cmd {
+        return cmd_migrate(data, m);
+    }
     let now = kvwatch_ingest::store::now_nanos();
     let filter = AlertFilter {
         since: a.since.as_deref().map(|s| parse_time(s, now)).transpose()?,

@@ -40,6 +40,13 @@ struct Cli {
     /// required when --data is a URL [default: the --data directory].
     #[arg(long, global = true, env = "KVWATCH_STATE")]
     state: Option<PathBuf>,
+    /// The alert store (alerts, triage history, sink cursors, detection's bookkeeping) in a
+    /// PostgreSQL database that several nodes share:
+    /// `postgres://kvwatch:${env:PGPASSWORD}@db.example:5432/kvwatch?sslmode=require`
+    /// (`${env:…}`/`${file:…}` are read at start; `sslrootcert=PATH` adds a CA)
+    /// [default: SQLite, `alerts.db` in the state directory].
+    #[arg(long, global = true, env = "KVWATCH_ALERTS")]
+    alerts: Option<String>,
     /// Object-store setting `key=value` (repeatable; `account_name`, `access_key`,
     /// `sas_token`, `client_id`, `client_secret`, `tenant_id`, `use_azure_cli`, `endpoint`,
     /// …); values may be `${env:NAME}` or `${file:PATH}`. `AZURE_*`/`AWS_*`/`GOOGLE_*`
@@ -384,8 +391,22 @@ fn open_data(cli: &Cli, cfg: &Config) -> Result<DataDir> {
     }
     let state = cli.state.clone().or_else(|| cfg.state.clone());
     let cache = cli.cache_mb.or(cfg.cache_mb).unwrap_or(2048) << 20;
-    DataDir::open(&spec, state, options, cache)
-        .with_context(|| format!("opening the data location {spec}"))
+    let alerts = cli
+        .alerts
+        .clone()
+        .or_else(|| cfg.alerts.clone())
+        .filter(|u| !u.trim().is_empty());
+    if let Some(url) = &alerts
+        && !kvwatch_detect::store::pg::is_postgres(url)
+    {
+        bail!(
+            "--alerts {}: a postgres:// or postgresql:// URL (leave it unset for SQLite in the state directory)",
+            kvwatch_ingest::secret::redact_url(url)
+        );
+    }
+    Ok(DataDir::open(&spec, state, options, cache)
+        .with_context(|| format!("opening the data location {spec}"))?
+        .with_alerts(alerts))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

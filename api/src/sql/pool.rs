@@ -233,6 +233,10 @@ impl SqlPool {
                 "KVWATCH_STORAGE_OPTIONS",
                 self.opts.data.options().to_pairs().replace('\n', ","),
             )
+            .env(
+                "KVWATCH_ALERTS",
+                self.opts.data.alerts_url().unwrap_or_default(),
+            )
             .env("MALLOC_ARENA_MAX", "2")
             .env("RUST_BACKTRACE", "0")
             .env_remove("KVWATCH_CONFIG")

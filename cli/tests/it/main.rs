@@ -4,6 +4,7 @@
 mod api;
 mod azurite;
 mod backfill;
+mod cluster;
 mod common;
 mod console;
 mod continuous;
@@ -14,6 +15,8 @@ mod hardening;
 mod ingest;
 mod kafka;
 mod objstore;
+#[path = "../../../detect/src/store/testpg.rs"]
+mod pg_server;
 mod query;
 mod report;
 mod sinks;

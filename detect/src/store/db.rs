@@ -132,6 +132,11 @@ impl Row {
             })
     }
 
+    /// Every column, taken out of the row.
+    pub fn take_all(&mut self) -> Vec<Val> {
+        std::mem::take(&mut self.0)
+    }
+
     /// Takes column `i` out of the row as text (no copy).
     pub fn take_text(&mut self, i: usize) -> Result<String> {
         match self.0.get_mut(i) {
@@ -176,11 +181,14 @@ impl Db {
     pub fn with<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T>) -> Result<T> {
         match self {
             Db::Sqlite(c) => f(&mut Lite(c)),
-            Db::Postgres(m) => {
+            Db::Postgres(m) => blocking(|| {
                 let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
                 let PgConn { client, cache } = &mut *g;
-                f(&mut Pg { c: client, cache })
-            }
+                f(&mut Pg {
+                    c: client.as_mut().expect("open until dropped"),
+                    cache,
+                })
+            }),
         }
     }
 
@@ -193,14 +201,14 @@ impl Db {
                 tx.commit()?;
                 Ok(out)
             }
-            Db::Postgres(m) => {
+            Db::Postgres(m) => blocking(|| {
                 let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
                 let PgConn { client, cache } = &mut *g;
-                let mut tx = client.transaction()?;
+                let mut tx = client.as_mut().expect("open until dropped").transaction()?;
                 let out = f(&mut Pg { c: &mut tx, cache })?;
                 tx.commit()?;
                 Ok(out)
-            }
+            }),
         }
     }
 }
@@ -253,17 +261,35 @@ impl Sql for Lite<'_> {
     }
 }
 
+/// Runs `f`, which blocks on the synchronous PostgreSQL client, where that is allowed: the
+/// client drives its connection with a runtime of its own, which cannot start on a thread
+/// that is running async tasks. On such a thread (a command's async body, the detection
+/// loop) the worker hands its tasks to another thread for the duration; on a blocking or a
+/// plain thread `f` just runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// A PostgreSQL session and the statements it has prepared.
 pub struct PgConn {
-    pub(super) client: postgres::Client,
+    client: Option<postgres::Client>,
     cache: HashMap<String, postgres::Statement>,
 }
 
 impl PgConn {
     pub fn new(client: postgres::Client) -> Self {
         Self {
-            client,
+            client: Some(client),
             cache: HashMap::new(),
+        }
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Closing the session blocks too.
+        if let Some(c) = self.client.take() {
+            blocking(move || drop(c));
         }
     }
 }

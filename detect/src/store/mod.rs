@@ -14,6 +14,7 @@
 //! This module owns opening the store, its schema and migrations, and the mapping of an
 //! `alerts` row to an [`Alert`].
 
+mod copy;
 mod coverage;
 pub mod db;
 mod fold;
@@ -26,6 +27,7 @@ mod suite;
 mod testpg;
 mod triage;
 
+pub use copy::CopyReport;
 pub use fold::ApplyStats;
 pub use list::{AlertCounts, AlertFilter, AlertSort};
 pub use outbox::DeadLetter;
@@ -65,6 +67,8 @@ pub enum AlertStoreError {
         known: i64,
         reason: String,
     },
+    #[error("copying the alert store: {0}")]
+    Copy(String),
     #[error("no alert with id {0}")]
     NoSuchAlert(String),
 }

@@ -129,9 +129,14 @@ CREATE TABLE alert_totals (
 
 -- Every insert, and every update of what a reader of the feed sees, takes the next change
 -- number. The lock is held to commit, so numbers are handed out in commit order.
+-- A copy from another store (`kvwatch alerts migrate`) keeps the numbers it brings, which the
+-- sinks' cursors refer to.
 CREATE FUNCTION kvwatch_alert_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(7771929912845033474);
+    IF current_setting('kvwatch.copying', true) = 'on' THEN
+        RETURN NEW;
+    END IF;
     NEW.change_seq := (SELECT coalesce(max(change_seq), 0) + 1 FROM alerts);
     RETURN NEW;
 END $$;
@@ -251,6 +256,10 @@ pub fn connect(url: &str) -> Result<postgres::Client> {
 
 /// Opens the store at `url`, creating or upgrading its schema; refuses a newer schema.
 pub(super) fn open(url: &str) -> Result<Db> {
+    super::db::blocking(|| open_blocking(url))
+}
+
+fn open_blocking(url: &str) -> Result<Db> {
     let mut client = connect(url)?;
     let known = PG_MIGRATIONS.len() as i64;
     if version(&mut client)? != known {

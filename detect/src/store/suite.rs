@@ -497,52 +497,100 @@ fn postgres_refuses_a_newer_schema_and_migrates_once_under_racing_nodes() {
     }
 }
 
-/// Writers on several connections at once: a reader that follows the feed by "change number
-/// greater than the last one I saw" must still see every alert, so numbers have to be taken
-/// in commit order.
+/// A reader that follows the feed by "change number greater than the last one I saw" never
+/// skips a change: a writer whose transaction is still open holds the next number back from
+/// every other writer until it commits, so numbers become visible in order.
 #[test]
 fn postgres_change_numbers_follow_commit_order_across_writers() {
     let pg = PgServer::start();
-    let data =
-        DataDir::new(tempfile::tempdir().unwrap().path()).with_alerts(Some(pg.create_db("feed")));
-    AlertStore::open(&data).unwrap();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
-        .map(|w| {
-            let data = data.clone();
-            std::thread::spawn(move || {
-                let mut s = AlertStore::open(&data).unwrap();
-                for i in 0..150 {
-                    let mut o = occ(i);
-                    o.id = format!("w{w}-{i}");
-                    o.dedup_key = o.id.clone();
-                    s.apply(&meta(), &[o], i).unwrap();
-                }
-            })
-        })
-        .collect();
-    let reader = {
-        let (data, done) = (data.clone(), done.clone());
+    let url = pg.create_db("feed");
+    let data = DataDir::new(tempfile::tempdir().unwrap().path()).with_alerts(Some(url.clone()));
+    let mut s = AlertStore::open(&data).unwrap();
+    six(&mut s);
+    let head = s.head_seq().unwrap();
+    // Writer A changes occ-000 and keeps its transaction open.
+    let mut a = super::pg::connect(&url).unwrap();
+    let mut tx = a.transaction().unwrap();
+    tx.execute(
+        "UPDATE alerts SET status = 'acknowledged' WHERE id = 'occ-000'",
+        &[],
+    )
+    .unwrap();
+    // Writer B changes occ-010 meanwhile, on its own connection.
+    let b = {
+        let data = data.clone();
         std::thread::spawn(move || {
-            let s = AlertStore::open(&data).unwrap();
-            let mut cursor = 0;
-            let mut seen = BTreeSet::new();
-            loop {
-                let last_round = done.load(std::sync::atomic::Ordering::Acquire);
-                for (seq, a) in s.changes(cursor, 50).unwrap() {
-                    cursor = seq;
-                    seen.insert(a.id);
-                }
-                if last_round && s.changes(cursor, 1).unwrap().is_empty() {
-                    return seen;
-                }
-            }
+            AlertStore::open(&data)
+                .unwrap()
+                .set_status("occ-010", Status::Resolved, "bo", 1)
+                .unwrap()
         })
     };
-    for w in writers {
-        w.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A reader follows the feed while A is open.
+    let mut cursor = head;
+    let mut seen = Vec::new();
+    for (seq, alert) in s.changes(cursor, 100).unwrap() {
+        cursor = seq;
+        seen.push(alert.id);
     }
-    done.store(true, std::sync::atomic::Ordering::Release);
-    let seen = reader.join().unwrap();
-    assert_eq!(seen.len(), 450, "the feed skipped alerts");
+    tx.commit().unwrap();
+    b.join().unwrap();
+    for (_, alert) in s.changes(cursor, 100).unwrap() {
+        seen.push(alert.id);
+    }
+    seen.sort();
+    assert_eq!(seen, ["occ-000", "occ-010"], "the reader skipped a change");
+}
+
+/// `kvwatch alerts migrate`: everything a SQLite store holds arrives in PostgreSQL as it was,
+/// change numbers included, and both go on from there alike.
+#[test]
+fn a_sqlite_store_copied_into_postgres_carries_on_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite_data = DataDir::new(dir.path());
+    let mut lite = AlertStore::open(&lite_data).unwrap();
+    six(&mut lite);
+    lite.set_status("occ-010", Status::Resolved, "ana", 5000)
+        .unwrap();
+    lite.set_sink_cursor("siem", 7, 1).unwrap();
+    lite.add_dead_letters("siem", &[(3, "occ-020")], Some(400), "bad", 6)
+        .unwrap();
+    lite.replace_covered(&[("f.parquet".into(), 1, 2)]).unwrap();
+    lite.record_run("r", 9, (0, 1), 6, 3).unwrap();
+    let pg = PgServer::start();
+    let pg_data = DataDir::new(dir.path()).with_alerts(Some(pg.create_db("copy")));
+    let dest = AlertStore::open(&pg_data).unwrap();
+    let mut seen = 0;
+    let report = lite.copy_into(&dest, |_, n| seen = n).unwrap();
+    assert!(seen > 0);
+    assert_eq!(report.tables[0], ("alerts".to_owned(), 6));
+    let pgs = &dest;
+    assert_eq!(pgs.changes(0, 100).unwrap(), lite.changes(0, 100).unwrap());
+    assert_eq!(pgs.head_seq().unwrap(), lite.head_seq().unwrap());
+    assert_eq!(pgs.all_history().unwrap(), lite.all_history().unwrap());
+    assert_eq!(
+        pgs.dead_letters(None, 9).unwrap(),
+        lite.dead_letters(None, 9).unwrap()
+    );
+    assert_eq!(pgs.sink_cursor("siem").unwrap(), 7);
+    assert_eq!(pgs.totals().unwrap(), lite.totals().unwrap());
+    assert_eq!(pgs.covered_files().unwrap(), lite.covered_files().unwrap());
+    assert_eq!(pgs.rule_runs().unwrap(), lite.rule_runs().unwrap());
+    let by_vault = AlertFilter {
+        vault: Some("vault-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(pgs.list(&by_vault).unwrap(), lite.list(&by_vault).unwrap());
+    // Both go on alike: the next change takes the next number, history continues.
+    for s in [&lite, pgs] {
+        s.set_status("occ-000", Status::Acknowledged, "bo", 6000)
+            .unwrap();
+    }
+    assert_eq!(pgs.changes(0, 100).unwrap(), lite.changes(0, 100).unwrap());
+    assert_eq!(pgs.all_history().unwrap(), lite.all_history().unwrap());
+    // A second copy would mix two stores: refused, and nothing changes.
+    let err = lite.copy_into(&dest, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("empty database"), "{err}");
+    assert_eq!(pgs.changes(0, 100).unwrap().len(), 6);
 }
