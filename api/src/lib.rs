@@ -11,6 +11,7 @@ pub mod error;
 pub mod forward;
 pub mod handlers;
 pub mod health;
+pub mod leader;
 pub mod listen;
 mod metrics;
 pub mod report;

@@ -37,6 +37,19 @@ pub(crate) async fn metrics(State(s): State<Shared>) -> Response {
         "# HELP kvwatch_disk_writable 1 while the data directory takes writes\n# TYPE kvwatch_disk_writable gauge\nkvwatch_disk_writable {}",
         i64::from(s.disk.state() == Disk::Writable)
     );
+    if let Some(l) = &s.leader {
+        let _ = writeln!(
+            out,
+            "# HELP kvwatch_leader 1 while this node holds the leadership lease\n# TYPE kvwatch_leader gauge\nkvwatch_leader{{node=\"{}\"}} {}\n# HELP kvwatch_leader_epoch epoch of this node's latest term (0: never led)\n# TYPE kvwatch_leader_epoch gauge\nkvwatch_leader_epoch {}\n# TYPE kvwatch_leader_terms_total counter\nkvwatch_leader_terms_total {}",
+            l.node
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n"),
+            i64::from(l.leading.load(Ordering::Acquire)),
+            l.epoch.load(Ordering::Acquire),
+            l.terms.load(Ordering::Relaxed),
+        );
+    }
     let m = &s.sql.metrics;
     for (name, v, help) in [
         ("sql_queries_total", &m.queries, "analyst queries received"),

@@ -9,6 +9,7 @@
 //! stop after their current step, and the consumer stores its open batch and commits.
 
 use crate::forward::{self, SinkConfig, SinkStatus};
+use crate::leader::Leadership;
 use crate::listen::{self, ConnLimits};
 use crate::report::ReportOptions;
 use crate::report::schedule::{Schedule, Scheduler};
@@ -51,6 +52,10 @@ pub struct ServiceOptions {
     /// Hears of every detection pass that did something, and of failures (the binary prints
     /// them); passes are logged either way.
     pub on_pass: Option<PassListener>,
+    /// This node's name in the leadership lease (nodes sharing a PostgreSQL alert store).
+    pub node: String,
+    /// How long a leadership lease lasts unrenewed.
+    pub lease_ttl: Duration,
 }
 
 /// Why the service could not start or stopped badly.
@@ -94,6 +99,7 @@ pub struct Service {
     kafka: Option<Arc<Metrics>>,
     notices: Vec<String>,
     shutdown: CancellationToken,
+    leadership: Option<Leadership>,
 }
 
 impl Service {
@@ -155,7 +161,22 @@ impl Service {
         }
         let detect = Arc::new(PassMetrics::default());
         state.detect = Some(detect.clone());
+        let leadership = match opts.data.alerts_url() {
+            Some(url) => {
+                let l = Leadership::new(url, &opts.node, opts.lease_ttl).await?;
+                notices.push(format!(
+                    "alert store shared in {} as node {}: detection, reports and forwarding run on one node at a time (lease {} s)",
+                    kvwatch_ingest::secret::redact_url(url),
+                    opts.node,
+                    opts.lease_ttl.as_secs_f64()
+                ));
+                state.leader = Some(l.status.clone());
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Service {
+            leadership,
             addr,
             listener,
             state: Arc::new(state),
@@ -186,6 +207,7 @@ impl Service {
             detect,
             kafka,
             shutdown,
+            leadership,
             ..
         } = self;
         state.disk.probe();
@@ -206,17 +228,6 @@ impl Service {
             http_stop.clone().cancelled_owned(),
             opts.conn,
         ));
-        let mut forwarders: Vec<(String, JoinHandle<Result<(), forward::ForwardError>>)> =
-            Vec::new();
-        for (sink, status) in opts.sinks.into_iter().zip(state.sinks.iter()) {
-            let name = sink.name.clone();
-            let handle = forward::spawn(&opts.data, sink, status.clone(), shutdown.clone());
-            forwarders.push((name, handle));
-        }
-        let scheduler = (!opts.schedules.is_empty()).then(|| {
-            let sch = Scheduler::new(&opts.data, opts.schedules, opts.report_tuning);
-            tokio::spawn(sch.run(Duration::from_secs(10), shutdown.clone()))
-        });
         let consumer = match (opts.kafka, &kafka) {
             (Some((consume, store)), Some(metrics)) => {
                 let writer = opts.data.writer(store)?;
@@ -240,13 +251,79 @@ impl Service {
                 r
             })
         });
-        let mut on_pass = opts.on_pass;
+        let mut work = LeaderWork {
+            sinks: opts.sinks,
+            schedules: opts.schedules,
+            report_tuning: opts.report_tuning,
+            rules: opts.rules,
+            follow: opts.follow,
+            on_pass: opts.on_pass,
+        };
+        let sink_errors = match leadership {
+            None => work.run(&opts.data, &state, &detect, &shutdown).await,
+            Some(l) => {
+                work.run_when_leading(&l, &opts.data, &state, &detect, &shutdown)
+                    .await
+            }
+        };
+
+        // Stop: queries first (they would hold the drain for their timeout), then HTTP.
+        pool.close();
+        http_stop.cancel();
+        let mut report = ServiceReport {
+            sink_errors,
+            ..Default::default()
+        };
+        let http = http.await.map_err(|e| ServiceError::Task(e.to_string()))?;
+        let _ = prober.await;
+        if let Some(c) = consumer {
+            let joined = c.await.map_err(|e| ServiceError::Task(e.to_string()))?;
+            let r =
+                joined.map_err(|_| ServiceError::Task("the consumer thread panicked".into()))?;
+            report.consume = Some(r?);
+        }
+        http.map_err(ServiceError::Http)?;
+        Ok(report)
+    }
+}
+
+/// The work one node runs for all: detection (rules and models), scheduled reports, and
+/// forwarding to the sinks.
+struct LeaderWork {
+    sinks: Vec<SinkConfig>,
+    schedules: Vec<Schedule>,
+    report_tuning: ReportOptions,
+    rules: Vec<Rule>,
+    follow: FollowOptions,
+    on_pass: Option<PassListener>,
+}
+
+impl LeaderWork {
+    /// Runs until `stop`; the errors of forwarders that stopped on one.
+    async fn run(
+        &mut self,
+        data: &DataDir,
+        state: &Arc<ApiState>,
+        detect: &PassMetrics,
+        stop: &CancellationToken,
+    ) -> Vec<String> {
+        let mut forwarders: Vec<(String, JoinHandle<Result<(), forward::ForwardError>>)> =
+            Vec::new();
+        for (sink, status) in self.sinks.iter().zip(state.sinks.iter()) {
+            let handle = forward::spawn(data, sink.clone(), status.clone(), stop.clone());
+            forwarders.push((sink.name.clone(), handle));
+        }
+        let scheduler = (!self.schedules.is_empty()).then(|| {
+            let sch = Scheduler::new(data, self.schedules.clone(), self.report_tuning.clone());
+            tokio::spawn(sch.run(Duration::from_secs(10), stop.clone()))
+        });
+        let on_pass = &mut self.on_pass;
         follow(
-            &opts.data,
-            &opts.rules,
-            &opts.follow,
-            &detect,
-            &shutdown,
+            data,
+            &self.rules,
+            &self.follow,
+            detect,
+            stop,
             |outcome| match on_pass.as_mut() {
                 Some(f) => f(outcome),
                 None => {
@@ -257,32 +334,54 @@ impl Service {
             },
         )
         .await;
-
-        // Stop: queries first (they would hold the drain for their timeout), then HTTP.
-        pool.close();
-        http_stop.cancel();
-        let mut report = ServiceReport::default();
-        let http = http.await.map_err(|e| ServiceError::Task(e.to_string()))?;
-        let _ = prober.await;
         if let Some(t) = scheduler {
             let _ = t.await;
         }
+        let mut errors = Vec::new();
         for (name, f) in forwarders {
             match tokio::task::spawn_blocking(move || f.join()).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => report.sink_errors.push(format!("{name}: {e}")),
-                _ => report
-                    .sink_errors
-                    .push(format!("{name}: the forwarder thread panicked")),
+                // A term that ended: the next leader carries on from the cursor.
+                Ok(Ok(Err(forward::ForwardError::Store(
+                    kvwatch_detect::AlertStoreError::Fenced { .. },
+                )))) => {}
+                Ok(Ok(Err(e))) => errors.push(format!("{name}: {e}")),
+                _ => errors.push(format!("{name}: the forwarder thread panicked")),
             }
         }
-        if let Some(c) = consumer {
-            let joined = c.await.map_err(|e| ServiceError::Task(e.to_string()))?;
-            let r =
-                joined.map_err(|_| ServiceError::Task("the consumer thread panicked".into()))?;
-            report.consume = Some(r?);
+        errors
+    }
+
+    /// Waits for the leadership, runs the work for as long as this node holds it, and waits
+    /// again when it is lost, until `shutdown` (when the lease is given up at once).
+    async fn run_when_leading(
+        mut self,
+        leadership: &Leadership,
+        data: &DataDir,
+        state: &Arc<ApiState>,
+        detect: &PassMetrics,
+        shutdown: &CancellationToken,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        while let Some(claim) = leadership.acquire(shutdown).await {
+            let term = shutdown.child_token();
+            let data = data.clone().with_lease(&claim.holder, claim.epoch);
+            let (work, keep) = tokio::join!(
+                async {
+                    let e = self.run(&data, state, detect, &term).await;
+                    term.cancel();
+                    e
+                },
+                leadership.keep(claim.clone(), term.clone())
+            );
+            let () = keep;
+            errors.extend(work);
+            let stopping = shutdown.is_cancelled();
+            leadership.end_term(claim, stopping).await;
+            if stopping {
+                break;
+            }
         }
-        http.map_err(ServiceError::Http)?;
-        Ok(report)
+        errors
     }
 }

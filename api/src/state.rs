@@ -34,6 +34,8 @@ pub struct ApiState {
     pub disk: Arc<DiskHealth>,
     /// Signed-in console sessions.
     pub sessions: crate::session::Sessions,
+    /// This node's part in leadership, when nodes share a PostgreSQL alert store.
+    pub leader: Option<Arc<crate::leader::LeaderStatus>>,
     pub(crate) requests: Mutex<BTreeMap<(String, u16), u64>>,
     pub(crate) denied: AtomicU64,
     /// Idle read-only alert-store connections, reused across requests.
@@ -76,6 +78,7 @@ impl ApiState {
             data,
             keys,
             sessions: crate::session::Sessions::default(),
+            leader: None,
             kafka,
             rules: Vec::new(),
             detect: None,

@@ -123,6 +123,10 @@ pub struct ApiConfig {
     pub session_idle_mins: Option<u64>,
     /// Hours after sign-in a console session ends.
     pub session_max_hours: Option<u64>,
+    /// This node's name in the leadership lease (nodes sharing a PostgreSQL alert store).
+    pub node_name: Option<String>,
+    /// Seconds a leadership lease lasts unrenewed.
+    pub lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -36,6 +36,14 @@ pub struct ServeArgs {
     /// Free disk space, in MiB, below which the service reports not ready [default: 64].
     #[arg(long, env = "KVWATCH_MIN_FREE_MB")]
     min_free_mb: Option<u64>,
+    /// This node's name in the leadership lease, when nodes share a PostgreSQL alert store
+    /// (--alerts) [default: host name and process ID].
+    #[arg(long, env = "KVWATCH_NODE_NAME")]
+    node_name: Option<String>,
+    /// Seconds a leadership lease lasts unrenewed: the longest a dead leader's work waits for
+    /// a standby (which also takes up to a fifth of this to notice) [default: 15].
+    #[arg(long, env = "KVWATCH_LEASE_SECS")]
+    lease_secs: Option<u64>,
     /// Minutes a console session may stay unused before it ends [default: 60].
     #[arg(long, env = "KVWATCH_SESSION_IDLE_MINS")]
     session_idle_mins: Option<u64>,
@@ -128,6 +136,12 @@ pub async fn cmd_serve(data: &DataDir, cfg: &Config, a: ServeArgs) -> Result<Exi
         schedules,
         report_tuning,
         on_pass: Some(a.detect.pass_printer(cfg)),
+        node: a
+            .node_name
+            .clone()
+            .or_else(|| cfg.api.node_name.clone())
+            .unwrap_or_else(kvwatch_api::leader::default_node_name),
+        lease_ttl: Duration::from_secs(a.lease_secs.or(cfg.api.lease_secs).unwrap_or(15).max(2)),
     };
     let service = Service::start(opts, shutdown)
         .await

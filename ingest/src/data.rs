@@ -28,6 +28,8 @@ pub struct DataDir {
     /// The alert store's database when it is a server shared by many nodes
     /// (`postgres://…`, secret references unresolved); `None`: SQLite in `root`.
     alerts: Option<DbUrl>,
+    /// The leadership lease (holder, epoch) this handle's alert-store writes are made under.
+    lease: Option<(String, i64)>,
 }
 
 /// A database URL whose `Debug` hides the password.
@@ -50,6 +52,7 @@ impl DataDir {
             options: StorageOptions::default(),
             cache_bytes: 0,
             alerts: None,
+            lease: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl DataDir {
             options,
             cache_bytes,
             alerts: None,
+            lease: None,
         })
     }
 
@@ -191,6 +195,18 @@ impl DataDir {
     /// unresolved, so it may be shown and passed on).
     pub fn alerts_url(&self) -> Option<&str> {
         self.alerts.as_ref().map(|u| u.0.as_str())
+    }
+
+    /// The same location, with alert-store writes made under leadership lease `epoch` of
+    /// `holder`: each write transaction checks the lease is still held, and fails if not.
+    pub fn with_lease(mut self, holder: &str, epoch: i64) -> Self {
+        self.lease = Some((holder.to_owned(), epoch));
+        self
+    }
+
+    /// The lease of [`with_lease`](Self::with_lease).
+    pub fn lease(&self) -> Option<(&str, i64)> {
+        self.lease.as_ref().map(|(h, e)| (h.as_str(), *e))
     }
 
     /// The alert store (SQLite) when [`alerts_url`](Self::alerts_url) names no server.

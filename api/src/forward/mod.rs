@@ -151,6 +151,8 @@ fn run(
     stop: &CancellationToken,
 ) -> Result<(), ForwardError> {
     let store = AlertStore::open(data)?;
+    // Under a leadership lease, nothing goes out once the lease has ended.
+    let leased = data.lease().is_some();
     let mut transport = transport::build(cfg)?;
     let mut cursor = store.sink_cursor(&cfg.name)?;
     status.cursor.store(cursor, Ordering::Relaxed);
@@ -158,6 +160,9 @@ fn run(
     while !stop.is_cancelled() {
         let retry = store.retry_queue(&cfg.name, cfg.batch_size)?;
         if !retry.is_empty() {
+            if leased {
+                store.check_lease()?;
+            }
             let Some(out) = deliver(cfg, &mut *transport, &store, status, stop, &retry)? else {
                 break;
             };
@@ -179,6 +184,9 @@ fn run(
         status
             .skipped
             .fetch_add(skip.len() as u64, Ordering::Relaxed);
+        if leased && !send.is_empty() {
+            store.check_lease()?;
+        }
         if !send.is_empty() && deliver(cfg, &mut *transport, &store, status, stop, &send)?.is_none()
         {
             break;

@@ -27,7 +27,7 @@ impl AlertStore {
         occurrences: usize,
         elapsed_ms: u64,
     ) -> Result<()> {
-        self.db.with(|db| {
+        self.db.tx(|db| {
             db.exec(
                 "INSERT INTO rule_runs (rule_id, last_run_at, window_from, window_to, occurrences, elapsed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (rule_id) DO UPDATE SET last_run_at=?2, window_from=?3, window_to=?4, occurrences=?5, elapsed_ms=?6",
@@ -84,7 +84,7 @@ impl AlertStore {
 
     /// Records what a rule still owes and how far it has judged.
     pub fn set_rule_state(&self, rule_id: &str, st: &RuleState) -> Result<()> {
-        self.db.with(|db| {
+        self.db.tx(|db| {
             db.exec(
                 "INSERT INTO rule_state (rule_id, pending, judged_to) VALUES (?1, ?2, ?3)
                  ON CONFLICT (rule_id) DO UPDATE SET pending = ?2, judged_to = ?3",

@@ -177,13 +177,20 @@ impl Db {
         }
     }
 
+    /// Makes every later transaction check that `claim` still holds the leadership lease.
+    pub fn fence(&self, claim: super::lease::Claim) {
+        if let Db::Postgres(m) = self {
+            m.lock().unwrap_or_else(|p| p.into_inner()).fence = Some(claim);
+        }
+    }
+
     /// Runs `f` on the connection, outside a transaction (each statement commits alone).
     pub fn with<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T>) -> Result<T> {
         match self {
             Db::Sqlite(c) => f(&mut Lite(c)),
             Db::Postgres(m) => blocking(|| {
                 let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-                let PgConn { client, cache } = &mut *g;
+                let PgConn { client, cache, .. } = &mut *g;
                 f(&mut Pg {
                     c: client.as_mut().expect("open until dropped"),
                     cache,
@@ -203,9 +210,17 @@ impl Db {
             }
             Db::Postgres(m) => blocking(|| {
                 let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-                let PgConn { client, cache } = &mut *g;
+                let PgConn {
+                    client,
+                    cache,
+                    fence,
+                } = &mut *g;
                 let mut tx = client.as_mut().expect("open until dropped").transaction()?;
-                let out = f(&mut Pg { c: &mut tx, cache })?;
+                let mut sql = Pg { c: &mut tx, cache };
+                if let Some(claim) = fence {
+                    super::lease::check(&mut sql, claim)?;
+                }
+                let out = f(&mut sql)?;
                 tx.commit()?;
                 Ok(out)
             }),
@@ -274,6 +289,8 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
 pub struct PgConn {
     client: Option<postgres::Client>,
     cache: HashMap<String, postgres::Statement>,
+    /// The lease every write transaction must still hold.
+    fence: Option<super::lease::Claim>,
 }
 
 impl PgConn {
@@ -281,6 +298,7 @@ impl PgConn {
         Self {
             client: Some(client),
             cache: HashMap::new(),
+            fence: None,
         }
     }
 }

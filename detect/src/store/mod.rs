@@ -18,6 +18,7 @@ mod copy;
 mod coverage;
 pub mod db;
 mod fold;
+pub mod lease;
 mod list;
 mod outbox;
 pub mod pg;
@@ -67,6 +68,10 @@ pub enum AlertStoreError {
         known: i64,
         reason: String,
     },
+    #[error(
+        "this node's leadership (holder {holder}, epoch {epoch}) has ended; its writes are refused"
+    )]
+    Fenced { holder: String, epoch: i64 },
     #[error("copying the alert store: {0}")]
     Copy(String),
     #[error("no alert with id {0}")]
@@ -328,8 +333,15 @@ impl AlertStore {
     /// `alerts.db` in the state directory.
     pub fn open(data: &DataDir) -> Result<AlertStore> {
         if let Some(url) = data.alerts_url() {
+            let db = pg::open(url)?;
+            if let Some((holder, epoch)) = data.lease() {
+                db.fence(lease::Claim {
+                    holder: holder.to_owned(),
+                    epoch,
+                });
+            }
             return Ok(AlertStore {
-                db: pg::open(url)?,
+                db,
                 max_evidence: 1000,
             });
         }
@@ -401,6 +413,12 @@ impl AlertStore {
             Db::Sqlite(c) => c.is_readonly(rusqlite::MAIN_DB).unwrap_or(true),
             Db::Postgres(_) => false,
         }
+    }
+
+    /// Fails with [`AlertStoreError::Fenced`] when this store was opened under a lease that
+    /// has since ended (a leader checks before it sends anything out); Ok otherwise.
+    pub fn check_lease(&self) -> Result<()> {
+        self.db.tx(|_| Ok(()))
     }
 
     /// Which database this store is on.

@@ -37,7 +37,7 @@ impl AlertStore {
 
     /// Records that `sink` has everything up to change `seq`. Never moves a cursor back.
     pub fn set_sink_cursor(&self, sink: &str, seq: i64, now: i64) -> Result<()> {
-        self.db.with(|db| {
+        self.db.tx(|db| {
             db.exec(
                 "INSERT INTO sink_cursors (sink, change_seq, updated_at) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (sink) DO UPDATE SET updated_at = ?3, change_seq = CASE \

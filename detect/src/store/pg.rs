@@ -127,6 +127,19 @@ CREATE TABLE alert_totals (
     PRIMARY KEY (severity, status)
 );
 
+-- Leadership of a multi-node deployment: one row per lease, its holder, an epoch bumped at
+-- every change of holder, and its expiry in the server's clock (milliseconds), so nodes'
+-- clocks do not matter.
+CREATE TABLE kvwatch_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE FUNCTION kvwatch_now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS $$
+    SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+$$;
+
 -- Every insert, and every update of what a reader of the feed sees, takes the next change
 -- number. The lock is held to commit, so numbers are handed out in commit order.
 -- A copy from another store (`kvwatch alerts migrate`) keeps the numbers it brings, which the

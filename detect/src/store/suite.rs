@@ -594,3 +594,62 @@ fn a_sqlite_store_copied_into_postgres_carries_on_where_it_was() {
     assert!(err.to_string().contains("empty database"), "{err}");
     assert_eq!(pgs.changes(0, 100).unwrap().len(), 6);
 }
+
+/// The leadership lease: one holder at a time, taken over only after expiry with the next
+/// epoch, and a store opened under an ended lease writes nothing.
+#[test]
+fn postgres_lease_has_one_holder_and_fences_an_ended_term() {
+    use super::lease::Lease;
+    let pg = PgServer::start();
+    let url = pg.create_db("lease");
+    let ttl = std::time::Duration::from_millis(800);
+    let a = Lease::new(&url, "a", ttl).unwrap();
+    let b = Lease::new(&url, "b", ttl).unwrap();
+    let ca = a.try_acquire().unwrap().expect("a free lease is taken");
+    assert_eq!(ca.epoch, 1);
+    assert!(b.try_acquire().unwrap().is_none(), "held, unexpired");
+    assert!(a.renew(&ca).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let base = DataDir::new(dir.path()).with_alerts(Some(url.clone()));
+    let mut under_a = AlertStore::open(&base.clone().with_lease("a", ca.epoch)).unwrap();
+    under_a.apply(&meta(), &[occ(0)], 1).unwrap();
+    under_a.check_lease().unwrap();
+    // a stops renewing (paused); b takes over after expiry, with the next epoch.
+    std::thread::sleep(ttl + std::time::Duration::from_millis(300));
+    let cb = b
+        .try_acquire()
+        .unwrap()
+        .expect("an expired lease is taken over");
+    assert_eq!(cb.epoch, 2);
+    assert!(!a.renew(&ca).unwrap(), "a's term is over");
+    // a, resumed, writes nothing: every write transaction is refused.
+    let before = AlertStore::open(&base).unwrap().changes(0, 100).unwrap();
+    for r in [
+        under_a.apply(&meta(), &[occ(10)], 2).map(|_| ()),
+        under_a.set_sink_cursor("siem", 9, 2),
+        under_a.record_run("r", 2, (0, 1), 1, 1),
+        under_a.check_lease(),
+    ] {
+        assert!(
+            matches!(r, Err(AlertStoreError::Fenced { epoch: 1, .. })),
+            "{r:?}"
+        );
+    }
+    let plain = AlertStore::open(&base).unwrap();
+    assert_eq!(plain.changes(0, 100).unwrap(), before);
+    assert_eq!(plain.sink_cursor("siem").unwrap(), 0);
+    // Analysts' writes are no leader work and need no lease.
+    plain
+        .set_status("occ-000", Status::Acknowledged, "ana", 3)
+        .unwrap();
+    // b's store writes; b gives the lease up and a can take it at once.
+    let mut under_b = AlertStore::open(&base.clone().with_lease("b", cb.epoch)).unwrap();
+    under_b.apply(&meta(), &[occ(10)], 4).unwrap();
+    b.release(&cb).unwrap();
+    let ca2 = a.try_acquire().unwrap().expect("a released lease is free");
+    assert_eq!(ca2.epoch, 3);
+    assert_eq!(
+        a.current().unwrap().map(|(c, live)| (c, live)),
+        Some((ca2, true))
+    );
+}
