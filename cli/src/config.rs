@@ -126,7 +126,7 @@ pub struct ApiConfig {
     /// This node's name in the leadership lease (nodes sharing a PostgreSQL alert store).
     pub node_name: Option<String>,
     /// Seconds a leadership lease lasts unrenewed.
-    pub lease_secs: Option<u64>,
+    pub leader_lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -42,8 +42,8 @@ pub struct ServeArgs {
     node_name: Option<String>,
     /// Seconds a leadership lease lasts unrenewed: the longest a dead leader's work waits for
     /// a standby (which also takes up to a fifth of this to notice) [default: 15].
-    #[arg(long, env = "KVWATCH_LEASE_SECS")]
-    lease_secs: Option<u64>,
+    #[arg(long, env = "KVWATCH_LEADER_LEASE_SECS")]
+    leader_lease_secs: Option<u64>,
     /// Minutes a console session may stay unused before it ends [default: 60].
     #[arg(long, env = "KVWATCH_SESSION_IDLE_MINS")]
     session_idle_mins: Option<u64>,
@@ -141,7 +141,12 @@ pub async fn cmd_serve(data: &DataDir, cfg: &Config, a: ServeArgs) -> Result<Exi
             .clone()
             .or_else(|| cfg.api.node_name.clone())
             .unwrap_or_else(kvwatch_api::leader::default_node_name),
-        lease_ttl: Duration::from_secs(a.lease_secs.or(cfg.api.lease_secs).unwrap_or(15).max(2)),
+        lease_ttl: Duration::from_secs(
+            a.leader_lease_secs
+                .or(cfg.api.leader_lease_secs)
+                .unwrap_or(15)
+                .max(2),
+        ),
     };
     let service = Service::start(opts, shutdown)
         .await

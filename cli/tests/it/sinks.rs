@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// What the HTTP peer answers to the next data request of one sink.
 #[derive(Clone, Copy, Debug)]
-enum Step {
+pub(crate) enum Step {
     Status(u16),
     RetryAfter(u16, u64),
     /// Answer 200 after this long (and raise `slow_started`).
@@ -30,32 +30,32 @@ enum Step {
 
 /// One data request the peer answered.
 #[derive(Debug, Clone)]
-struct Seen {
+pub(crate) struct Seen {
     status: u16,
     ids: Vec<String>,
     bytes: usize,
 }
 
 #[derive(Default)]
-struct Sink {
-    script: Mutex<VecDeque<Step>>,
-    seen: Mutex<Vec<Seen>>,
+pub(crate) struct Sink {
+    pub(crate) script: Mutex<VecDeque<Step>>,
+    pub(crate) seen: Mutex<Vec<Seen>>,
 }
 
 #[derive(Default)]
-struct Peer {
+pub(crate) struct Peer {
     hec: Sink,
     sentinel: Sink,
-    webhook: Sink,
+    pub(crate) webhook: Sink,
     tokens_issued: AtomicU64,
-    slow_started: AtomicBool,
+    pub(crate) slow_started: AtomicBool,
     bad_signatures: AtomicU64,
     acks: AtomicU64,
     /// Alert statuses seen by the webhook, by ID (latest wins).
-    webhook_status: Mutex<std::collections::HashMap<String, String>>,
+    pub(crate) webhook_status: Mutex<std::collections::HashMap<String, String>>,
 }
 
-const HMAC_KEY: &str = "whsec-test-0123";
+pub(crate) const HMAC_KEY: &str = "whsec-test-0123";
 
 fn hmac_hex(parts: &[&[u8]]) -> String {
     use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
@@ -202,7 +202,7 @@ async fn handle(State(p): State<Arc<Peer>>, uri: Uri, headers: HeaderMap, body: 
 }
 
 /// Starts the HTTP peer on its own runtime; returns its base URL.
-fn start_http_peer(peer: Arc<Peer>) -> String {
+pub(crate) fn start_http_peer(peer: Arc<Peer>) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -385,7 +385,7 @@ fn is_key_start(tok: &str) -> bool {
 }
 
 /// IDs of the alerts in 2xx answers of `sink` from request `from` on.
-fn accepted(sink: &Sink, from: usize) -> Vec<String> {
+pub(crate) fn accepted(sink: &Sink, from: usize) -> Vec<String> {
     sink.seen.lock().unwrap()[from..]
         .iter()
         .filter(|s| (200..300).contains(&s.status))
@@ -393,7 +393,7 @@ fn accepted(sink: &Sink, from: usize) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(
