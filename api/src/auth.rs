@@ -1,7 +1,9 @@
 //! API keys: random 160-bit secrets shown once at creation, stored only as a blake3 hash in
-//! `DATA/auth.db`. The secrets are high-entropy, so a fast hash is as good as a slow one here
+//! `DATA/auth.db`, or in the shared PostgreSQL alert store when nodes share one (a key made
+//! on any node works on every node). The secrets are high-entropy, so a fast hash is as good as a slow one here
 //! (nothing to brute-force), and verification costs microseconds per request.
 
+use kvwatch_detect::store::db::{Db, Val};
 use kvwatch_ingest::DataDir;
 use rand::RngCore;
 use rusqlite::{Connection, params};
@@ -43,6 +45,8 @@ impl Role {
 pub enum AuthError {
     #[error("key store: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("key store: {0}")]
+    Shared(#[from] kvwatch_detect::AlertStoreError),
     #[error("unknown role {0:?} (reader, analyst or admin)")]
     BadRole(String),
     #[error("a key named {0:?} already exists")]
@@ -75,6 +79,8 @@ pub struct KeyInfo {
 pub struct KeyStore {
     data: DataDir,
     conn: Mutex<Connection>,
+    /// The shared database, when the alert store is PostgreSQL (then `conn` is unused).
+    shared: Option<Mutex<Db>>,
     cache: Mutex<KeyCache>,
     /// When `last_used_at` was last written per key: it is refreshed at most once a minute,
     /// so authenticating a request is a read, not a disk write.
@@ -84,8 +90,9 @@ pub struct KeyStore {
 /// Active keys by hash, as of a database version.
 #[derive(Default)]
 struct KeyCache {
-    /// `PRAGMA data_version` when loaded; `None` forces a reload.
-    version: Option<i64>,
+    /// `PRAGMA data_version` when loaded (on PostgreSQL: the count of keys and the latest
+    /// creation or revocation); `None` forces a reload.
+    version: Option<(i64, i64)>,
     by_hash: std::collections::HashMap<String, (String, Role)>,
 }
 
@@ -105,10 +112,20 @@ fn now() -> i64 {
 
 impl KeyStore {
     pub fn open(data: &DataDir) -> Result<KeyStore, AuthError> {
+        if let Some(url) = data.alerts_url() {
+            return Ok(KeyStore {
+                data: data.clone(),
+                conn: Mutex::new(Connection::open_in_memory()?),
+                shared: Some(Mutex::new(kvwatch_detect::store::pg::open(url)?)),
+                cache: Mutex::new(KeyCache::default()),
+                last_written: Mutex::new(Default::default()),
+            });
+        }
         let conn = Self::connect(data)?;
         Ok(KeyStore {
             data: data.clone(),
             conn: Mutex::new(conn),
+            shared: None,
             cache: Mutex::new(KeyCache::default()),
             last_written: Mutex::new(Default::default()),
         })
@@ -167,6 +184,13 @@ impl KeyStore {
         Ok(conn)
     }
 
+    /// The shared database, when keys live there.
+    fn shared(&self) -> Option<std::sync::MutexGuard<'_, Db>> {
+        self.shared
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -192,6 +216,26 @@ impl KeyStore {
             "{PREFIX}{}",
             raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        if let Some(db) = self.shared() {
+            let n = db.with(|s| {
+                s.exec(
+                    "INSERT INTO api_keys (name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[
+                        Val::from(name),
+                        Val::from(role.as_str()),
+                        Val::from(hash(&secret)),
+                        Val::Int(now()),
+                    ],
+                )
+            })?;
+            self.invalidate();
+            return if n == 1 {
+                Ok(secret)
+            } else {
+                Err(AuthError::Exists(name.to_owned()))
+            };
+        }
         let r = self.writable()?.execute(
             "INSERT INTO api_keys (name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![name, role.as_str(), hash(&secret), now()],
@@ -209,10 +253,12 @@ impl KeyStore {
     }
 
     pub fn revoke(&self, name: &str) -> Result<(), AuthError> {
-        let n = self.writable()?.execute(
-            "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-            params![name, now()],
-        )?;
+        const REVOKE: &str =
+            "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL";
+        let n = match self.shared() {
+            Some(db) => db.with(|s| s.exec(REVOKE, &[Val::from(name), Val::Int(now())]))? as usize,
+            None => self.writable()?.execute(REVOKE, params![name, now()])?,
+        };
         self.invalidate();
         if n == 0 {
             return Err(AuthError::NoSuchKey(name.to_owned()));
@@ -221,6 +267,26 @@ impl KeyStore {
     }
 
     pub fn list(&self) -> Result<Vec<KeyInfo>, AuthError> {
+        if let Some(db) = self.shared() {
+            let rows = db.with(|s| {
+                s.query(
+                    "SELECT name, role, created_at, revoked_at, last_used_at FROM api_keys ORDER BY name",
+                    &[],
+                )
+            })?;
+            return rows
+                .iter()
+                .map(|r| {
+                    Ok(KeyInfo {
+                        name: r.get(0)?,
+                        role: Role::parse(&r.get::<String>(1)?)?,
+                        created_at: r.get(2)?,
+                        revoked_at: r.get(3)?,
+                        last_used_at: r.get(4)?,
+                    })
+                })
+                .collect();
+        }
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT name, role, created_at, revoked_at, last_used_at FROM api_keys ORDER BY name",
@@ -253,11 +319,20 @@ impl KeyStore {
     pub fn active(&self, key_hash: &str) -> Result<Option<(String, Role)>, AuthError> {
         let conn = self.conn();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let version = conn
-            .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
-            .ok();
+        let shared = self.shared();
+        let version = match &shared {
+            Some(db) => shared_version(db).ok(),
+            None => conn
+                .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
+                .ok()
+                .map(|v| (v, 0)),
+        };
         if version.is_none() || cache.version != version {
-            match load_active(&conn) {
+            let loaded = match &shared {
+                Some(db) => load_shared(db),
+                None => load_active(&conn),
+            };
+            match loaded {
                 Ok(by_hash) => {
                     cache.by_hash = by_hash;
                     cache.version = version;
@@ -293,7 +368,17 @@ impl KeyStore {
             }
             due
         };
-        if due && !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        if due && let Some(db) = self.shared() {
+            let written = db.with(|s| {
+                s.exec(
+                    "UPDATE api_keys SET last_used_at = ?2 WHERE name = ?1",
+                    &[Val::from(&name), Val::Int(t)],
+                )
+            });
+            if let Err(e) = written {
+                tracing::warn!(key = %name, error = %e, "auth.last_used_not_recorded");
+            }
+        } else if due && !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
             let written = conn.execute(
                 "UPDATE api_keys SET last_used_at = ?2 WHERE name = ?1",
                 params![name, t],
@@ -304,6 +389,83 @@ impl KeyStore {
         }
         Ok(Some((name, role)))
     }
+}
+
+impl KeyStore {
+    /// Copies every key of this (SQLite) store, revoked ones included, into `dest` (the
+    /// shared database), for `kvwatch alerts migrate`; keys `dest` already has by name are
+    /// left as they are. Returns how many were copied.
+    pub fn copy_into(&self, dest: &KeyStore) -> Result<usize, AuthError> {
+        let Some(db) = dest.shared() else {
+            return Err(AuthError::Shared(kvwatch_detect::AlertStoreError::Copy(
+                "keys are copied into a shared database".into(),
+            )));
+        };
+        let rows: Vec<(String, String, String, i64, Option<i64>, Option<i64>)> = {
+            let conn = self.conn();
+            let mut st = conn.prepare(
+                "SELECT name, role, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY name",
+            )?;
+            st.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        let mut copied = 0;
+        db.tx(|s| {
+            for (name, role, h, created, revoked, used) in &rows {
+                copied += s.exec(
+                    "INSERT INTO api_keys (name, role, hash, created_at, revoked_at, last_used_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                    &[
+                        Val::from(name),
+                        Val::from(role),
+                        Val::from(h),
+                        Val::Int(*created),
+                        Val::from(*revoked),
+                        Val::from(*used),
+                    ],
+                )? as usize;
+            }
+            Ok(())
+        })?;
+        dest.invalidate();
+        Ok(copied)
+    }
+}
+
+/// What changes when a key is created or revoked anywhere.
+fn shared_version(db: &Db) -> Result<(i64, i64), AuthError> {
+    let row = db.with(|s| {
+        s.one(
+            "SELECT count(*), coalesce(max(greatest(created_at, coalesce(revoked_at, 0))), 0) FROM api_keys",
+            &[],
+        )
+    })?;
+    match row {
+        Some(r) => Ok((r.get(0)?, r.get(1)?)),
+        None => Ok((0, 0)),
+    }
+}
+
+/// The active keys by hash, from the shared database.
+fn load_shared(db: &Db) -> Result<std::collections::HashMap<String, (String, Role)>, AuthError> {
+    let rows = db.with(|s| {
+        s.query(
+            "SELECT hash, name, role FROM api_keys WHERE revoked_at IS NULL",
+            &[],
+        )
+    })?;
+    rows.iter()
+        .map(|r| Ok((r.get(0)?, (r.get(1)?, Role::parse(&r.get::<String>(2)?)?))))
+        .collect()
 }
 
 /// The active keys by hash.

@@ -139,6 +139,14 @@ impl From<AlertStoreError> for ApiError {
                 "the alert store cannot be written now (disk full or read-only); reads still work",
                 &e,
             ),
+            AlertStoreError::Postgres(pg) if pg.code().is_none() => Self::unavailable(
+                "the shared alert database cannot be reached now; try again",
+                &e,
+            ),
+            AlertStoreError::Config { .. } => Self::unavailable(
+                "the shared alert database cannot be reached now; try again",
+                &e,
+            ),
             _ => Self::internal(&e),
         }
     }
@@ -146,6 +154,10 @@ impl From<AlertStoreError> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
+        let e = match e {
+            AuthError::Shared(inner) => return inner.into(),
+            e => e,
+        };
         match &e {
             AuthError::BadRole(_) | AuthError::BadName => Self::bad_request(e.to_string()),
             AuthError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
@@ -154,7 +166,7 @@ impl From<AuthError> for ApiError {
                 "the key store cannot be written now (disk full or read-only); existing keys still work",
                 &e,
             ),
-            AuthError::Db(_) => Self::internal(&e),
+            AuthError::Db(_) | AuthError::Shared(_) => Self::internal(&e),
         }
     }
 }

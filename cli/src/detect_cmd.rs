@@ -242,6 +242,15 @@ fn cmd_migrate(data: &DataDir, a: MigrateArgs) -> Result<ExitCode> {
             eprintln!("copying {table}: {} rows", thousands(n));
         }
     })?;
+    // The node's API keys go along, so every client keeps working on every node.
+    let keys = if source.auth_db().exists() {
+        let from_keys = kvwatch_api::KeyStore::open(&source)?;
+        from_keys.copy_into(&kvwatch_api::KeyStore::open(&dest_data)?)?
+    } else {
+        0
+    };
+    let mut report = report;
+    report.tables.push(("api_keys".into(), keys as u64));
     let secs = t0.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     if a.format == Format::Json {

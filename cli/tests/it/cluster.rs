@@ -96,7 +96,22 @@ fn alerts_on_postgres_equal_sqlite_and_migrate_copies_a_node_store() {
     assert_eq!(n[0]["n"].as_u64(), Some(want.len() as u64), "{n}");
 
     // The API on PostgreSQL: listing, filters, triage.
-    let analyst = key(on_pg.path(), "analyst", "ana");
+    let analyst = {
+        let r = run(
+            on_pg.path(),
+            &[
+                "--alerts", &url, "apikey", "create", "--role", "analyst", "--name", "ana",
+                "--format", "json",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        serde_json::from_str::<Value>(&r.stdout).unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Not in a file beside the data: in the database.
+    assert!(!on_pg.path().join("auth.db").exists());
     let (mut child, base) = serve_with(on_pg.path(), &with_pg, "serve.log");
     let _reap = super::api::Reap(child.id());
     let (code, page) = get(&format!("{base}/api/v1/alerts?limit=500"), Some(&analyst));
@@ -142,7 +157,8 @@ fn alerts_on_postgres_equal_sqlite_and_migrate_copies_a_node_store() {
     let _ = child.kill();
     let _ = child.wait();
 
-    // Migration: the SQLite node's store, copied whole into a new database.
+    // Migration: the SQLite node's store, copied whole into a new database, its keys too.
+    let old_key = key(lite.path(), "reader", "siem-pull");
     let url2 = pg.create_db("migrated");
     let r = run(
         lite.path(),
@@ -156,6 +172,13 @@ fn alerts_on_postgres_equal_sqlite_and_migrate_copies_a_node_store() {
         "{report}"
     );
     assert_eq!(alerts(lite.path(), &["--alerts", &url2]), want);
+    assert_eq!(report["tables"]["api_keys"].as_u64(), Some(1), "{report}");
+    let (mut child, base2) = serve_with(lite.path(), &["--alerts", &url2], "serve-2.log");
+    let _reap2 = super::api::Reap(child.id());
+    let (code, page) = get(&format!("{base2}/api/v1/alerts?limit=1"), Some(&old_key));
+    assert_eq!(code, 200, "the migrated key works: {page}");
+    let _ = child.kill();
+    let _ = child.wait();
     // Detection carries on from the copied coverage: nothing new, nothing twice.
     let again = detect(lite.path(), &["--alerts", &url2]);
     assert_eq!(again["created"], 0, "{again}");
@@ -189,8 +212,9 @@ impl Node {
             all.extend_from_slice(args);
             run(store, &all)
         };
+        let key_name = format!("ops-{name}");
         let r = with_state(&[
-            "apikey", "create", "--role", "reader", "--name", "ops", "--format", "json",
+            "apikey", "create", "--role", "reader", "--name", &key_name, "--format", "json",
         ]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let key = serde_json::from_str::<Value>(&r.stdout).unwrap()["key"]
@@ -348,6 +372,9 @@ fn a_standby_takes_over_a_killed_leader_and_a_paused_one_writes_nothing() {
     wait_until("node-a to lead", 30, || a.leading());
     let mut b = Node::start("node-b", &store, root.path(), &db, &config);
     assert!(!b.leading(), "one leader");
+    // Keys live in the shared database: one made through either node works on both.
+    assert_eq!(get(&format!("{}/metrics", b.url), Some(&a.key)).0, 200);
+    assert_eq!(get(&format!("{}/metrics", a.url), Some(&b.key)).0, 200);
     let count = || -> usize {
         pg.psql("ha", "SELECT count(*) FROM alerts")
             .parse()

@@ -127,6 +127,16 @@ CREATE TABLE alert_totals (
     PRIMARY KEY (severity, status)
 );
 
+-- API keys of every node (the secrets' hashes only).
+CREATE TABLE api_keys (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    last_used_at BIGINT
+);
+
 -- Leadership of a multi-node deployment: one row per lease, its holder, an epoch bumped at
 -- every change of holder, and its expiry in the server's clock (milliseconds), so nodes'
 -- clocks do not matter.
@@ -268,7 +278,7 @@ pub fn connect(url: &str) -> Result<postgres::Client> {
 }
 
 /// Opens the store at `url`, creating or upgrading its schema; refuses a newer schema.
-pub(super) fn open(url: &str) -> Result<Db> {
+pub fn open(url: &str) -> Result<Db> {
     super::db::blocking(|| open_blocking(url))
 }
 
