@@ -103,6 +103,8 @@ impl AlertStore {
                 }
                 report.tables.push(((*table).to_owned(), copied));
             }
+            // The planner's statistics, so the first listings use the indexes.
+            to.exec("ANALYZE", &[])?;
             // New history entries continue after the copied ones.
             to.exec(
                 "SELECT setval(pg_get_serial_sequence('alert_history', 'seq'), coalesce(max(seq), 0) + 1, false) FROM alert_history",
