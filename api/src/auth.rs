@@ -391,6 +391,9 @@ impl KeyStore {
     }
 }
 
+/// A stored key: name, role, hash, created, revoked, last used.
+type KeyRow = (String, String, String, i64, Option<i64>, Option<i64>);
+
 impl KeyStore {
     /// Copies every key of this (SQLite) store, revoked ones included, into `dest` (the
     /// shared database), for `kvwatch alerts migrate`; keys `dest` already has by name are
@@ -401,7 +404,7 @@ impl KeyStore {
                 "keys are copied into a shared database".into(),
             )));
         };
-        let rows: Vec<(String, String, String, i64, Option<i64>, Option<i64>)> = {
+        let rows: Vec<KeyRow> = {
             let conn = self.conn();
             let mut st = conn.prepare(
                 "SELECT name, role, hash, created_at, revoked_at, last_used_at FROM api_keys ORDER BY name",
