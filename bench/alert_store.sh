@@ -26,3 +26,18 @@ port=$(free_port)
     >"$work/$3" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+
+# GET /api/v1/alerts listings under 50 clients: `listings BASE_URL KEY` (after a warm-up that
+# fills the page cache and the server's reader pool).
+listings() {
+    local base="$1" key="$2"
+    local cursor
+    cursor=$(curl -sf -H "Authorization: Bearer $key" "$base?limit=1000&sort=-last_seen" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
+    wrk -t2 -c50 -d5s -H "Authorization: Bearer $key" "$base?limit=100" >/dev/null
+    for q in "limit=100" "severity=high&limit=100" "status=new&rule=kv-rule-7&limit=100" \
+             "limit=100&cursor=$cursor" "vault=kv-0042&limit=50" "q=user42@&limit=50"; do
+        echo "== GET /api/v1/alerts?$q (50 connections, 20 s)"
+        wrk -t2 -c50 -d20s --latency -H "Authorization: Bearer $key" "$base?$q" \
+            | grep -E "Requests/sec|^ +(50|90|99)%|Non-2xx|Socket errors" || true
+    done
+}

@@ -10,19 +10,6 @@ cd "$(dirname "$0")/.."
 n="${1:-1000000}"
 source bench/alert_store.sh "$n" reader serve-sqlite.log
 
-listings() {
-    local base="$1" key="$2"
-    local cursor
-    cursor=$(curl -sf -H "Authorization: Bearer $key" "$base?limit=1000" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
-    wrk -t2 -c50 -d5s -H "Authorization: Bearer $key" "$base?limit=100" >/dev/null
-    for q in "limit=100" "severity=high&limit=100" "status=new&rule=kv-rule-7&limit=100" \
-             "limit=100&cursor=$cursor" "vault=kv-0042&limit=50" "q=user42@&limit=50"; do
-        echo "== GET /api/v1/alerts?$q (50 connections, 20 s)"
-        wrk -t2 -c50 -d20s --latency -H "Authorization: Bearer $key" "$base?$q" \
-            | grep -E "Requests/sec|^ +(50|90|99)%|Non-2xx|Socket errors" || true
-    done
-}
-
 echo "##### SQLite"
 listings "http://127.0.0.1:$port/api/v1/alerts" "$key"
 kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()

@@ -19,7 +19,7 @@ run() { # seed scale
   "$K" --data "$d" alerts --format json > "$d.alerts.json"
   python3 -c "import json,sys;a=json.load(open(sys.argv[1]));json.dump([x for x in a if not x['rule_id'].startswith('anomaly-')],open(sys.argv[2],'w'))" "$d.alerts.json" "$d.rules.json"
   "$K" --data "$d" eval --labels "$d/demo-labels.json" --format json > "$d.both.json"
-  "$K" --data "$d" eval --labels "$d/demo-labels.json" --alerts "$d.rules.json" --format json > "$d.rulesonly.json"
+  "$K" --data "$d" eval --labels "$d/demo-labels.json" --alerts-file "$d.rules.json" --format json > "$d.rulesonly.json"
   python3 - "$d" "$s" "$sc" <<'PY'
 import json, sys
 d, s, sc = sys.argv[1:]

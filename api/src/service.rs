@@ -142,7 +142,14 @@ impl Service {
             opts.min_free,
         );
         state.rules = opts.rules.iter().map(|r| r.detail()).collect();
-        state.sessions = crate::session::Sessions::new(opts.session_idle, opts.session_max);
+        state.sessions = match opts.data.alerts_url() {
+            Some(url) => crate::session::Sessions::shared(
+                kvwatch_detect::store::pg::open(url)?,
+                opts.session_idle,
+                opts.session_max,
+            ),
+            None => crate::session::Sessions::new(opts.session_idle, opts.session_max),
+        };
         state.sql_limits = opts.sql_limits;
         for sink in &opts.sinks {
             let status = Arc::new(SinkStatus::new(sink));

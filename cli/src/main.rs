@@ -199,9 +199,10 @@ struct EvalArgs {
     #[arg(long, env = "KVWATCH_EVAL_LABELS")]
     labels: PathBuf,
     /// Alerts to score, as a JSON array (the shape of `kvwatch alerts --format json`)
-    /// [default: the alert store of --data].
+    /// [default: the alert store]. `--alerts FILE` is taken as this too (the global
+    /// `--alerts` names a database only when it is a postgres:// URL).
     #[arg(long, env = "KVWATCH_EVAL_ALERTS")]
-    alerts: Option<PathBuf>,
+    alerts_file: Option<PathBuf>,
     /// Widen each attack window by this many seconds on both sides when matching alerts.
     #[arg(long, env = "KVWATCH_EVAL_TOLERANCE_SECS", default_value_t = 3600)]
     tolerance_secs: i64,
@@ -409,7 +410,16 @@ fn open_data(cli: &Cli, cfg: &Config) -> Result<DataDir> {
         .with_alerts(alerts))
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(mut cli: Cli) -> Result<ExitCode> {
+    // `kvwatch eval --alerts alerts.json` predates the global `--alerts` database URL: for
+    // eval, a value that is not a database is the file of alerts to score.
+    if let Cmd::Eval(e) = &mut cli.cmd
+        && let Some(file) = cli
+            .alerts
+            .take_if(|a| !kvwatch_detect::store::pg::is_postgres(a))
+    {
+        e.alerts_file.get_or_insert(PathBuf::from(file));
+    }
     if let Cmd::SqlWorker = cli.cmd {
         // Started by the query pool with the data directory; no config file, logs to stderr
         // (which the parent reads).
@@ -732,10 +742,10 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
 
 async fn cmd_eval(data: &DataDir, a: EvalArgs) -> Result<ExitCode> {
     let labels = kvwatch_datasets::read_labels(&a.labels)?;
-    let alerts = demo::load_alerts(data, a.alerts.as_deref())?;
+    let alerts = demo::load_alerts(data, a.alerts_file.as_deref())?;
     // Arrival times come from the store; with an alerts file from elsewhere they would not
     // belong to the same run.
-    let arrived = match a.alerts {
+    let arrived = match a.alerts_file {
         None => demo::arrivals(data, &labels).await?,
         Some(_) => Default::default(),
     };

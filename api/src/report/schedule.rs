@@ -221,14 +221,34 @@ impl Scheduler {
         super::dir(&self.data).join("schedule-state.json")
     }
 
-    fn load_state(&self) -> State {
-        std::fs::read(self.state_path())
+    /// The state: in the shared alert store when nodes share one (whichever node leads
+    /// carries on from it), else in this node's reports directory.
+    fn load_state(&self) -> Result<State, ReportError> {
+        if self.data.alerts_url().is_some() {
+            let slots = kvwatch_detect::AlertStore::open(&self.data)?.report_slots()?;
+            return Ok(State {
+                last: slots
+                    .into_iter()
+                    .map(|(k, ns)| (k, DateTime::from_timestamp_nanos(ns)))
+                    .collect(),
+            });
+        }
+        Ok(std::fs::read(self.state_path())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     fn save_state(&self, st: &State) -> Result<(), ReportError> {
+        if self.data.alerts_url().is_some() {
+            let slots = st
+                .last
+                .iter()
+                .map(|(k, t)| (k.clone(), t.timestamp_nanos_opt().unwrap_or(i64::MAX)))
+                .collect();
+            kvwatch_detect::AlertStore::open(&self.data)?.set_report_slots(&slots)?;
+            return Ok(());
+        }
         let p = self.state_path();
         std::fs::create_dir_all(p.parent().expect("reports dir"))?;
         let tmp = p.with_extension("tmp");
@@ -240,7 +260,7 @@ impl Scheduler {
     /// Produces every report that is due at `now`. The state is saved after each report, so
     /// a crash mid-tick re-produces at most the report being written.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<Vec<Produced>, ReportError> {
-        let mut st = self.load_state();
+        let mut st = self.load_state()?;
         let mut out = Vec::new();
         for s in &self.schedules {
             let Some(&after) = st.last.get(&s.name) else {

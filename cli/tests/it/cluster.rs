@@ -4,22 +4,11 @@
 
 use super::api::{get, key, patch, serve_with};
 use super::common::{bin, ingest, run};
+use super::detect::{alerts, detect};
 use super::sinks::wait_until;
 use crate::pg_server::PgServer;
 use serde_json::{Value, json};
 use std::path::Path;
-
-fn alerts(data: &Path, global: &[&str]) -> Vec<Value> {
-    let mut args: Vec<&str> = global.to_vec();
-    args.extend(["alerts", "--format", "json"]);
-    let r = run(data, &args);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    serde_json::from_str::<Value>(&r.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 /// An alert without the wall-clock times of its detection.
 fn content(a: &Value) -> Value {
@@ -57,13 +46,6 @@ fn alerts_on_postgres_equal_sqlite_and_migrate_copies_a_node_store() {
     let url = pg.create_db("node");
     let with_pg = ["--alerts", url.as_str()];
 
-    let detect = |data: &Path, global: &[&str]| {
-        let mut args: Vec<&str> = global.to_vec();
-        args.extend(["detect", "--format", "json"]);
-        let r = run(data, &args);
-        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-        serde_json::from_str::<Value>(&r.stdout).unwrap()
-    };
     let a = detect(lite.path(), &[]);
     let b = detect(on_pg.path(), &with_pg);
     assert_eq!(a["created"], b["created"], "{a}\n{b}");
@@ -375,6 +357,29 @@ fn a_standby_takes_over_a_killed_leader_and_a_paused_one_writes_nothing() {
     // Keys live in the shared database: one made through either node works on both.
     assert_eq!(get(&format!("{}/metrics", b.url), Some(&a.key)).0, 200);
     assert_eq!(get(&format!("{}/metrics", a.url), Some(&b.key)).0, 200);
+    // So are console sessions: signed in through node-a, the same cookie works on node-b.
+    let no_redirects: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let r = no_redirects
+        .post(&format!("{}/login", a.url))
+        .send_form([("key", a.key.as_str()), ("next", "/alerts")])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = no_redirects
+        .get(&format!("{}/alerts", b.url))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(
+        page.status().as_u16(),
+        200,
+        "a session from node-a on node-b"
+    );
     let count = || -> usize {
         pg.psql("ha", "SELECT count(*) FROM alerts")
             .parse()

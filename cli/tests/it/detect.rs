@@ -34,7 +34,7 @@ fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-fn alerts(data: &Path, extra: &[&str]) -> Vec<Value> {
+pub(crate) fn alerts(data: &Path, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["alerts", "--format", "json"];
     args.extend_from_slice(extra);
     let r = run(data, &args);
@@ -46,7 +46,7 @@ fn alerts(data: &Path, extra: &[&str]) -> Vec<Value> {
         .clone()
 }
 
-fn detect(data: &Path, extra: &[&str]) -> Value {
+pub(crate) fn detect(data: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["detect", "--format", "json"];
     args.extend_from_slice(extra);
     let r = run(data, &args);

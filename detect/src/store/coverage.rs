@@ -118,4 +118,27 @@ impl AlertStore {
             Ok(())
         })
     }
+
+    /// Scheduled reports' progress: schedule name → the newest slot produced (ns).
+    pub fn report_slots(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        self.db
+            .with(|db| db.query("SELECT schedule, last_slot_ns FROM report_slots", &[]))?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
+    }
+
+    /// Records the newest slot produced of each schedule in `slots` (leader work: fenced).
+    pub fn set_report_slots(&self, slots: &std::collections::BTreeMap<String, i64>) -> Result<()> {
+        self.db.tx(|db| {
+            for (name, slot) in slots {
+                db.exec(
+                    "INSERT INTO report_slots (schedule, last_slot_ns) VALUES (?1, ?2)
+                     ON CONFLICT (schedule) DO UPDATE SET last_slot_ns = ?2",
+                    vals![name, *slot],
+                )?;
+            }
+            Ok(())
+        })
+    }
 }

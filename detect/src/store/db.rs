@@ -163,6 +163,38 @@ pub trait Sql {
     }
 }
 
+/// The one leadership lease kvwatch takes (the `lease` module takes and renews it).
+pub const LEADER: &str = "leader";
+
+/// A node's claim on the leadership: who, and under which epoch. A connection fenced with one
+/// ([`Db::fence`]) makes every write transaction check it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Inside a write transaction: fails unless `claim` still holds the unexpired lease, and
+/// holds the lease row (shared) to commit, so a take-over waits for this transaction.
+fn check_fence(tx: &mut dyn Sql, claim: &Claim) -> Result<()> {
+    let held = tx.one(
+        "SELECT 1 FROM kvwatch_lease WHERE name = ?1 AND holder = ?2 AND epoch = ?3
+           AND expires_ms > kvwatch_now_ms() FOR SHARE",
+        &[
+            Val::from(LEADER),
+            Val::from(&claim.holder),
+            Val::Int(claim.epoch),
+        ],
+    )?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(AlertStoreError::Fenced {
+            holder: claim.holder.clone(),
+            epoch: claim.epoch,
+        }),
+    }
+}
+
 /// An open alert-store database.
 pub enum Db {
     Sqlite(rusqlite::Connection),
@@ -178,7 +210,7 @@ impl Db {
     }
 
     /// Makes every later transaction check that `claim` still holds the leadership lease.
-    pub fn fence(&self, claim: super::lease::Claim) {
+    pub fn fence(&self, claim: Claim) {
         if let Db::Postgres(m) = self {
             m.lock().unwrap_or_else(|p| p.into_inner()).fence = Some(claim);
         }
@@ -218,7 +250,7 @@ impl Db {
                 let mut tx = client.as_mut().expect("open until dropped").transaction()?;
                 let mut sql = Pg { c: &mut tx, cache };
                 if let Some(claim) = fence {
-                    super::lease::check(&mut sql, claim)?;
+                    check_fence(&mut sql, claim)?;
                 }
                 let out = f(&mut sql)?;
                 tx.commit()?;
@@ -290,7 +322,7 @@ pub struct PgConn {
     client: Option<postgres::Client>,
     cache: HashMap<String, postgres::Statement>,
     /// The lease every write transaction must still hold.
-    fence: Option<super::lease::Claim>,
+    fence: Option<Claim>,
 }
 
 impl PgConn {

@@ -11,18 +11,9 @@
 //! transactions fail with [`AlertStoreError::Fenced`]. And a standby's take-over waits for a
 //! write transaction of the old leader that began in time to end, so it reads that write.
 
-use super::db::{Sql, Val, vals};
-use super::{AlertStoreError, Result};
-
-/// The one lease kvwatch takes.
-pub const LEADER: &str = "leader";
-
-/// This node's claim on the leadership: who, and under which epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub holder: String,
-    pub epoch: i64,
-}
+use super::Result;
+use super::db::vals;
+pub use super::db::{Claim, LEADER};
 
 /// A connection for taking and renewing the lease.
 pub struct Lease {
@@ -106,26 +97,5 @@ impl Lease {
             ))
         })
         .transpose()
-    }
-}
-
-/// Inside a write transaction: fails unless `claim` still holds the unexpired lease, and
-/// holds the lease row (shared) to commit, so a take-over waits for this transaction.
-pub(super) fn check(tx: &mut dyn Sql, claim: &Claim) -> Result<()> {
-    let held = tx.one(
-        "SELECT 1 FROM kvwatch_lease WHERE name = ?1 AND holder = ?2 AND epoch = ?3
-           AND expires_ms > kvwatch_now_ms() FOR SHARE",
-        &[
-            Val::from(LEADER),
-            Val::from(&claim.holder),
-            Val::Int(claim.epoch),
-        ],
-    )?;
-    match held {
-        Some(_) => Ok(()),
-        None => Err(AlertStoreError::Fenced {
-            holder: claim.holder.clone(),
-            epoch: claim.epoch,
-        }),
     }
 }

@@ -114,6 +114,31 @@ fn ilike_pattern(text: &str) -> String {
     p
 }
 
+/// The conditions both dialects state alike (time, severity, rule, status, assignee), each
+/// ` AND …`, binding values through `bind`; `status` is the status column as written.
+fn plain_filters(f: &AlertFilter, status: &str, bind: &mut dyn FnMut(Val) -> String) -> String {
+    let mut sql = String::new();
+    if let Some(s) = f.since {
+        sql += &format!(" AND last_seen >= {}", bind(s.into()));
+    }
+    if let Some(s) = f.until {
+        sql += &format!(" AND last_seen < {}", bind(s.into()));
+    }
+    if let Some(s) = f.min_severity {
+        sql += &format!(" AND severity_rank >= {}", bind(rank(s).into()));
+    }
+    if let Some(r) = &f.rule {
+        sql += &format!(" AND rule_id = {}", bind(r.into()));
+    }
+    if let Some(s) = f.status {
+        sql += &format!(" AND {status} = {}", bind(s.as_str().into()));
+    }
+    if let Some(a) = &f.assignee {
+        sql += &format!(" AND assignee = {}", bind(a.into()));
+    }
+    sql
+}
+
 impl AlertStore {
     /// Lists alerts in `f.sort` order (most recent `last_seen` first by default).
     pub fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>> {
@@ -182,31 +207,14 @@ impl AlertStore {
             args.push(v);
             format!("?{}", args.len())
         };
-        if let Some(s) = f.since {
-            sql += &format!(" AND last_seen >= {}", bind(s.into()));
-        }
-        if let Some(s) = f.until {
-            sql += &format!(" AND last_seen < {}", bind(s.into()));
-        }
-        if let Some(s) = f.min_severity {
-            sql += &format!(" AND severity_rank >= {}", bind(rank(s).into()));
-        }
-        if let Some(r) = &f.rule {
-            sql += &format!(" AND rule_id = {}", bind(r.clone().into()));
-        }
-        if let Some(s) = f.status {
-            // With a rule filter, the rule's index is the selective one; `+` keeps SQLite
-            // from walking the status index (most alerts share a status).
-            let col = if f.rule.is_some() {
-                "+status"
-            } else {
-                "status"
-            };
-            sql += &format!(" AND {col} = {}", bind(s.as_str().to_owned().into()));
-        }
-        if let Some(a) = &f.assignee {
-            sql += &format!(" AND assignee = {}", bind(a.clone().into()));
-        }
+        // With a rule filter, the rule's index is the selective one; `+` keeps SQLite from
+        // walking the status index (most alerts share a status).
+        let status = if f.rule.is_some() {
+            "+status"
+        } else {
+            "status"
+        };
+        sql += &plain_filters(f, status, &mut bind);
         for term in terms.iter().skip(1) {
             let p = bind(term.clone().into());
             sql += &format!(" AND id IN (SELECT alert_id FROM alert_terms WHERE term = {p})");
@@ -245,24 +253,7 @@ impl AlertStore {
             format!("?{}", args.len())
         };
         let mut sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE true");
-        if let Some(s) = f.since {
-            sql += &format!(" AND last_seen >= {}", bind(s.into()));
-        }
-        if let Some(s) = f.until {
-            sql += &format!(" AND last_seen < {}", bind(s.into()));
-        }
-        if let Some(s) = f.min_severity {
-            sql += &format!(" AND severity_rank >= {}", bind(rank(s).into()));
-        }
-        if let Some(r) = &f.rule {
-            sql += &format!(" AND rule_id = {}", bind(r.into()));
-        }
-        if let Some(s) = f.status {
-            sql += &format!(" AND status = {}", bind(s.as_str().into()));
-        }
-        if let Some(a) = &f.assignee {
-            sql += &format!(" AND assignee = {}", bind(a.into()));
-        }
+        sql += &plain_filters(f, "status", &mut bind);
         for (prefix, v) in [
             ("vault:", f.vault.as_deref().map(str::to_lowercase)),
             ("ip:", f.ip.clone()),

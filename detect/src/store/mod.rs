@@ -289,6 +289,14 @@ CREATE TRIGGER alert_totals_on_delete AFTER DELETE ON alerts BEGIN
     UPDATE alert_totals SET n = n - 1 WHERE severity = OLD.severity AND status = OLD.status;
 END;
 "#,
+    // Scheduled reports' progress, kept here when nodes share the store (a single node keeps
+    // it in its reports directory).
+    r#"
+CREATE TABLE report_slots (
+    schedule TEXT PRIMARY KEY,
+    last_slot_ns INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The alert store, on either database.

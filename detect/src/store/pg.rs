@@ -127,6 +127,12 @@ CREATE TABLE alert_totals (
     PRIMARY KEY (severity, status)
 );
 
+-- Scheduled reports' progress: per schedule, the newest slot produced.
+CREATE TABLE report_slots (
+    schedule TEXT PRIMARY KEY,
+    last_slot_ns BIGINT NOT NULL
+);
+
 -- API keys of every node (the secrets' hashes only).
 CREATE TABLE api_keys (
     name TEXT PRIMARY KEY,
@@ -135,6 +141,15 @@ CREATE TABLE api_keys (
     created_at BIGINT NOT NULL,
     revoked_at BIGINT,
     last_used_at BIGINT
+);
+
+-- Console sessions of every node (hashes of the session ID and of its key only).
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
 );
 
 -- Leadership of a multi-node deployment: one row per lease, its holder, an epoch bumped at

@@ -470,6 +470,13 @@ fn detection_bookkeeping_round_trips() {
         s.set_rule_state("q", &st).unwrap();
         assert_eq!(s.rule_state("q").unwrap(), st);
         assert_eq!(s.rule_state("never").unwrap(), RuleState::default());
+        let mut slots = std::collections::BTreeMap::new();
+        slots.insert("daily".to_owned(), 5_i64);
+        s.set_report_slots(&slots).unwrap();
+        slots.insert("daily".to_owned(), 9);
+        slots.insert("weekly".to_owned(), 7);
+        s.set_report_slots(&slots).unwrap();
+        assert_eq!(s.report_slots().unwrap(), slots);
     });
 }
 

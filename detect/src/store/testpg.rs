@@ -187,9 +187,10 @@ impl PgServer {
         )
     }
 
-    /// Creates database `db` and returns its URL.
-    pub fn create_db(&self, db: &str) -> String {
-        let out = Command::new(self.bin.join("createdb"))
+    /// Runs client program `tool` (createdb, psql…) against this server as `kvwatch`,
+    /// asserting success; its standard output.
+    fn client(&self, tool: &str, args: &[&str]) -> String {
+        let out = Command::new(self.bin.join(tool))
             .args([
                 "-h",
                 "127.0.0.1",
@@ -197,30 +198,29 @@ impl PgServer {
                 &self.port.to_string(),
                 "-U",
                 "kvwatch",
-                db,
             ])
+            .args(args)
             .output()
-            .expect("running createdb");
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
         assert!(
             out.status.success(),
-            "createdb {db}: {}",
+            "{tool} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Creates database `db` and returns its URL.
+    pub fn create_db(&self, db: &str) -> String {
+        self.client("createdb", &[db]);
         self.url(db)
     }
 
     /// Runs `sql` through psql on database `db`; its output, unaligned without headers.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "kvwatch",
-            ])
-            .args([
+        self.client(
+            "psql",
+            &[
                 "-d",
                 db,
                 "-X",
@@ -230,15 +230,8 @@ impl PgServer {
                 "ON_ERROR_STOP=1",
                 "-c",
                 sql,
-            ])
-            .output()
-            .expect("running psql");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            ],
+        )
     }
 
     pub fn dir(&self) -> &Path {
