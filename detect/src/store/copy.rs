@@ -103,6 +103,11 @@ impl AlertStore {
                 }
                 report.tables.push(((*table).to_owned(), copied));
             }
+            to.exec("DELETE FROM alert_totals", &[])?;
+            to.exec(
+                "INSERT INTO alert_totals SELECT severity, status, count(*) FROM alerts GROUP BY 1, 2",
+                &[],
+            )?;
             // The planner's statistics, so the first listings use the indexes.
             to.exec("ANALYZE", &[])?;
             // New history entries continue after the copied ones.
