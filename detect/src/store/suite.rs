@@ -657,3 +657,34 @@ fn postgres_lease_has_one_holder_and_fences_an_ended_term() {
     assert_eq!(ca2.epoch, 3);
     assert_eq!(a.current().unwrap(), Some((ca2, true)));
 }
+
+/// TLS to the database: verified against the CA given with `sslrootcert` (certificate and
+/// host name), refused without it, and `require` never falls back to plain text.
+#[test]
+fn postgres_over_tls_verifies_the_server() {
+    let pg = PgServer::start_tls();
+    pg.create_db("tls");
+    let ca = pg.ca();
+    let base = format!("postgres://kvwatch@127.0.0.1:{}/tls", pg.port);
+    let open = |query: &str| {
+        let data = DataDir::new(tempfile::tempdir().unwrap().path())
+            .with_alerts(Some(format!("{base}?{query}")));
+        AlertStore::open(&data)
+    };
+    let s = open(&format!("sslmode=verify-full&sslrootcert={}", ca.display())).unwrap();
+    assert!(s.list(&AlertFilter::default()).unwrap().is_empty());
+    assert_eq!(
+        pg.psql(
+            "tls",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'kvwatch'"
+        ),
+        "1",
+        "the store's session is encrypted"
+    );
+    match open("sslmode=require") {
+        Err(e) => assert!(e.to_string().contains("TLS handshake"), "{e}"),
+        Ok(_) => panic!("an unknown CA was accepted"),
+    }
+    assert!(open("sslmode=sideways").is_err());
+}

@@ -73,6 +73,21 @@ fn free_port() -> u16 {
 impl PgServer {
     /// Starts a new server (about a second: initdb without fsync, then the server).
     pub fn start() -> PgServer {
+        Self::start_with(false)
+    }
+
+    /// A server that also takes TLS, with a certificate for `127.0.0.1` and `localhost`
+    /// signed by its own CA, at [`PgServer::ca`] (made with the openssl command).
+    pub fn start_tls() -> PgServer {
+        Self::start_with(true)
+    }
+
+    /// The CA certificate of a [`PgServer::start_tls`] server.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> PgServer {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("kvwatch-pg-")
@@ -126,6 +141,87 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut ssl: Vec<String> = Vec::new();
+        if tls {
+            let d = dir.path();
+            let openssl = |args: &[&str]| {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(d)
+                    .output()
+                    .expect("running openssl");
+                assert!(
+                    out.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=kvwatch test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(
+                d.join("san.ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            )
+            .unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.pem",
+            ]);
+            let key = d.join("server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some((uid, gid)) = run_as {
+                for f in ["server.key", "server.pem"] {
+                    std::os::unix::fs::chown(d.join(f), Some(uid), Some(gid)).unwrap();
+                }
+            }
+            ssl = vec![
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", d.join("server.pem").display()),
+                "-c".into(),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         let log_path = dir.path().join("server.log");
         for _ in 0..4 {
             let port = free_port();
@@ -150,6 +246,7 @@ impl PgServer {
                     "-c",
                     "max_connections=300",
                 ])
+                .args(&ssl)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -179,7 +276,7 @@ impl PgServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// A URL of database `db` on this server.
+    /// A URL of database `db` on this server, without TLS.
     pub fn url(&self, db: &str) -> String {
         format!(
             "postgres://kvwatch@127.0.0.1:{}/{db}?sslmode=disable",
