@@ -1,4 +1,5 @@
-//! `hour_start(time)` and `day_start(time)`: a timestamp floored to its UTC hour or day.
+//! `hour_start(time)` and `day_start(time)`: a timestamp floored to its UTC hour or day; and
+//! `date_trunc` made fast on UTC timestamps.
 //!
 //! Reports, rules and analysts bucket events by hour and day constantly. DataFusion's
 //! `date_bin` and `date_trunc` take 40 to 200 ns per value (interval arithmetic, time-zone
@@ -74,8 +75,99 @@ impl ScalarUDFImpl for Floor {
     }
 }
 
-/// Registers `hour_start` and `day_start` on a context.
+/// `date_trunc` as DataFusion has it, except on the store's timestamps: nanoseconds tagged
+/// `UTC`. DataFusion truncates a zoned timestamp to the hour or day through the zone's
+/// calendar, value by value (about 350 ns each: a third of a second per million events, most
+/// of an hourly `GROUP BY`), because in some zones an hour is not a whole number of hours from
+/// the epoch. In UTC it is, and so is a day: one integer division. Every other granularity,
+/// unit, zone and argument shape goes to DataFusion's own function, unchanged.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UtcDateTrunc {
+    inner: Arc<ScalarUDF>,
+}
+
+impl UtcDateTrunc {
+    /// The step of `granularity` in nanoseconds, when truncating to it is a plain floor.
+    fn step(granularity: &ColumnarValue) -> Option<i64> {
+        let g = match granularity {
+            ColumnarValue::Scalar(
+                ScalarValue::Utf8(Some(g))
+                | ScalarValue::Utf8View(Some(g))
+                | ScalarValue::LargeUtf8(Some(g)),
+            ) => g,
+            _ => return None,
+        };
+        match g.to_ascii_lowercase().as_str() {
+            "second" => Some(1_000_000_000),
+            "minute" => Some(60_000_000_000),
+            "hour" => Some(HOUR_NS),
+            "day" => Some(DAY_NS),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a timestamp's zone is UTC itself (not merely an offset that is zero today).
+fn is_utc(tz: &str) -> bool {
+    matches!(tz, "UTC" | "utc" | "Z" | "+00:00" | "Etc/UTC" | "+00")
+}
+
+impl ScalarUDFImpl for UtcDateTrunc {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+    fn output_ordering(
+        &self,
+        input: &[datafusion::logical_expr::sort_properties::ExprProperties],
+    ) -> Result<datafusion::logical_expr::sort_properties::SortProperties> {
+        self.inner.output_ordering(input)
+    }
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let fast = match (args.args.first().and_then(Self::step), args.args.get(1)) {
+            (Some(step), Some(ColumnarValue::Array(a))) => match a.data_type() {
+                DataType::Timestamp(TimeUnit::Nanosecond, Some(tz)) if is_utc(tz) => a
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>()
+                    .map(|ts| (step, ts)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match fast {
+            Some((step, ts)) => {
+                let out: TimestampNanosecondArray = ts.unary(|t| t.div_euclid(step) * step);
+                Ok(ColumnarValue::Array(Arc::new(
+                    out.with_timezone_opt(ts.timezone().map(Arc::<str>::from)),
+                )))
+            }
+            None => self.inner.invoke_with_args(args),
+        }
+    }
+}
+
+/// Registers `hour_start`, `day_start` and the UTC-fast `date_trunc` on a context.
 pub fn register(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::from(UtcDateTrunc {
+        inner: datafusion::functions::datetime::date_trunc(),
+    }));
     ctx.register_udf(ScalarUDF::from(Floor::new("hour_start", HOUR_NS)));
     ctx.register_udf(ScalarUDF::from(Floor::new("day_start", DAY_NS)));
 }
@@ -119,6 +211,30 @@ mod tests {
         assert_eq!(
             datafusion::arrow::util::display::array_value_to_string(b[0].column(0), 0).unwrap(),
             "0"
+        );
+    }
+
+    #[tokio::test]
+    async fn date_trunc_on_utc_agrees_with_the_calendar() {
+        // The store's own type, and the fast path's granularities, against DataFusion's
+        // calendar truncation of the same instants without a zone (which is exact for UTC),
+        // over values before and after 1970; other granularities and zones pass through.
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let sql = "SELECT count(*) FROM (SELECT arrow_cast(to_timestamp_nanos(v * 7919000000123), 'Timestamp(Nanosecond, Some(\"UTC\"))') AS t, to_timestamp_nanos(v * 7919000000123) AS n FROM generate_series(-5000, 5000) AS s(v)) WHERE arrow_cast(date_trunc('hour', t), 'Int64') <> arrow_cast(date_trunc('hour', n), 'Int64') OR arrow_cast(date_trunc('DAY', t), 'Int64') <> arrow_cast(date_trunc('day', n), 'Int64') OR arrow_cast(date_trunc('minute', t), 'Int64') <> arrow_cast(date_trunc('minute', n), 'Int64') OR arrow_cast(date_trunc('second', t), 'Int64') <> arrow_cast(date_trunc('second', n), 'Int64') OR arrow_cast(date_trunc('month', t), 'Int64') <> arrow_cast(date_trunc('month', n), 'Int64') OR arrow_cast(datetrunc('week', t), 'Int64') <> arrow_cast(date_trunc('week', n), 'Int64') OR hour_start(t) <> date_trunc('hour', t)";
+        let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(
+            datafusion::arrow::util::display::array_value_to_string(b[0].column(0), 0).unwrap(),
+            "0"
+        );
+        // The result keeps the zone; another zone still truncates in its own calendar.
+        assert_eq!(
+            one("SELECT date_trunc('hour', arrow_cast('2026-03-01T13:47:12Z', 'Timestamp(Nanosecond, Some(\"UTC\"))'))").await,
+            "2026-03-01T13:00:00Z"
+        );
+        assert_eq!(
+            one("SELECT date_trunc('day', arrow_cast(arrow_cast('2026-03-01T02:30:00Z', 'Timestamp(Nanosecond, Some(\"UTC\"))'), 'Timestamp(Nanosecond, Some(\"+05:30\"))'))").await,
+            "2026-03-01T00:00:00+05:30"
         );
     }
 }

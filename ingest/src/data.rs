@@ -180,8 +180,26 @@ impl DataDir {
     }
 
     /// Registers the store's tables and views on an existing session.
+    ///
+    /// The tables of the last snapshot this process registered are kept and handed to the next
+    /// session while the store has not committed since (its [`commit_stamp`](Self::commit_stamp)
+    /// is unchanged): planning the compatibility view and building the file lists is then done
+    /// once per commit instead of once per query. The stamp is read before the manifest, so a
+    /// commit between the two only makes the kept tables newer than their stamp, never older.
     pub async fn register(&self, ctx: &SessionContext) -> Result<()> {
-        query::register_manifest(ctx, &self.events, &self.snapshot()?).await
+        let key = self
+            .commit_stamp()
+            .map(|stamp| format!("{}\n{stamp}", self.events.display()));
+        if let Some(key) = &key
+            && query::reuse_tables(ctx, &self.events, key)?
+        {
+            return Ok(());
+        }
+        query::register_manifest(ctx, &self.events, &self.snapshot()?).await?;
+        if let Some(key) = key {
+            query::keep_tables(ctx, key).await?;
+        }
+        Ok(())
     }
 
     /// The same location with its alert store in the database `url` (`postgres://…`) instead

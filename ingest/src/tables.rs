@@ -46,7 +46,22 @@ fn register(
     paths: &[String],
     sorted: bool,
 ) -> datafusion::error::Result<()> {
-    let schema = table.schema();
+    let mut schema = table.schema();
+    if std::env::var("KVWATCH_EXP_VIEW").is_ok() {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.data_type() == &DataType::Utf8 {
+                    f.as_ref().clone().with_data_type(DataType::Utf8View)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        schema = Arc::new(Schema::new(fields));
+    }
     if paths.is_empty() {
         let empty = MemTable::try_new(schema.clone(), vec![vec![]])?;
         ctx.register_table(name, Arc::new(empty))?;
@@ -71,7 +86,13 @@ fn register(
     let cfg = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(opts)
         .with_schema(schema);
-    ctx.register_table(name, Arc::new(ListingTable::try_new(cfg)?))?;
+    // The runtime's statistics cache (shared by a process's sessions: `query::shared_caches`),
+    // so a file's statistics are computed once, not at each query's planning.
+    let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+    ctx.register_table(
+        name,
+        Arc::new(ListingTable::try_new(cfg)?.with_cache(stats)),
+    )?;
     Ok(())
 }
 

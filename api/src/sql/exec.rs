@@ -23,6 +23,7 @@ async fn session(
     let internal = |e: &dyn std::fmt::Display| SqlError::Internal(e.to_string());
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(memory_bytes, 1.0)
+        .with_cache_manager(kvwatch_ingest::query::shared_caches())
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
         )
@@ -55,7 +56,7 @@ pub enum Outcome {
 /// Runs one query against the store in `data` within `limits`.
 pub async fn run(data: &DataDir, sql: &str, limits: SqlLimits, tables: Tables) -> Outcome {
     let started = Instant::now();
-    let statement = match guard::check(sql, limits.shape) {
+    let statement = match guard::check(sql, limits.shape, tables == Tables::Operator) {
         Ok(s) => s,
         Err(r) => return Outcome::Refused(r),
     };

@@ -17,11 +17,13 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 pub use kvwatch_ingest::sqlshape::Shape;
 
-/// Checks that `sql` is one read-only query within `shape` and returns it parsed.
+/// Checks that `sql` is one read-only query within `shape` and returns it parsed. With
+/// `explain`, `EXPLAIN [ANALYZE] <query>` is accepted too (for operators at the CLI: a plan
+/// names the store's files, which analysts are not shown).
 ///
 /// A refused statement may be very deep; dropping it would recurse as deep as it is nested.
 /// Callers in a disposable process (the SQL worker) leak it instead: see [`Refusal`].
-pub fn check(sql: &str, shape: Shape) -> Result<DfStatement, Refusal> {
+pub fn check(sql: &str, shape: Shape, explain: bool) -> Result<DfStatement, Refusal> {
     let mut statements = DFParser::parse_sql(sql).map_err(|e| {
         let text = match e.find_root() {
             datafusion::error::DataFusionError::SQL(p, _) => p.to_string(),
@@ -48,6 +50,14 @@ pub fn check(sql: &str, shape: Shape) -> Result<DfStatement, Refusal> {
         DfStatement::CreateExternalTable(_) => Err(SqlError::Refused(
             "CREATE EXTERNAL TABLE is not allowed".into(),
         )),
+        DfStatement::Explain(e) if explain => match &*e.statement {
+            DfStatement::Statement(s) if matches!(**s, Statement::Query(_)) => {
+                kvwatch_ingest::sqlshape::measure(s, shape).map_err(SqlError::TooComplex)
+            }
+            _ => Err(SqlError::Refused(
+                "only EXPLAIN [ANALYZE] of a SELECT query is allowed".into(),
+            )),
+        },
         DfStatement::Explain(_) => Err(SqlError::Refused(
             "only SELECT queries are allowed, not EXPLAIN".into(),
         )),
@@ -124,7 +134,7 @@ mod tests {
     use super::*;
 
     fn refused(sql: &str) -> SqlError {
-        match check(sql, Shape::default()) {
+        match check(sql, Shape::default(), false) {
             Ok(_) => panic!("{sql:.80} passed"),
             Err(r) => r.leak(),
         }
@@ -139,7 +149,7 @@ mod tests {
             "SELECT 1 UNION ALL SELECT 2",
             "VALUES (1), (2)",
         ] {
-            assert!(check(ok, Shape::default()).is_ok(), "{ok}");
+            assert!(check(ok, Shape::default(), false).is_ok(), "{ok}");
         }
         for bad in [
             "COPY events TO '/tmp/x.csv'",
@@ -159,6 +169,31 @@ mod tests {
                 matches!(refused(bad), SqlError::Refused(_)),
                 "{bad} was not refused as a statement"
             );
+        }
+    }
+
+    #[test]
+    fn operators_may_explain_a_query_and_nothing_else() {
+        for ok in [
+            "EXPLAIN SELECT 1",
+            "EXPLAIN ANALYZE SELECT count(*) FROM events",
+        ] {
+            assert!(check(ok, Shape::default(), true).is_ok(), "{ok}");
+        }
+        for bad in [
+            "EXPLAIN COPY events TO '/tmp/x.csv'",
+            "EXPLAIN CREATE TABLE t AS SELECT 1",
+            "EXPLAIN ANALYZE INSERT INTO events SELECT * FROM events",
+        ] {
+            match check(bad, Shape::default(), true) {
+                Ok(_) => panic!("{bad} passed"),
+                Err(r) => assert!(matches!(r.leak(), SqlError::Refused(_)), "{bad}"),
+            }
+        }
+        let deep = format!("EXPLAIN SELECT {}", vec!["1"; 2000].join(" + "));
+        match check(&deep, Shape::default(), true) {
+            Ok(_) => panic!("a deep EXPLAIN passed"),
+            Err(r) => assert!(matches!(r.leak(), SqlError::TooComplex(_))),
         }
     }
 
@@ -199,8 +234,15 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        assert!(check(&wide_in, Shape::default()).is_ok());
-        assert!(check(&chain(" + ", 200), Shape::default()).is_ok());
-        assert!(check(&vec!["SELECT 1"; 200].join(" UNION ALL "), Shape::default()).is_ok());
+        assert!(check(&wide_in, Shape::default(), false).is_ok());
+        assert!(check(&chain(" + ", 200), Shape::default(), false).is_ok());
+        assert!(
+            check(
+                &vec!["SELECT 1"; 200].join(" UNION ALL "),
+                Shape::default(),
+                false
+            )
+            .is_ok()
+        );
     }
 }
