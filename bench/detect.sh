@@ -5,7 +5,7 @@
 #   bench/detect.sh              # scale 90 × 7 days ≈ 10.4 M events (generation ~5 min, once)
 #   SCALE=10 bench/detect.sh     # a quicker look
 #
-# Needs `pip install duckdb`. The store is kept in $BENCH_DIR between runs.
+# Needs DuckDB (`pip install duckdb`, into the venv scripts/test.sh keeps). The store is kept in $BENCH_DIR between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvwatch/target}"
@@ -14,6 +14,8 @@ BIN="$CARGO_TARGET_DIR/release/kvwatch"
 SCALE="${SCALE:-90}"
 WORK="${BENCH_DIR:-/tmp/kvwatch-bench-detect}"
 STORE="$WORK/store-scale$SCALE"
+PY="${KVWATCH_PYENV:-$HOME/.cache/kvwatch/pyenv}/bin/python"
+[ -x "$PY" ] || PY=python3
 mkdir -p "$WORK"
 if [ ! -f "$STORE/manifest.json" ]; then
   echo "generating scale $SCALE x 7 days (once)..."
@@ -46,7 +48,7 @@ print(f"models: {m['events']:,} events, {m['hours']} hours, {m['elapsed_ms']/100
 PY
 "$BIN" --data "$STORE" rules sql > "$WORK/rules.json"
 
-python3 - "$WORK" "$STORE" "$KV_SECS" "$EVENTS" <<'PY'
+"$PY" - "$WORK" "$STORE" "$KV_SECS" "$EVENTS" <<'PY'
 import json, sys, time, glob, os
 work, store, kv_secs, events = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 rep = json.load(open(f"{work}/detect.json"))

@@ -53,25 +53,11 @@ pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
 pub fn session_config() -> SessionConfig {
     // Filters are evaluated while decoding Parquet, so columns of rows a filter rejects are
     // never materialised: most detection rules keep a small share of events.
-    let exp = |k: &str| std::env::var(k).ok();
-    let mut c = SessionConfig::new()
+    SessionConfig::new()
         .with_information_schema(true)
-        .with_batch_size(
-            exp("KVWATCH_EXP_BATCH")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(8192),
-        )
-        .set_bool(
-            "datafusion.execution.parquet.pushdown_filters",
-            exp("KVWATCH_EXP_PUSH").as_deref() != Some("0"),
-        )
-        .set_bool("datafusion.execution.parquet.reorder_filters", true);
-    for (k, v) in std::env::vars() {
-        if let Some(name) = k.strip_prefix("KVWATCH_EXP_SET_") {
-            c = c.set_str(&name.to_lowercase().replace("__", "."), &v);
-        }
-    }
-    c
+        .with_batch_size(8192)
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        .set_bool("datafusion.execution.parquet.reorder_filters", true)
 }
 
 /// Bytes of per-file statistics a process keeps (a few KiB a file).

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 /// Registers `paths` (paths or object-store URLs of Parquet files of `table`'s schema) as `name` for queries.
 ///
-/// The files are sorted by time, but the table does not say so: with a declared order
-/// DataFusion aggregates anything grouped by a time bucket in order, merging the (time-disjoint)
-/// file groups into one stream, so the scan runs on one core. Queries that need time order sort;
-/// the store's own merge, which only streams files in order, uses [`register_sorted_files`].
+/// The store's files record that they are sorted by time (Parquet `sorting_columns`), and
+/// DataFusion takes a table's order from its files when the table declares none: plans that
+/// need time order (windows over time, `ORDER BY time`) use it either way. The store's own
+/// merge, which must stream its inputs in order, declares it with [`register_sorted_files`].
 pub fn register_files(
     ctx: &SessionContext,
     name: &str,
@@ -46,22 +46,7 @@ fn register(
     paths: &[String],
     sorted: bool,
 ) -> datafusion::error::Result<()> {
-    let mut schema = table.schema();
-    if std::env::var("KVWATCH_EXP_VIEW").is_ok() {
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        let fields: Vec<Field> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                if f.data_type() == &DataType::Utf8 {
-                    f.as_ref().clone().with_data_type(DataType::Utf8View)
-                } else {
-                    f.as_ref().clone()
-                }
-            })
-            .collect();
-        schema = Arc::new(Schema::new(fields));
-    }
+    let schema = table.schema();
     if paths.is_empty() {
         let empty = MemTable::try_new(schema.clone(), vec![vec![]])?;
         ctx.register_table(name, Arc::new(empty))?;

@@ -165,3 +165,38 @@ async fn trimmed_id_sets_reload_from_files() {
         first.stored.events as i64
     );
 }
+
+/// Sessions of one process share the tables of the last snapshot they registered (planning a
+/// snapshot's views once, not per query), so a commit must be seen by the very next session,
+/// and two stores open in one process never see each other's tables.
+#[tokio::test]
+async fn each_session_sees_the_latest_commit_of_its_own_store() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let add = |root: &Path, name: &str| {
+        let mut w = StoreWriter::open(root, Default::default()).unwrap();
+        ingest(
+            &mut w,
+            vec![Input::file(sample(name))],
+            &IngestOptions::default(),
+            |_| {},
+        )
+        .unwrap();
+    };
+    let events = "SELECT count(*) FROM events";
+    let through_view = "SELECT count(*) FROM azure_diagnostics";
+    add(a.path(), "PT1H.json");
+    assert_eq!(count(a.path(), events).await, 9);
+    assert_eq!(count(a.path(), through_view).await, 9);
+    // The other store, empty, then filled: its own tables each time.
+    assert_eq!(count(b.path(), events).await, 0);
+    add(b.path(), "single.json");
+    let in_b = count(b.path(), events).await;
+    assert!(in_b > 0);
+    assert_eq!(count(a.path(), events).await, 9);
+    // A second commit to the first store is in the next session, view included.
+    add(a.path(), "archive-vaultget.json");
+    let more = count(a.path(), events).await;
+    assert!(more > 9, "{more}");
+    assert_eq!(count(a.path(), through_view).await, more);
+    assert_eq!(count(b.path(), events).await, in_b);
+}
