@@ -19,6 +19,19 @@ use std::sync::Arc;
 const HOUR_NS: i64 = 3_600_000_000_000;
 const DAY_NS: i64 = 24 * HOUR_NS;
 
+/// `t` floored to a multiple of `step` (downwards before 1970 too).
+fn floor(t: i64, step: i64) -> i64 {
+    t.div_euclid(step) * step
+}
+
+/// Every value of `ts` floored to a multiple of `step`, keeping the zone.
+fn floor_array(ts: &TimestampNanosecondArray, step: i64) -> ColumnarValue {
+    let out: TimestampNanosecondArray = ts.unary(|t| floor(t, step));
+    ColumnarValue::Array(Arc::new(
+        out.with_timezone_opt(ts.timezone().map(Arc::<str>::from)),
+    ))
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Floor {
     name: &'static str,
@@ -56,20 +69,19 @@ impl ScalarUDFImpl for Floor {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let step = self.step;
-        let floor = move |t: i64| t.div_euclid(step) * step;
         match &args.args[0] {
             ColumnarValue::Array(a) => {
                 let Some(ts) = a.as_any().downcast_ref::<TimestampNanosecondArray>() else {
                     return exec_err!("{}: expected a nanosecond timestamp", self.name);
                 };
-                let out: TimestampNanosecondArray = ts.unary(floor);
-                Ok(ColumnarValue::Array(Arc::new(
-                    out.with_timezone_opt(ts.timezone().map(Arc::<str>::from)),
+                Ok(floor_array(ts, step))
+            }
+            ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(v, tz)) => {
+                Ok(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
+                    v.map(|t| floor(t, step)),
+                    tz.clone(),
                 )))
             }
-            ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(v, tz)) => Ok(
-                ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(v.map(floor), tz.clone())),
-            ),
             other => exec_err!("{}: unsupported argument {other:?}", self.name),
         }
     }
@@ -152,12 +164,7 @@ impl ScalarUDFImpl for UtcDateTrunc {
             _ => None,
         };
         match fast {
-            Some((step, ts)) => {
-                let out: TimestampNanosecondArray = ts.unary(|t| t.div_euclid(step) * step);
-                Ok(ColumnarValue::Array(Arc::new(
-                    out.with_timezone_opt(ts.timezone().map(Arc::<str>::from)),
-                )))
-            }
+            Some((step, ts)) => Ok(floor_array(ts, step)),
             None => self.inner.invoke_with_args(args),
         }
     }

@@ -122,10 +122,8 @@ impl PgServer {
             c.env_remove("PGDATA").env("LC_ALL", "C");
             c
         };
-        let out = cmd("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args([
+        run_ok(
+            cmd("initdb").arg("-D").arg(&data).args([
                 "-U",
                 "kvwatch",
                 "--auth=trust",
@@ -133,27 +131,16 @@ impl PgServer {
                 "UTF8",
                 "--locale=C",
                 "--no-sync",
-            ])
-            .output()
-            .expect("running initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            "initdb",
         );
         let mut ssl: Vec<String> = Vec::new();
         if tls {
             let d = dir.path();
             let openssl = |args: &[&str]| {
-                let out = Command::new("openssl")
-                    .args(args)
-                    .current_dir(d)
-                    .output()
-                    .expect("running openssl");
-                assert!(
-                    out.status.success(),
-                    "openssl {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                run_ok(
+                    Command::new("openssl").args(args).current_dir(d),
+                    &format!("openssl {args:?}"),
                 );
             };
             openssl(&[
@@ -287,22 +274,12 @@ impl PgServer {
     /// Runs client program `tool` (createdb, psql…) against this server as `kvwatch`,
     /// asserting success; its standard output.
     fn client(&self, tool: &str, args: &[&str]) -> String {
-        let out = Command::new(self.bin.join(tool))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "kvwatch",
-            ])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let port = self.port.to_string();
+        let out = run_ok(
+            Command::new(self.bin.join(tool))
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "kvwatch"])
+                .args(args),
+            &format!("{tool} {args:?}"),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -371,4 +348,15 @@ impl Drop for PgServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `c` to completion, panicking with `what` and its standard error unless it succeeds.
+fn run_ok(c: &mut Command, what: &str) -> std::process::Output {
+    let out = c.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
