@@ -31,6 +31,7 @@ pub mod parse;
 pub mod query;
 pub mod record;
 pub mod scan;
+pub mod scanorder;
 pub mod schema;
 pub mod secret;
 pub mod sqlshape;

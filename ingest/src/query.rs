@@ -12,6 +12,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 /// Record batches as one JSON array of objects keyed by column name, nulls explicit (`[]`
@@ -99,10 +100,18 @@ pub fn empty_context() -> SessionContext {
         .with_cache_manager(shared_caches())
         .build_arc()
         .expect("a runtime without a pool or disk manager");
+    context_with(runtime)
+}
+
+/// A session over `runtime` with the store's settings ([`session_config`]), the physical
+/// optimizer rules with [`crate::scanorder::UnorderedScans`] first, and the fast `date_trunc`:
+/// how every store session is built.
+pub fn context_with(runtime: std::sync::Arc<RuntimeEnv>) -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_config(session_config())
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_physical_optimizer_rules(crate::scanorder::physical_optimizer_rules())
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::buckets::register(&ctx);
@@ -123,14 +132,7 @@ pub fn spilling_context(bytes: usize) -> std::result::Result<SessionContext, Dat
         .with_memory_pool(std::sync::Arc::new(pool))
         .with_cache_manager(shared_caches())
         .build_arc()?;
-    let state = SessionStateBuilder::new()
-        .with_config(session_config())
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    crate::buckets::register(&ctx);
-    Ok(ctx)
+    Ok(context_with(runtime))
 }
 
 /// Registers the tables of `manifest` (files relative to `location`) and the compatibility views on

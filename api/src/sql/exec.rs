@@ -5,7 +5,6 @@
 use super::guard::{self, Refusal};
 use super::{SqlError, SqlLimits, SqlResult, Tables};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
@@ -29,13 +28,7 @@ async fn session(
         )
         .build_arc()
         .map_err(|e| internal(&e))?;
-    let state = SessionStateBuilder::new()
-        .with_config(kvwatch_ingest::query::session_config())
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    kvwatch_ingest::buckets::register(&ctx);
+    let ctx = kvwatch_ingest::query::context_with(runtime);
     data.register(&ctx).await.map_err(|e| internal(&e))?;
     if tables == Tables::Analyst {
         // Quarantined input is raw and unparsed: it is for operators (`kvwatch query`).
