@@ -16,6 +16,7 @@ pub mod buckets;
 pub mod csvrows;
 pub mod data;
 pub mod derive;
+pub mod distinct;
 pub mod fault;
 pub mod filecache;
 pub mod files;

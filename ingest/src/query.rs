@@ -115,6 +115,7 @@ pub fn context_with(runtime: std::sync::Arc<RuntimeEnv>) -> SessionContext {
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::buckets::register(&ctx);
+    crate::distinct::register(&ctx);
     ctx
 }
 
