@@ -9,8 +9,9 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int32Array, String
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use std::net::IpAddr;
@@ -95,6 +96,22 @@ impl ScalarUDFImpl for IpInCidrs {
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
+    }
+    /// A call whose ranges are all literals and none of them a range (the pack's default, an
+    /// empty list) is `false` for every row: planned as a constant, a rule filtering on it
+    /// reads nothing instead of testing every event's address.
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        let no_range = args[1..].iter().all(|a| match a {
+            Expr::Literal(v, _) => v
+                .try_as_str()
+                .is_some_and(|s| s.and_then(Cidr::parse).is_none()),
+            _ => false,
+        });
+        Ok(if no_range {
+            ExprSimplifyResult::Simplified(datafusion::prelude::lit(false))
+        } else {
+            ExprSimplifyResult::Original(args)
+        })
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
@@ -236,5 +253,38 @@ mod tests {
         };
         assert_eq!(ints(2).value(0), 0);
         assert!(ints(3).is_null(0));
+    }
+
+    /// Literal lists without a single range are planned as `false`; the same call with a
+    /// range, or with ranges from a column, still tests every row.
+    #[tokio::test]
+    async fn a_list_without_ranges_is_planned_as_false() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let t =
+            "(VALUES ('10.0.0.7', '10.0.0.0/8'), (NULL, 'x'), ('<Redacted>', NULL)) AS t(ip, r)";
+        for (ranges, planned, rows) in [
+            ("'kvwatch-empty-list'", false, 0),
+            ("'nope', '10.0.0.0/8'", true, 1),
+            ("r", true, 1),
+        ] {
+            let sql = format!("SELECT ip FROM {t} WHERE ip_in_cidrs(ip, {ranges})");
+            let df = ctx.sql(&sql).await.unwrap();
+            let n: usize = df
+                .clone()
+                .collect()
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum();
+            let plan = df
+                .into_optimized_plan()
+                .unwrap()
+                .display_indent()
+                .to_string();
+            assert_eq!(plan.contains("ip_in_cidrs"), planned, "{sql}: {plan}");
+            assert_eq!(n, rows, "{sql}");
+        }
     }
 }
