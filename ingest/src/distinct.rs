@@ -461,7 +461,7 @@ mod tests {
                     (499, _) | (_, 0) => None,
                     _ => Some(format!("v{}", (x >> 40) % spread)),
                 });
-                u.push(((x >> 7) % 9 != 0).then(|| format!("u{}", (x >> 50) % 5)));
+                u.push((!(x >> 7).is_multiple_of(9)).then(|| format!("u{}", (x >> 50) % 5)));
             }
             batches.push(
                 RecordBatch::try_new(
