@@ -568,4 +568,47 @@ mod tests {
             }
         }
     }
+
+    /// Under a memory pool too small for its groups, the final aggregation spills its states
+    /// to disk and merges them back: the answers are DataFusion's own.
+    #[tokio::test]
+    async fn grouped_distinct_strings_spill_and_agree() {
+        let data = "CREATE TABLE big AS SELECT v % 60000 AS g, 'p' || (v % 7) AS s, \
+                    CASE WHEN v % 11 = 0 THEN NULL ELSE 'u' || (v % 5) END AS u \
+                    FROM generate_series(1, 300000) AS t(v)";
+        let sql =
+            "SELECT g, count(DISTINCT s) AS n, array_agg(DISTINCT u) AS l FROM big GROUP BY g";
+        let theirs = SessionContext::new();
+        let ours = crate::query::spilling_context(3 << 20).unwrap();
+        for ctx in [&theirs, &ours] {
+            ctx.sql(data).await.unwrap().collect().await.unwrap();
+        }
+        let expected = rows(&theirs, sql).await;
+        assert_eq!(expected.len(), 60000);
+        let before = CREATED.load(Ordering::Relaxed);
+        assert_eq!(rows(&ours, sql).await, expected);
+        assert!(CREATED.load(Ordering::Relaxed) > before, "not grouped");
+        let batches = ours
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let spills: usize = plan
+            .split("spill_count=")
+            .skip(1)
+            .map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        assert!(spills > 0, "no spill:\n{plan}");
+    }
 }
