@@ -101,7 +101,10 @@ impl ScalarUDFImpl for IpInCidrs {
     /// empty list) is `false` for every row: planned as a constant, a rule filtering on it
     /// reads nothing instead of testing every event's address.
     fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
-        let no_range = args[1..].iter().all(|a| match a {
+        let [_, ranges @ ..] = args.as_slice() else {
+            return Ok(ExprSimplifyResult::Original(args));
+        };
+        let no_range = ranges.iter().all(|a| match a {
             Expr::Literal(v, _) => v
                 .try_as_str()
                 .is_some_and(|s| s.and_then(Cidr::parse).is_none()),
