@@ -495,7 +495,7 @@ impl Engine {
                     register_sorted_files(&self.ctx, base, t, &paths).map_err(q)?;
                 }
                 None => {
-                    let empty = MemTable::try_new(t.schema(), vec![vec![]]).map_err(q)?;
+                    let empty = MemTable::try_new(t.scan_schema(), vec![vec![]]).map_err(q)?;
                     self.ctx.register_table(base, Arc::new(empty)).map_err(q)?;
                 }
             }

@@ -46,7 +46,7 @@ fn register(
     paths: &[String],
     sorted: bool,
 ) -> datafusion::error::Result<()> {
-    let schema = table.schema();
+    let schema = table.scan_schema();
     if paths.is_empty() {
         let empty = MemTable::try_new(schema.clone(), vec![vec![]])?;
         ctx.register_table(name, Arc::new(empty))?;
