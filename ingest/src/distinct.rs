@@ -16,7 +16,8 @@
 //! Element order in the list is first-seen order, which no caller may rely on (SQL gives none).
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder,
+    Array, ArrayAccessor, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder,
+    StringViewBuilder,
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
@@ -54,7 +55,10 @@ impl GroupedDistinct {
         args.is_distinct
             && args.order_bys.is_empty()
             && args.exprs.len() == 1
-            && args.expr_fields[0].data_type() == &DataType::Utf8
+            && matches!(
+                args.expr_fields[0].data_type(),
+                DataType::Utf8 | DataType::Utf8View
+            )
     }
 
     fn imp(&self) -> &Arc<dyn AggregateUDFImpl> {
@@ -115,7 +119,8 @@ impl AggregateUDFImpl for GroupedDistinct {
         let keep_null = self.kind == Kind::List && !args.ignore_nulls;
         #[cfg(test)]
         tests::CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Box::new(DistinctStrings::new(self.kind, keep_null)))
+        let views = args.expr_fields[0].data_type() == &DataType::Utf8View;
+        Ok(Box::new(DistinctStrings::new(self.kind, keep_null, views)))
     }
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         self.imp().create_sliding_accumulator(args)
@@ -187,6 +192,9 @@ impl AggregateUDFImpl for GroupedDistinct {
 pub struct DistinctStrings {
     kind: Kind,
     keep_null: bool,
+    /// Whether the values are string views (`Utf8View`, how the store's tables are read)
+    /// rather than `Utf8`: the lists it returns are of the same type.
+    views: bool,
     ids: HashMap<Arc<str>, u32>,
     values: Vec<Arc<str>>,
     value_bytes: usize,
@@ -232,10 +240,11 @@ impl Group {
 }
 
 impl DistinctStrings {
-    fn new(kind: Kind, keep_null: bool) -> Self {
+    fn new(kind: Kind, keep_null: bool, views: bool) -> Self {
         DistinctStrings {
             kind,
             keep_null,
+            views,
             ids: HashMap::default(),
             values: Vec::new(),
             value_bytes: 0,
@@ -281,22 +290,47 @@ impl DistinctStrings {
         groups: impl Fn(usize) -> usize,
         filter: Option<&BooleanArray>,
     ) -> Result<()> {
-        let Some(strings) = values.as_string_opt::<i32>() else {
+        if let Some(strings) = values.as_string_opt::<i32>() {
+            self.add_all(strings, groups, filter);
+        } else if let Some(strings) = values.as_string_view_opt() {
+            self.add_all(strings, groups, filter);
+        } else {
             return exec_err!("distinct strings over {}", values.data_type());
-        };
+        }
+        Ok(())
+    }
+
+    fn add_all<'a>(
+        &mut self,
+        strings: impl ArrayAccessor<Item = &'a str>,
+        groups: impl Fn(usize) -> usize,
+        filter: Option<&BooleanArray>,
+    ) {
         for row in 0..strings.len() {
             if filter.is_none_or(|m| m.is_valid(row) && m.value(row)) {
                 let v = strings.is_valid(row).then(|| strings.value(row));
                 self.add(groups(row), v);
             }
         }
-        Ok(())
     }
 
     /// The groups' values as lists of strings, NULL for a group with no rows; with `null`,
     /// a group that saw NULL gets one NULL element.
     fn lists(&self, groups: &[Group], null: bool) -> ListArray {
-        let mut strings = StringBuilder::new();
+        if self.views {
+            self.lists_of(groups, null, StringViewBuilder::new(), DataType::Utf8View)
+        } else {
+            self.lists_of(groups, null, StringBuilder::new(), DataType::Utf8)
+        }
+    }
+
+    fn lists_of<B: StringAppend>(
+        &self,
+        groups: &[Group],
+        null: bool,
+        mut strings: B,
+        item: DataType,
+    ) -> ListArray {
         let mut offsets = Vec::with_capacity(groups.len() + 1);
         offsets.push(0i32);
         let mut len = 0i32;
@@ -313,11 +347,42 @@ impl DistinctStrings {
         }
         let valid = NullBuffer::from_iter(groups.iter().map(|g| g.seen));
         ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Utf8, true)),
+            Arc::new(Field::new_list_field(item, true)),
             OffsetBuffer::new(offsets.into()),
-            Arc::new(strings.finish()),
+            strings.finish_array(),
             Some(valid),
         )
+    }
+}
+
+/// The string builders [`DistinctStrings::lists`] fills: `Utf8` and `Utf8View`.
+trait StringAppend {
+    fn append_value(&mut self, v: &str);
+    fn append_null(&mut self);
+    fn finish_array(self) -> ArrayRef;
+}
+
+impl StringAppend for StringBuilder {
+    fn append_value(&mut self, v: &str) {
+        StringBuilder::append_value(self, v)
+    }
+    fn append_null(&mut self) {
+        StringBuilder::append_null(self)
+    }
+    fn finish_array(mut self) -> ArrayRef {
+        Arc::new(self.finish())
+    }
+}
+
+impl StringAppend for StringViewBuilder {
+    fn append_value(&mut self, v: &str) {
+        StringViewBuilder::append_value(self, v)
+    }
+    fn append_null(&mut self) {
+        StringViewBuilder::append_null(self)
+    }
+    fn finish_array(mut self) -> ArrayRef {
+        Arc::new(self.finish())
     }
 }
 
@@ -390,7 +455,7 @@ impl GroupsAccumulator for DistinctStrings {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         // Each row its own group: its value as a one-element list.
-        let mut each = DistinctStrings::new(self.kind, true);
+        let mut each = DistinctStrings::new(self.kind, true, self.views);
         each.groups.resize_with(values[0].len(), Group::default);
         each.add_rows(&values[0], |row| row, opt_filter)?;
         each.state(EmitTo::All)
@@ -425,6 +490,7 @@ pub fn register(ctx: &SessionContext) {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int32Array, RecordBatch, StringArray};
+    use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::Schema;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionConfig;
@@ -433,13 +499,19 @@ mod tests {
     pub(super) static CREATED: AtomicUsize = AtomicUsize::new(0);
 
     /// Eight batches of (g, k, s, u): 500 groups, some with one value, some with hundreds (past
-    /// the linear-scan size), NULL strings here and there, one group of NULLs only.
-    fn table() -> Arc<MemTable> {
+    /// the linear-scan size), NULL strings here and there, one group of NULLs only; the
+    /// strings as `Utf8View` with `views`.
+    fn table(views: bool) -> Arc<MemTable> {
+        let string = if views {
+            DataType::Utf8View
+        } else {
+            DataType::Utf8
+        };
         let schema = Arc::new(Schema::new(vec![
             Field::new("g", DataType::Int32, false),
             Field::new("k", DataType::Int32, false),
-            Field::new("s", DataType::Utf8, true),
-            Field::new("u", DataType::Utf8, true),
+            Field::new("s", string.clone(), true),
+            Field::new("u", string.clone(), true),
         ]));
         let mut batches = Vec::new();
         let mut x: u64 = 7;
@@ -469,8 +541,8 @@ mod tests {
                     vec![
                         Arc::new(Int32Array::from(g)),
                         Arc::new(Int32Array::from(k)),
-                        Arc::new(StringArray::from(s)),
-                        Arc::new(StringArray::from(u)),
+                        cast(&StringArray::from(s), &string).unwrap(),
+                        cast(&StringArray::from(u), &string).unwrap(),
                     ],
                 )
                 .unwrap(),
@@ -529,7 +601,7 @@ mod tests {
         ];
         // The partial step gives up pre-aggregating at once in the second configuration, so
         // rows go to the final step as single-value states (`convert_to_state`).
-        for skip_partial in [false, true] {
+        for (skip_partial, views) in [(false, false), (true, false), (false, true), (true, true)] {
             let config = || {
                 let c = SessionConfig::new()
                     .with_target_partitions(2)
@@ -551,13 +623,16 @@ mod tests {
             let ours = SessionContext::new_with_config(config());
             register(&ours);
             for ctx in [&theirs, &ours] {
-                ctx.register_table("t", table()).unwrap();
+                ctx.register_table("t", table(views)).unwrap();
             }
             for sql in queries {
                 let before = CREATED.load(Ordering::Relaxed);
                 let expected = rows(&theirs, sql).await;
                 let got = rows(&ours, sql).await;
-                assert_eq!(got, expected, "{sql} (skip partial: {skip_partial})");
+                assert_eq!(
+                    got, expected,
+                    "{sql} (skip partial: {skip_partial}, views: {views})"
+                );
                 if sql.contains("GROUP BY") && !sql.contains("1000") {
                     assert!(!expected.is_empty());
                     assert!(
