@@ -37,6 +37,7 @@ pub mod schema;
 pub mod secret;
 pub mod sqlshape;
 pub mod store;
+pub mod strmatch;
 pub mod tables;
 pub mod time;
 pub mod watermark;

@@ -104,7 +104,8 @@ pub fn empty_context() -> SessionContext {
 }
 
 /// A session over `runtime` with the store's settings ([`session_config`]), the physical
-/// optimizer rules with [`crate::scanorder::UnorderedScans`] first, and the fast `date_trunc`:
+/// optimizer rules with [`crate::scanorder::UnorderedScans`] first, the fast `date_trunc`,
+/// grouped `count`/`array_agg(DISTINCT …)` over strings and suffix `LIKE` ([`crate::strmatch`]):
 /// how every store session is built.
 pub fn context_with(runtime: std::sync::Arc<RuntimeEnv>) -> SessionContext {
     let state = SessionStateBuilder::new()
@@ -112,10 +113,12 @@ pub fn context_with(runtime: std::sync::Arc<RuntimeEnv>) -> SessionContext {
         .with_runtime_env(runtime)
         .with_default_features()
         .with_physical_optimizer_rules(crate::scanorder::physical_optimizer_rules())
+        .with_optimizer_rule(crate::strmatch::rule())
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::buckets::register(&ctx);
     crate::distinct::register(&ctx);
+    crate::strmatch::register(&ctx);
     ctx
 }
 
