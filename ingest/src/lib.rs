@@ -29,6 +29,7 @@ pub mod location;
 pub mod loganalytics;
 pub mod memo;
 pub mod parse;
+pub mod pushdown;
 pub mod query;
 pub mod record;
 pub mod scan;

@@ -52,12 +52,12 @@ pub fn column_names(batches: &[RecordBatch]) -> Vec<String> {
 
 /// Session settings shared by every store query.
 pub fn session_config() -> SessionConfig {
-    // Filters are evaluated while decoding Parquet, so columns of rows a filter rejects are
-    // never materialised: most detection rules keep a small share of events.
+    // Filters are evaluated while decoding Parquet only where that pays: scans whose filter
+    // keeps few rows get it back from `pushdown::SelectivePushdown`.
     SessionConfig::new()
         .with_information_schema(true)
         .with_batch_size(8192)
-        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        .set_bool("datafusion.execution.parquet.pushdown_filters", false)
         .set_bool("datafusion.execution.parquet.reorder_filters", true)
 }
 

@@ -143,10 +143,13 @@ impl PhysicalOptimizerRule for UnorderedScans {
     }
 }
 
-/// DataFusion's physical optimizer rules with [`UnorderedScans`] first.
+/// DataFusion's physical optimizer rules after [`UnorderedScans`] and
+/// [`crate::pushdown::SelectivePushdown`].
 pub fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
-        vec![Arc::new(UnorderedScans)];
+    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = vec![
+        Arc::new(UnorderedScans),
+        Arc::new(crate::pushdown::SelectivePushdown),
+    ];
     rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
     rules
 }
