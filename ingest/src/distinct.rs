@@ -663,16 +663,7 @@ mod tests {
         let before = CREATED.load(Ordering::Relaxed);
         assert_eq!(rows(&ours, sql).await, expected);
         assert!(CREATED.load(Ordering::Relaxed) > before, "not grouped");
-        let batches = ours
-            .sql(&format!("EXPLAIN ANALYZE {sql}"))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let plan = crate::query::text(&ours, &format!("EXPLAIN ANALYZE {sql}")).await;
         let spills: usize = plan
             .split("spill_count=")
             .skip(1)

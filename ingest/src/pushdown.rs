@@ -145,7 +145,7 @@ fn constant(e: &dyn PhysicalExpr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use crate::query::text;
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
     /// Two small Parquet files; the plans of a store session and the rows of both sessions.
@@ -169,16 +169,7 @@ mod tests {
         }
         let plan = |sql: String| {
             let ours = ours.clone();
-            async move {
-                let b = ours
-                    .sql(&format!("EXPLAIN {sql}"))
-                    .await
-                    .unwrap()
-                    .collect()
-                    .await
-                    .unwrap();
-                pretty_format_batches(&b).unwrap().to_string()
-            }
+            async move { text(&ours, &format!("EXPLAIN {sql}")).await }
         };
         // (query, filter evaluated in the decode)
         let cases = [
@@ -209,11 +200,7 @@ mod tests {
             let p = plan(sql.to_string()).await;
             // A filter left to the plan shows as FilterExec; a pushed one only in the scan.
             assert_eq!(!p.contains("FilterExec"), pushed, "{sql}\n{p}");
-            let rows = |ctx: SessionContext| async move {
-                let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-                pretty_format_batches(&b).unwrap().to_string()
-            };
-            assert_eq!(rows(ours.clone()).await, rows(plain.clone()).await, "{sql}");
+            assert_eq!(text(&ours, sql).await, text(&plain, sql).await, "{sql}");
         }
         // Below a hash join, scans keep pushdown for the join's run-time key filter.
         let p = plan(

@@ -283,3 +283,12 @@ pub const AZURE_DIAGNOSTICS_VIEW: &str = r#"CREATE VIEW azure_diagnostics AS SEL
   properties AS "AdditionalFields",
   'AzureDiagnostics' AS "Type"
 FROM events"#;
+
+/// The result of `sql` on `ctx` as an Arrow pretty-printed table (tests of this crate).
+#[cfg(test)]
+pub(crate) async fn text(ctx: &SessionContext, sql: &str) -> String {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}

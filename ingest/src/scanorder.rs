@@ -206,10 +206,7 @@ mod tests {
     }
 
     async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let text = crate::query::text(ctx, sql).await;
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines.sort();
         lines

@@ -222,6 +222,7 @@ pub fn rule() -> Arc<dyn OptimizerRule + Send + Sync> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::text;
     use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::datasource::MemTable;
@@ -330,29 +331,10 @@ mod tests {
                 format!("ends_with({c}, 'IssuerGet') OR {c} LIKE '%Get'"),
             ] {
                 let sql = format!("SELECT count(*) AS n, count({c}) AS m FROM t WHERE {cond}");
-                let got = ours.sql(&sql).await.unwrap().collect().await.unwrap();
-                let want = theirs.sql(&sql).await.unwrap().collect().await.unwrap();
-                assert_eq!(
-                    datafusion::arrow::util::pretty::pretty_format_batches(&got)
-                        .unwrap()
-                        .to_string(),
-                    datafusion::arrow::util::pretty::pretty_format_batches(&want)
-                        .unwrap()
-                        .to_string(),
-                    "{sql}"
-                );
+                assert_eq!(text(&ours, &sql).await, text(&theirs, &sql).await, "{sql}");
             }
         }
-        let plan = ours
-            .sql("EXPLAIN SELECT count(*) FROM t WHERE v LIKE '%Get'")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-            .unwrap()
-            .to_string();
+        let plan = text(&ours, "EXPLAIN SELECT count(*) FROM t WHERE v LIKE '%Get'").await;
         assert!(plan.contains("ends_with(t.v, Utf8(\"Get\"))"), "{plan}");
         assert!(!plan.contains("LIKE"), "{plan}");
     }
