@@ -104,7 +104,8 @@ pub fn empty_context() -> SessionContext {
 }
 
 /// A session over `runtime` with the store's settings ([`session_config`]), the physical
-/// optimizer rules with [`crate::scanorder::UnorderedScans`] first, the fast `date_trunc`,
+/// optimizer rules after [`crate::scanorder::UnorderedScans`] and
+/// [`crate::pushdown::SelectivePushdown`], the fast `date_trunc`,
 /// grouped `count`/`array_agg(DISTINCT …)` over strings and suffix `LIKE` ([`crate::strmatch`]):
 /// how every store session is built.
 pub fn context_with(runtime: std::sync::Arc<RuntimeEnv>) -> SessionContext {
