@@ -17,9 +17,9 @@
 
 use datafusion::arrow::array::{
     Array, ArrayAccessor, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringBuilder,
-    StringViewBuilder,
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{HashMap, HashSet, Result, ScalarValue, exec_err};
 use datafusion::logical_expr::expr::{
@@ -314,23 +314,10 @@ impl DistinctStrings {
         }
     }
 
-    /// The groups' values as lists of strings, NULL for a group with no rows; with `null`,
-    /// a group that saw NULL gets one NULL element.
-    fn lists(&self, groups: &[Group], null: bool) -> ListArray {
-        if self.views {
-            self.lists_of(groups, null, StringViewBuilder::new(), DataType::Utf8View)
-        } else {
-            self.lists_of(groups, null, StringBuilder::new(), DataType::Utf8)
-        }
-    }
-
-    fn lists_of<B: StringAppend>(
-        &self,
-        groups: &[Group],
-        null: bool,
-        mut strings: B,
-        item: DataType,
-    ) -> ListArray {
+    /// The groups' values as lists of strings (string views when the argument was), NULL for
+    /// a group with no rows; with `null`, a group that saw NULL gets one NULL element.
+    fn lists(&self, groups: &[Group], null: bool) -> Result<ListArray> {
+        let mut strings = StringBuilder::new();
         let mut offsets = Vec::with_capacity(groups.len() + 1);
         offsets.push(0i32);
         let mut len = 0i32;
@@ -345,44 +332,18 @@ impl DistinctStrings {
             }
             offsets.push(len);
         }
+        let mut values: ArrayRef = Arc::new(strings.finish());
+        if self.views {
+            // Views over the same buffer: no string is copied again.
+            values = cast(&values, &DataType::Utf8View)?;
+        }
         let valid = NullBuffer::from_iter(groups.iter().map(|g| g.seen));
-        ListArray::new(
-            Arc::new(Field::new_list_field(item, true)),
+        Ok(ListArray::new(
+            Arc::new(Field::new_list_field(values.data_type().clone(), true)),
             OffsetBuffer::new(offsets.into()),
-            strings.finish_array(),
+            values,
             Some(valid),
-        )
-    }
-}
-
-/// The string builders [`DistinctStrings::lists`] fills: `Utf8` and `Utf8View`.
-trait StringAppend {
-    fn append_value(&mut self, v: &str);
-    fn append_null(&mut self);
-    fn finish_array(self) -> ArrayRef;
-}
-
-impl StringAppend for StringBuilder {
-    fn append_value(&mut self, v: &str) {
-        StringBuilder::append_value(self, v)
-    }
-    fn append_null(&mut self) {
-        StringBuilder::append_null(self)
-    }
-    fn finish_array(mut self) -> ArrayRef {
-        Arc::new(self.finish())
-    }
-}
-
-impl StringAppend for StringViewBuilder {
-    fn append_value(&mut self, v: &str) {
-        StringViewBuilder::append_value(self, v)
-    }
-    fn append_null(&mut self) {
-        StringViewBuilder::append_null(self)
-    }
-    fn finish_array(mut self) -> ArrayRef {
-        Arc::new(self.finish())
+        ))
     }
 }
 
@@ -412,7 +373,7 @@ impl GroupsAccumulator for DistinctStrings {
             Kind::Count => Arc::new(Int64Array::from_iter_values(
                 groups.iter().map(|g| g.ids.len() as i64),
             )),
-            Kind::List => Arc::new(self.lists(&groups, self.keep_null)),
+            Kind::List => Arc::new(self.lists(&groups, self.keep_null)?),
         })
     }
 
@@ -420,7 +381,7 @@ impl GroupsAccumulator for DistinctStrings {
         let groups = self.take(emit_to);
         // The partial state is the list of each group's distinct values (DataFusion's own
         // state for both aggregates); NULL travels as an element so the final step keeps it.
-        let lists = self.lists(&groups, true);
+        let lists = self.lists(&groups, true)?;
         Ok(vec![Arc::new(match self.kind {
             // `count`'s state is never NULL: a group with no rows has an empty list.
             Kind::Count => {
@@ -490,7 +451,6 @@ pub fn register(ctx: &SessionContext) {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int32Array, RecordBatch, StringArray};
-    use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::Schema;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionConfig;
