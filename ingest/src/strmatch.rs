@@ -86,8 +86,11 @@ fn string_of(v: &ScalarValue) -> Option<&str> {
 }
 
 /// Whether each string of `a` ends with `suffix` (NULL where `a` is).
-pub fn ends_with_views(a: &StringViewArray, suffix: &[u8]) -> BooleanArray {
+fn ends_with_views(a: &StringViewArray, suffix: &[u8]) -> BooleanArray {
     let n = suffix.len();
+    if n == 0 {
+        return BooleanArray::new(BooleanBuffer::new_set(a.len()), a.logical_nulls());
+    }
     let views = a.views();
     let buffers = a.data_buffers();
     // A view of a string of up to 12 bytes holds the length in its low 32 bits and the bytes
@@ -97,9 +100,6 @@ pub fn ends_with_views(a: &StringViewArray, suffix: &[u8]) -> BooleanArray {
         b[..n].copy_from_slice(suffix);
         (u128::from_le_bytes(b), (1u128 << (8 * n)) - 1)
     });
-    if n == 0 {
-        return BooleanArray::new(BooleanBuffer::new_set(a.len()), a.logical_nulls());
-    }
     let values = BooleanBuffer::collect_bool(a.len(), |i| {
         let v = views[i];
         let len = v as u32 as usize;
