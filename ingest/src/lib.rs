@@ -21,6 +21,7 @@ pub mod fault;
 pub mod filecache;
 pub mod files;
 pub mod framing;
+pub mod groupkeys;
 pub mod gzip;
 pub mod ids;
 pub mod json;
