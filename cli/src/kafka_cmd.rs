@@ -205,7 +205,6 @@ pub struct PublishArgs {
 }
 
 pub async fn cmd_consume(data: &DataDir, cfg: &Config, a: ConsumeArgs) -> Result<ExitCode> {
-    kvwatch_ingest::files::keep_freed_memory();
     let opts = a.flags.options(&cfg.kafka)?;
     let shutdown = crate::shutdown_on_signal()?;
     let metrics = Arc::new(Metrics::default());

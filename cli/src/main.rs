@@ -344,6 +344,7 @@ struct CompactArgs {
 }
 
 fn main() -> ExitCode {
+    kvwatch_ingest::files::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -469,7 +470,6 @@ fn run(mut cli: Cli) -> Result<ExitCode> {
 }
 
 async fn cmd_ingest(data: &DataDir, cfg: &Config, a: IngestArgs) -> Result<ExitCode> {
-    kvwatch_ingest::files::keep_freed_memory();
     let (urls, paths): (Vec<String>, Vec<String>) = a
         .paths
         .iter()
