@@ -244,33 +244,7 @@ impl ExecutionPlan for InternedAggregateExec {
         let agg = self.agg();
         let input = agg.input().execute(partition, Arc::clone(&context))?;
         let table = Table::new(agg, partition, &context, &self.metrics)?;
-        let stream =
-            futures::stream::unfold(Some((input, table, VecDeque::new())), |state| async move {
-                let (mut input, mut table, mut out) = state?;
-                loop {
-                    if let Some(batch) = out.pop_front() {
-                        return Some((Ok(batch), Some((input, table, out))));
-                    }
-                    let step = match input.next().await {
-                        Some(Ok(batch)) => table.add(&batch, &mut out).map(|()| true),
-                        Some(Err(e)) => Err(e),
-                        None => table.finish(&mut out).map(|()| false),
-                    };
-                    match step {
-                        Ok(true) => {}
-                        // The input is done: hand out what is queued, then end.
-                        Ok(false) => {
-                            let batch = out.pop_front()?;
-                            return Some((Ok(batch), Some((input, table, out))));
-                        }
-                        Err(e) => return Some((Err(e), None)),
-                    }
-                }
-            });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema(),
-            stream,
-        )))
+        Ok(interned(input, table))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -288,6 +262,37 @@ impl ExecutionPlan for InternedAggregateExec {
     fn cardinality_effect(&self) -> CardinalityEffect {
         CardinalityEffect::LowerEqual
     }
+}
+
+/// The output of `table` over `input`. The input is polled until it ends and never again: a
+/// stream that has ended may wait for ever when polled once more (a repartition's output
+/// waits on its channel again, whose senders the repartition still holds).
+fn interned(input: SendableRecordBatchStream, table: Table) -> SendableRecordBatchStream {
+    let schema = Arc::clone(&table.schema);
+    let stream = futures::stream::unfold(
+        Some((Some(input), table, VecDeque::new())),
+        |state| async move {
+            let (mut input, mut table, mut out) = state?;
+            loop {
+                if let Some(batch) = out.pop_front() {
+                    return Some((Ok(batch), Some((input, table, out))));
+                }
+                let source = input.as_mut()?;
+                let step = match source.next().await {
+                    Some(Ok(batch)) => table.add(&batch, &mut out),
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        input = None;
+                        table.finish(&mut out)
+                    }
+                };
+                if let Err(e) = step {
+                    return Some((Err(e), None));
+                }
+            }
+        },
+    );
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
 /// A direct-mapped cache from 128-bit keys (views, packed value ids) to ids: a multiply, a
@@ -953,5 +958,77 @@ mod tests {
             .unwrap();
         assert!(metric(node.as_ref(), "skipped_aggregation_rows") > 0);
         assert_eq!(rows(&ours, sql).await, rows(&plain, sql).await);
+    }
+
+    /// The operator never polls its input after the input ended: here an input that waits
+    /// for ever when polled again, as a repartition's output can.
+    #[tokio::test]
+    async fn an_ended_input_is_not_polled_again() {
+        use datafusion::arrow::array::RecordBatch;
+        use datafusion::error::Result;
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        use futures::Stream;
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+
+        /// Its batches, one end, then `Pending` for ever.
+        struct EndsOnce(std::vec::IntoIter<RecordBatch>, bool);
+        impl Stream for EndsOnce {
+            type Item = Result<RecordBatch>;
+            fn poll_next(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
+                match self.0.next() {
+                    Some(b) => Poll::Ready(Some(Ok(b))),
+                    None if self.1 => Poll::Pending,
+                    None => {
+                        self.1 = true;
+                        Poll::Ready(None)
+                    }
+                }
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, ours) = sessions(dir.path(), 5_000, 300, crate::query::empty_context()).await;
+        let sql = "SELECT u, s, count(*) AS c FROM t GROUP BY u, s";
+        let node = node(&ours, sql).await;
+        let exec = node.downcast_ref::<super::InternedAggregateExec>().unwrap();
+        let agg = exec.agg();
+        let task = ours.task_ctx();
+        let mut groups = 0;
+        for p in 0..agg.input().properties().partitioning.partition_count() {
+            let stream = agg
+                .input()
+                .execute(p, std::sync::Arc::clone(&task))
+                .unwrap();
+            let schema = stream.schema();
+            let batches = datafusion::physical_plan::common::collect(stream)
+                .await
+                .unwrap();
+            let input = Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                EndsOnce(batches.into_iter(), false),
+            ));
+            let table = super::Table::new(agg, p, &task, &exec.metrics).unwrap();
+            // On a thread of its own, so that a wait for ever fails the test instead.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let out = rt.block_on(datafusion::physical_plan::common::collect(super::interned(
+                    input, table,
+                )));
+                let _ = tx.send(out);
+            });
+            let out = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the output ends")
+                .unwrap();
+            groups += out.iter().map(|b| b.num_rows()).sum::<usize>();
+        }
+        assert!(groups >= rows(&plain, sql).await.len() - 4, "{groups}");
     }
 }
