@@ -876,7 +876,7 @@ mod tests {
     /// states still add up to the right counts per key.
     #[tokio::test]
     async fn out_of_memory_groups_go_out_early_and_still_add_up() {
-        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::array::{AsArray, RecordBatch};
         use datafusion::arrow::datatypes::Int64Type;
         use datafusion::execution::TaskContext;
         use datafusion::execution::memory_pool::GreedyMemoryPool;
@@ -898,15 +898,12 @@ mod tests {
                 .with_session_config(ours.copied_config())
                 .with_runtime(runtime),
         );
-        let mut counts: HashMap<(Option<String>, Option<String>), i64> = HashMap::new();
-        let mut partial_rows = 0;
-        for p in 0..node.properties().partitioning.partition_count() {
-            let stream = node.execute(p, Arc::clone(&task)).unwrap();
-            for batch in datafusion::physical_plan::common::collect(stream)
-                .await
-                .unwrap()
-            {
-                partial_rows += batch.num_rows();
+        /// Adds each row's count (third column) to its key (first two columns).
+        fn add_counts(
+            batches: &[RecordBatch],
+            into: &mut HashMap<(Option<String>, Option<String>), i64>,
+        ) {
+            for batch in batches {
                 let (u, s) = (
                     batch.column(0).as_string_view(),
                     batch.column(1).as_string_view(),
@@ -916,9 +913,18 @@ mod tests {
                     let key = |a: &datafusion::arrow::array::StringViewArray| {
                         a.is_valid(i).then(|| a.value(i).to_string())
                     };
-                    *counts.entry((key(u), key(s))).or_default() += c.value(i);
+                    *into.entry((key(u), key(s))).or_default() += c.value(i);
                 }
             }
+        }
+        let (mut counts, mut partial_rows) = (HashMap::new(), 0);
+        for p in 0..node.properties().partitioning.partition_count() {
+            let stream = node.execute(p, Arc::clone(&task)).unwrap();
+            let batches = datafusion::physical_plan::common::collect(stream)
+                .await
+                .unwrap();
+            partial_rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+            add_counts(&batches, &mut counts);
         }
         assert!(metric(node.as_ref(), "early_emits") > 0);
         assert!(
@@ -926,21 +932,11 @@ mod tests {
             "{partial_rows} partial rows, {} groups",
             counts.len()
         );
-        let batches = plain.sql(sql).await.unwrap().collect().await.unwrap();
         let mut expected = HashMap::new();
-        for batch in &batches {
-            let (u, s) = (
-                batch.column(0).as_string_view(),
-                batch.column(1).as_string_view(),
-            );
-            let c = batch.column(2).as_primitive::<Int64Type>();
-            for i in 0..batch.num_rows() {
-                let key = |a: &datafusion::arrow::array::StringViewArray| {
-                    a.is_valid(i).then(|| a.value(i).to_string())
-                };
-                expected.insert((key(u), key(s)), c.value(i));
-            }
-        }
+        add_counts(
+            &plain.sql(sql).await.unwrap().collect().await.unwrap(),
+            &mut expected,
+        );
         assert_eq!(counts, expected);
     }
 
