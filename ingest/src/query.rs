@@ -110,19 +110,16 @@ pub fn empty_context() -> SessionContext {
 /// grouped `count`/`array_agg(DISTINCT …)` over strings and suffix `LIKE` ([`crate::strmatch`]):
 /// how every store session is built.
 pub fn context_with(runtime: std::sync::Arc<RuntimeEnv>) -> SessionContext {
-    context_of(runtime, true)
+    context_of(runtime, session_config())
 }
 
-/// [`context_with`], with or without the interned partial aggregation. Detection runs without
-/// it for now: two runs of the rule pack in eleven this session stopped a rule at its deadline
-/// with the process idle, only after it was added, and the cause is not found yet (analyst
-/// SQL has its own deadline and worker process).
-fn context_of(runtime: std::sync::Arc<RuntimeEnv>, interned: bool) -> SessionContext {
+/// [`context_with`] with `config` in place of [`session_config`].
+fn context_of(runtime: std::sync::Arc<RuntimeEnv>, config: SessionConfig) -> SessionContext {
     let state = SessionStateBuilder::new()
-        .with_config(session_config())
+        .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_physical_optimizer_rules(crate::scanorder::physical_optimizer_rules(interned))
+        .with_physical_optimizer_rules(crate::scanorder::physical_optimizer_rules())
         .with_optimizer_rule(crate::strmatch::rule())
         .build();
     let ctx = SessionContext::new_with_state(state);
@@ -135,6 +132,13 @@ fn context_of(runtime: std::sync::Arc<RuntimeEnv>, interned: bool) -> SessionCon
 /// A fresh context whose operators share a memory pool of `bytes` and spill to the system's
 /// temporary directory when it is full (sorts, aggregations): for detection, which must finish
 /// over any amount of data rather than fail. Analyst SQL has its own no-spill limit.
+///
+/// Each batch a repartition spills goes to a file of its own. DataFusion 55 appends spilled
+/// batches to open files shared by the repartition's input tasks, and its reader waits on the
+/// oldest file only: when two tasks spilled at once, the batch it waited for could be in the
+/// newer file while every writer waited for it, and the query stopped for ever with every
+/// thread idle (apache/datafusion#24883, fixed upstream after 55.2). A file that is finished
+/// with its one batch is never waited on.
 pub fn spilling_context(bytes: usize) -> std::result::Result<SessionContext, DataFusionError> {
     use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -146,7 +150,8 @@ pub fn spilling_context(bytes: usize) -> std::result::Result<SessionContext, Dat
         .with_memory_pool(std::sync::Arc::new(pool))
         .with_cache_manager(shared_caches())
         .build_arc()?;
-    Ok(context_of(runtime, false))
+    let config = session_config().set_usize("datafusion.execution.max_spill_file_size_bytes", 1);
+    Ok(context_of(runtime, config))
 }
 
 /// Registers the tables of `manifest` (files relative to `location`) and the compatibility views on
@@ -301,4 +306,43 @@ pub(crate) async fn text(ctx: &SessionContext, sql: &str) -> String {
     datafusion::arrow::util::pretty::pretty_format_batches(&batches)
         .unwrap()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A grouped aggregation whose repartition spills under detection's memory pool finishes.
+    /// DataFusion 55's repartition spill pool could stall for ever with every thread idle when
+    /// two input tasks spilled to one output at once (apache/datafusion#24883); this query, on
+    /// the unchanged session, stalls within a few attempts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spilling_repartition_never_stalls() {
+        for attempt in 0..12 {
+            let ctx = super::spilling_context(2 << 20).unwrap();
+            for set in [
+                "SET datafusion.execution.target_partitions = 2",
+                "SET datafusion.execution.batch_size = 64",
+            ] {
+                ctx.sql(set).await.unwrap();
+            }
+            ctx.sql(
+                "CREATE TABLE t AS SELECT v % 13 AS g, md5(CAST(v % 337 AS VARCHAR)) AS trace_id \
+                 FROM generate_series(1, 40000) AS s(v)",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+            let sql = "SELECT g, count(*) AS n FROM (SELECT g, trace_id FROM t GROUP BY g, trace_id) \
+                       GROUP BY g";
+            let run = async { super::text(&ctx, sql).await };
+            let Ok(table) = tokio::time::timeout(Duration::from_secs(30), run).await else {
+                panic!("attempt {attempt} stalled");
+            };
+            // 13 and 337 are coprime: every g meets every one of the 337 ids.
+            assert_eq!(table.matches("| 337 |").count(), 13, "{table}");
+        }
+    }
 }

@@ -144,20 +144,15 @@ impl PhysicalOptimizerRule for UnorderedScans {
 }
 
 /// DataFusion's physical optimizer rules after [`UnorderedScans`] and
-/// [`crate::pushdown::SelectivePushdown`]; with `interned`, then
-/// [`crate::groupkeys::InternedGroupKeys`] (last, so that no DataFusion rule has to know its
-/// node).
-pub fn physical_optimizer_rules(
-    interned: bool,
-) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+/// [`crate::pushdown::SelectivePushdown`], then [`crate::groupkeys::InternedGroupKeys`] (last,
+/// so that no DataFusion rule has to know its node).
+pub fn physical_optimizer_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = vec![
         Arc::new(UnorderedScans),
         Arc::new(crate::pushdown::SelectivePushdown),
     ];
     rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
-    if interned {
-        rules.push(Arc::new(crate::groupkeys::InternedGroupKeys));
-    }
+    rules.push(Arc::new(crate::groupkeys::InternedGroupKeys));
     rules
 }
 
