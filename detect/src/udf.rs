@@ -5,20 +5,21 @@
 //! `cidr_prefix(text)` is the prefix length of a range written `a.b.c.d/n`, or of a bare
 //! address (32/128), and null when the text is not a range.
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int32Array, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int32Array};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::Result;
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// An address range as (bits, network, prefix length).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     v6: bool,
     net: u128,
@@ -73,13 +74,83 @@ impl Cidr {
 
     /// Is `ip` (an address, or a range that must lie wholly inside) in this range?
     pub fn contains(&self, ip: &str) -> bool {
-        let Some(other) = Cidr::parse(ip) else {
-            return false;
-        };
+        Cidr::parse(ip).is_some_and(|other| self.covers(&other))
+    }
+
+    /// Does `other` lie wholly inside this range?
+    fn covers(&self, other: &Cidr) -> bool {
         other.v6 == self.v6
             && other.len >= self.len
             && other.net & mask(self.v6, self.len) == self.net
     }
+}
+
+/// A list of ranges grouped by family and prefix length: whether an address lies in any of them
+/// is a mask and a hash probe per distinct length, however long the list. Threat-intelligence
+/// lists are long (a TOR exit list is a couple of thousand addresses) and every event's
+/// address is tested against them.
+#[derive(Debug)]
+pub struct CidrSet {
+    /// The ranges, sorted and without repeats (what two sets are compared by).
+    ranges: Vec<Cidr>,
+    /// (IPv6?, prefix length, networks of that length).
+    lengths: Vec<(bool, u8, HashSet<u128>)>,
+}
+
+impl CidrSet {
+    pub fn new(ranges: impl IntoIterator<Item = Cidr>) -> Self {
+        let mut ranges: Vec<Cidr> = ranges.into_iter().collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        let mut lengths: Vec<(bool, u8, HashSet<u128>)> = Vec::new();
+        for r in &ranges {
+            match lengths
+                .iter_mut()
+                .find(|(v6, len, _)| *v6 == r.v6 && *len == r.len)
+            {
+                Some((_, _, nets)) => {
+                    nets.insert(r.net);
+                }
+                None => lengths.push((r.v6, r.len, HashSet::from([r.net]))),
+            }
+        }
+        CidrSet { ranges, lengths }
+    }
+
+    /// Is `ip` (an address, or a range that must lie wholly inside) in any of the ranges?
+    pub fn contains(&self, ip: &str) -> bool {
+        let Some(other) = Cidr::parse(ip) else {
+            return false;
+        };
+        self.lengths.iter().any(|(v6, len, nets)| {
+            *v6 == other.v6 && *len <= other.len && nets.contains(&(other.net & mask(*v6, *len)))
+        })
+    }
+}
+
+/// The rows of a string array of any of Arrow's three string types.
+fn strings(a: &ArrayRef) -> Result<Box<dyn Iterator<Item = Option<&str>> + '_>> {
+    Ok(match a.data_type() {
+        DataType::Utf8 => Box::new(a.as_string::<i32>().iter()),
+        DataType::LargeUtf8 => Box::new(a.as_string::<i64>().iter()),
+        DataType::Utf8View => Box::new(a.as_string_view().iter()),
+        DataType::Null => Box::new((0..a.len()).map(|_| None)),
+        other => return exec_err!("expected strings, got {other}"),
+    })
+}
+
+/// Every argument a string (of any string type) or NULL, kept as it is: the store's columns
+/// are string views, and casting each batch to another string type would copy it.
+fn string_args(name: &str, types: &[DataType]) -> Result<Vec<DataType>> {
+    types
+        .iter()
+        .map(|t| match t {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => {
+                Ok(t.clone())
+            }
+            other => plan_err!("{name} takes strings, got {other}"),
+        })
+        .collect()
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -94,76 +165,119 @@ impl ScalarUDFImpl for IpInCidrs {
     fn signature(&self) -> &Signature {
         &self.sig
     }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        if types.is_empty() {
+            return plan_err!("ip_in_cidrs takes an address and ranges");
+        }
+        string_args(self.name(), types)
+    }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
     }
-    /// A call whose ranges are all literals and none of them a range (the pack's default, an
-    /// empty list) is `false` for every row: planned as a constant, a rule filtering on it
-    /// reads nothing instead of testing every event's address.
+    /// Ranges that are all literals (every rule's lists) are parsed once, while planning, into
+    /// a [`CidrSet`]; with no range among them (the pack's default, an empty list) the call is
+    /// `false` for every row, and a rule filtering on it reads nothing.
     fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
-        let [_, ranges @ ..] = args.as_slice() else {
+        let [ip, ranges @ ..] = args.as_slice() else {
             return Ok(ExprSimplifyResult::Original(args));
         };
-        let no_range = ranges.iter().all(|a| match a {
-            Expr::Literal(v, _) => v
-                .try_as_str()
-                .is_some_and(|s| s.and_then(Cidr::parse).is_none()),
-            _ => false,
+        let mut parsed = Vec::with_capacity(ranges.len());
+        for a in ranges {
+            let Expr::Literal(v, _) = a else {
+                return Ok(ExprSimplifyResult::Original(args));
+            };
+            let Some(text) = v.try_as_str() else {
+                return Ok(ExprSimplifyResult::Original(args));
+            };
+            parsed.extend(text.and_then(Cidr::parse));
+        }
+        if parsed.is_empty() {
+            return Ok(ExprSimplifyResult::Simplified(datafusion::prelude::lit(
+                false,
+            )));
+        }
+        let listed = ScalarUDF::from(IpInListed {
+            sig: Signature::user_defined(Volatility::Immutable),
+            set: Arc::new(CidrSet::new(parsed)),
         });
-        Ok(if no_range {
-            ExprSimplifyResult::Simplified(datafusion::prelude::lit(false))
-        } else {
-            ExprSimplifyResult::Original(args)
-        })
+        Ok(ExprSimplifyResult::Simplified(Expr::ScalarFunction(
+            ScalarFunction::new_udf(Arc::new(listed), vec![ip.clone()]),
+        )))
     }
+    /// Ranges from columns: each row's own ranges.
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let n = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let strings: Vec<ArrayRef> = arrays
-            .iter()
-            .map(|a| cast(a, &DataType::Utf8))
-            .collect::<std::result::Result<_, _>>()?;
-        let col = |i: usize| {
-            strings[i]
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8")
-        };
-        let ips = col(0);
-        // Ranges are literals in practice: parse them once from the first row.
-        let ranges_const = args.args[1..]
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let parse_row = |row: usize| -> Vec<Cidr> {
-            (1..strings.len())
-                .filter_map(|i| {
-                    let c = col(i);
-                    (!c.is_null(row))
-                        .then(|| Cidr::parse(c.value(row)))
-                        .flatten()
-                })
-                .collect()
-        };
-        let fixed = if ranges_const && n > 0 {
-            parse_row(0)
-        } else {
-            Vec::new()
-        };
-        let out: BooleanArray = (0..n)
-            .map(|row| {
-                if ips.is_null(row) {
-                    return Some(false);
-                }
-                let ip = ips.value(row);
-                let hit = if ranges_const {
-                    fixed.iter().any(|c| c.contains(ip))
-                } else {
-                    parse_row(row).iter().any(|c| c.contains(ip))
-                };
-                Some(hit)
+        let mut columns = arrays.iter().map(strings).collect::<Result<Vec<_>>>()?;
+        let (ips, ranges) = columns.split_first_mut().expect("an address column");
+        let out: BooleanArray = ips
+            .map(|ip| {
+                let row: Vec<Cidr> = ranges
+                    .iter_mut()
+                    .filter_map(|c| c.next().flatten().and_then(Cidr::parse))
+                    .collect();
+                let ip = ip.and_then(Cidr::parse);
+                Some(ip.is_some_and(|ip| row.iter().any(|r| r.covers(&ip))))
             })
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `ip_in_cidrs(ip, <literal ranges>)` once its ranges are parsed: one argument, the set built
+/// while planning.
+#[derive(Debug)]
+struct IpInListed {
+    sig: Signature,
+    set: Arc<CidrSet>,
+}
+
+impl PartialEq for IpInListed {
+    fn eq(&self, other: &Self) -> bool {
+        self.set.ranges == other.set.ranges
+    }
+}
+
+impl Eq for IpInListed {}
+
+impl std::hash::Hash for IpInListed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.set.ranges.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for IpInListed {
+    /// The name analysts wrote; EXPLAIN shows the address argument only.
+    fn name(&self) -> &str {
+        "ip_in_cidrs"
+    }
+    fn signature(&self) -> &Signature {
+        &self.sig
+    }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        if types.len() != 1 {
+            return plan_err!("ip_in_cidrs over a parsed list takes one address");
+        }
+        string_args(self.name(), types)
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match &args.args[0] {
+            ColumnarValue::Scalar(v) => {
+                let hit = v
+                    .try_as_str()
+                    .flatten()
+                    .is_some_and(|ip| self.set.contains(ip));
+                Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(hit))))
+            }
+            ColumnarValue::Array(a) => {
+                let out: BooleanArray = strings(a)?
+                    .map(|ip| Some(ip.is_some_and(|ip| self.set.contains(ip))))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+        }
     }
 }
 
@@ -179,15 +293,18 @@ impl ScalarUDFImpl for CidrPrefix {
     fn signature(&self) -> &Signature {
         &self.sig
     }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        if types.len() != 1 {
+            return plan_err!("cidr_prefix takes one range");
+        }
+        string_args(self.name(), types)
+    }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Int32)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let s = cast(&arrays[0], &DataType::Utf8)?;
-        let s = s.as_any().downcast_ref::<StringArray>().expect("Utf8");
-        let out: Int32Array = s
-            .iter()
+        let out: Int32Array = strings(&arrays[0])?
             .map(|v| v.and_then(Cidr::parse).map(|c| c.prefix_len() as i32))
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
@@ -197,10 +314,10 @@ impl ScalarUDFImpl for CidrPrefix {
 /// Registers the functions on a context.
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(IpInCidrs {
-        sig: Signature::variadic(vec![DataType::Utf8], Volatility::Immutable),
+        sig: Signature::user_defined(Volatility::Immutable),
     }));
     ctx.register_udf(ScalarUDF::from(CidrPrefix {
-        sig: Signature::uniform(1, vec![DataType::Utf8], Volatility::Immutable),
+        sig: Signature::user_defined(Volatility::Immutable),
     }));
 }
 
@@ -226,6 +343,95 @@ mod tests {
         assert!(c.contains("10.1.2.0/24"));
         assert!(!c.contains("10.0.0.0/8"));
         assert_eq!(Cidr::parse("1.2.3.0/24").unwrap().prefix_len(), 24);
+    }
+
+    /// A set answers as testing each of its ranges in turn does: IPv4 and IPv6 ranges of every
+    /// length, repeats, and probes inside, beside and outside them (addresses, ranges,
+    /// IPv4-mapped IPv6, text that is no address).
+    #[test]
+    fn a_set_answers_as_its_ranges_do() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut ranges = Vec::new();
+        let mut probes = vec![
+            "<Redacted>".to_string(),
+            String::new(),
+            "10.0.0.0/33".into(),
+        ];
+        for i in 0..400 {
+            let (text, v6) = if i % 3 == 0 {
+                let a = std::net::Ipv6Addr::from(((next() as u128) << 64) | next() as u128);
+                (a.to_string(), true)
+            } else {
+                // Few distinct first octets, so that ranges nest and probes land in them.
+                let a = std::net::Ipv4Addr::from((next() as u32 & 0x0fff_ffff) | 0x0a00_0000);
+                (a.to_string(), false)
+            };
+            let len = next() % if v6 { 129 } else { 33 };
+            ranges.push(format!("{text}/{len}"));
+            probes.push(text.clone());
+            probes.push(format!("{text}/{}", next() % if v6 { 129 } else { 33 }));
+            if !v6 {
+                probes.push(format!("::ffff:{text}"));
+                let near = std::net::Ipv4Addr::from(
+                    u32::from(text.parse::<std::net::Ipv4Addr>().unwrap())
+                        ^ (next() as u32 & 0xffff),
+                );
+                probes.push(near.to_string());
+            }
+        }
+        ranges.extend(ranges.clone().into_iter().take(50));
+        let parsed: Vec<Cidr> = ranges.iter().filter_map(|r| Cidr::parse(r)).collect();
+        let set = CidrSet::new(parsed.iter().copied());
+        let mut hits = 0;
+        for p in &probes {
+            let expected = parsed.iter().any(|r| r.contains(p));
+            assert_eq!(set.contains(p), expected, "{p}");
+            hits += usize::from(expected);
+        }
+        assert!(
+            hits > probes.len() / 4 && hits < probes.len(),
+            "{hits} of {}",
+            probes.len()
+        );
+    }
+
+    /// The same answers from literal lists (parsed once while planning) and from ranges in a
+    /// column, over every string type; other types are refused while planning.
+    #[tokio::test]
+    async fn every_string_type_and_both_paths_agree() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let rows = "('10.0.0.7', '10.0.0.0/8'), ('192.168.1.9', '10.0.0.0/8'), \
+                    ('2001:db8::1', '2001:db8::/32'), (NULL, '10.0.0.0/8'), ('<Redacted>', NULL)";
+        let mut answers = Vec::new();
+        for t in ["Utf8", "LargeUtf8", "Utf8View"] {
+            for ranges in ["'10.0.0.0/8', '2001:db8::/32', 'nope'", "r"] {
+                let sql = format!(
+                    "SELECT ip_in_cidrs(arrow_cast(ip, '{t}'), {ranges}) AS hit, \
+                            cidr_prefix(arrow_cast(r, '{t}')) AS len \
+                     FROM (VALUES {rows}) AS v(ip, r)"
+                );
+                let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string();
+                answers.push(text);
+            }
+        }
+        assert!(answers[0].contains("| true  | 8   |"), "{}", answers[0]);
+        assert!(answers.iter().all(|a| a == &answers[0]), "{answers:#?}");
+        let err = ctx
+            .sql("SELECT ip_in_cidrs(1, '10.0.0.0/8')")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ip_in_cidrs takes strings"), "{err}");
     }
 
     #[tokio::test]
