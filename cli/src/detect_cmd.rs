@@ -525,19 +525,24 @@ fn print_detect(r: &DetectReport, nrules: usize, format: Format) -> Result<()> {
     }
     writeln!(
         out,
-        "  {:<32} {:>8} {:>8} {:>8} {:>7} {:>9}",
-        "rule", "windows", "new", "updated", "folded", "ms"
+        "  {:<32} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
+        "rule", "windows", "new", "updated", "folded", "ms", "spilled"
     )?;
     for x in &r.rules {
+        let spilled = match x.spilled_bytes {
+            0 => "-".to_owned(),
+            b => format!("{:.1} MiB", b as f64 / 1048576.0),
+        };
         writeln!(
             out,
-            "  {:<32} {:>8} {:>8} {:>8} {:>7} {:>9}",
+            "  {:<32} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
             x.rule_id,
             x.occurrences,
             x.stats.created,
             x.stats.updated,
             x.stats.folded,
-            x.elapsed_ms
+            x.elapsed_ms,
+            spilled
         )?;
     }
     let ranges: Vec<String> = r

@@ -359,6 +359,8 @@ pub struct Evaluation {
     pub rule_id: String,
     pub occurrences: Vec<Occurrence>,
     pub elapsed: Duration,
+    /// Bytes the rule's operators wrote to disk because the memory pool was full.
+    pub spilled_bytes: usize,
     /// The window range that was (re)computed.
     pub windows: (i64, i64),
 }
@@ -630,6 +632,7 @@ impl Engine {
                 rule_id: rule.id().to_owned(),
                 occurrences: Vec::new(),
                 elapsed: started.elapsed(),
+                spilled_bytes: 0,
                 windows: (w0, w0),
             });
         }
@@ -652,11 +655,16 @@ impl Engine {
                         .and(col("window_start").lt(ts_lit(w1))),
                 )
                 .map_err(q)?;
-            df.collect().await.map_err(q)
+            let plan = df.create_physical_plan().await.map_err(q)?;
+            let batches =
+                datafusion::physical_plan::collect(Arc::clone(&plan), self.ctx.task_ctx())
+                    .await
+                    .map_err(q)?;
+            Ok::<_, EngineError>((batches, spilled_bytes(plan.as_ref())))
         };
         // DataFusion's operators yield to the runtime between batches, so dropping the
         // query at the deadline stops it.
-        let batches = tokio::time::timeout(self.rule_timeout, run)
+        let (batches, spilled) = tokio::time::timeout(self.rule_timeout, run)
             .await
             .map_err(|_| EngineError::Timeout {
                 rule: rule.id().to_owned(),
@@ -670,13 +678,31 @@ impl Engine {
         }
         occurrences
             .sort_by(|a, b| (a.window_start, &a.dedup_key).cmp(&(b.window_start, &b.dedup_key)));
+        if spilled > 0 {
+            tracing::info!(
+                rule = rule.id(),
+                spilled_bytes = spilled,
+                "rule spilled to disk: the detection memory pool (--memory-mb) was full"
+            );
+        }
         Ok(Evaluation {
             rule_id: rule.id().to_owned(),
             occurrences,
             elapsed: started.elapsed(),
+            spilled_bytes: spilled,
             windows: (w0, w1),
         })
     }
+}
+
+/// Bytes every operator of an executed plan spilled to disk.
+fn spilled_bytes(plan: &dyn datafusion::physical_plan::ExecutionPlan) -> usize {
+    plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0)
+        + plan
+            .children()
+            .into_iter()
+            .map(|c| spilled_bytes(c.as_ref()))
+            .sum::<usize>()
 }
 
 /// Checks every rule plans against the schemas; the first failure names file and line.

@@ -274,6 +274,82 @@ fn repeats_inside_the_suppression_period_fold_into_one_alert() {
     );
 }
 
+/// A rule whose query outgrows the detection memory pool spills to disk, says how much in the
+/// pass report, and finds what it finds with memory to spare.
+#[test]
+fn a_rule_that_spills_reports_it_and_finds_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three nights of 20,000 reads of distinct secrets by seven callers, each from the same
+    // fifty addresses every night (routine); on the third night one of them also reads ten
+    // secrets from an address it never used (an alert).
+    let mut lines = Vec::new();
+    let read = |time: String, caller: u32, ip: String, secret: String| {
+        json!({
+            "time": time, "category": "AuditEvent", "operationName": "SecretGet",
+            "resourceId": VAULT, "resultSignature": "OK", "callerIpAddress": ip,
+            "identity": {"claim": {"oid": format!("6e1f0000-0000-4000-8000-{caller:012}"),
+                                   "upn": format!("pipeline{caller}@contoso.com")}},
+            "properties": {"httpStatusCode": 200,
+                           "id": format!("https://payments-kv.vault.azure.net/secrets/{secret}")}
+        })
+        .to_string()
+    };
+    for day in 1..=3 {
+        for i in 0..20_000u32 {
+            lines.push(read(
+                format!("2026-03-0{day}T02:{:02}:{:02}Z", i / 400, (i / 7) % 60),
+                i % 7,
+                format!("203.0.113.{}", i % 50 + 1),
+                format!("a-rather-long-secret-name-{day}-{i}"),
+            ));
+        }
+    }
+    for i in 0..10 {
+        lines.push(read(
+            format!("2026-03-03T14:0{i}:00Z"),
+            3,
+            "198.51.100.66".into(),
+            format!("s{i}"),
+        ));
+    }
+    let input = dir.path().join("reads.jsonl");
+    write_lines(&input, &lines);
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    std::fs::copy(
+        pack.join("kv-read-burst-distinct.yaml"),
+        rules.join("kv-read-burst-distinct.yaml"),
+    )
+    .unwrap();
+    let mut runs = Vec::new();
+    for (name, memory_mb) in [("tight", "160"), ("roomy", "2048")] {
+        let data = dir.path().join(name);
+        ingest(&data, &[&input]);
+        let rules = rules.to_str().unwrap();
+        let pass = detect(
+            &data,
+            &["--rules", rules, "--no-models", "--memory-mb", memory_mb],
+        );
+        assert_eq!(pass["failed"], json!([]), "{pass}");
+        let spilled = pass["rules"][0]["spilled_bytes"].as_u64().unwrap();
+        let found: Vec<(Value, Value)> = alerts(&data, &[])
+            .iter()
+            .map(|a| (a["id"].clone(), a["summary"].clone()))
+            .collect();
+        runs.push((spilled, found));
+    }
+    assert!(runs[0].0 > 0, "nothing spilled in 160 MiB");
+    assert_eq!(runs[1].0, 0, "spilled in 2 GiB");
+    assert_eq!(runs[0].1.len(), 1, "{:?}", runs[0].1);
+    assert!(
+        runs[0].1[0].1.as_str().unwrap().contains("198.51.100.66"),
+        "{:?}",
+        runs[0].1
+    );
+    assert_eq!(runs[0].1, runs[1].1);
+}
+
 #[test]
 fn rules_test_passes_and_a_broken_fixture_or_rule_fails_loudly() {
     let empty = tempfile::tempdir().unwrap();
